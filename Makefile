@@ -1,0 +1,47 @@
+# gpdata: two commands for a newcomer, `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export GPDATA_HOME ?= $(CURDIR)/var
+
+.PHONY: install demo airflow test lint bench clean lock
+
+# Installs what is missing: the venv, the pinned requirements, then this package (editable).
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "gpdata needs $(PYTHON) (Python 3.11) on PATH" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m gpdata.demo
+
+airflow: $(STAMP)
+	$(BIN)/python -m gpdata.demo --airflow-standalone
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf var
+
+# Re-resolve the pinned environment from pyproject's direct dependencies (needs the package registry).
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/pip install --quiet -e . pytest pytest-timeout ruff setuptools
+	{ sed -n '1,2p' requirements.txt; .lockenv/bin/pip freeze --exclude-editable | grep -v '^-e'; \
+	  echo "setuptools==$$(.lockenv/bin/python -c 'import setuptools; print(setuptools.__version__)')"; } > requirements.new
+	mv requirements.new requirements.txt && rm -rf .lockenv

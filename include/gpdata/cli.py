@@ -1,0 +1,116 @@
+"""The `gpdata` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gpdata import settings
+from gpdata.errors import GpdataError
+
+
+def _synth(args) -> int:
+    from gpdata.feeds import Feed, feed_yaml
+    from gpdata.synth import generate
+
+    root = Path(args.out).resolve()
+    truths = generate(root, n_practices=args.practices, n_patients=args.patients, seed=args.seed,
+                      events_per_patient=args.events_per_patient, dirty_fraction=args.dirty_fraction,
+                      progress=lambda msg: print(msg, flush=True))
+    if args.feeds_dir:
+        feeds_dir = Path(args.feeds_dir).resolve()
+        feeds_dir.mkdir(parents=True, exist_ok=True)
+        for truth in truths:
+            location = Path("..") / "sources" / truth.ods_code if feeds_dir.parent == root \
+                else root / "sources" / truth.ods_code
+            feed = Feed(ods_code=truth.ods_code, name=f"Synthetic practice {truth.ods_code}", supplier="synthetic",
+                        format="fhir", location=str(location))
+            (feeds_dir / f"{truth.ods_code}.yaml").write_text(feed_yaml(feed))
+        print(f"feed files: {feeds_dir}")
+    print(f"wrote {len(truths)} practices under {root / 'sources'}; lookups under {root / 'reference'}")
+    return 0
+
+
+def _feeds(args) -> int:
+    from gpdata.feeds import load_feeds
+
+    folder = Path(args.dir) if args.dir else settings.load().feeds_dir
+    feeds = load_feeds(folder)
+    if args.action == "validate":
+        print(f"{len(feeds)} feed(s) valid in {folder}")
+        return 0
+    print(f"{'ODS':8} {'active':6} {'format':6} {'supplier':10} name")
+    for f in feeds:
+        print(f"{f.ods_code:8} {str(f.active).lower():6} {f.format:6} {f.supplier:10} {f.name}")
+    return 0
+
+
+def _summary(args) -> int:
+    from gpdata.report import print_summary
+
+    return print_summary(settings.load())
+
+
+def _dev_key(args) -> int:
+    from gpdata.keys import write_development_key
+
+    path = Path(args.path) if args.path else settings.load().secrets / "dev-master.key"
+    print(("wrote " if write_development_key(path) else "kept existing ") + f"development key {path}")
+    return 0
+
+
+def _scan(args) -> int:
+    from gpdata.leakscan import collect_identifiers, scan_tree
+
+    cfg = settings.load()
+    ids = collect_identifiers(cfg.sources)
+    findings = scan_tree([Path(p) for p in args.paths] or [cfg.store], ids)
+    for f in findings[:50]:
+        print(f)
+    print(f"{len(findings)} finding(s) for {ids.describe()}")
+    return 1 if findings else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpdata", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate synthetic GP practices (FHIR bundles, lookups)")
+    s.add_argument("--out", default=str(settings.load().home), help="output root (default $GPDATA_HOME)")
+    s.add_argument("--practices", type=int, default=3)
+    s.add_argument("--patients", type=int, default=10_000, help="registered patients per practice")
+    s.add_argument("--events-per-patient", type=float, default=100.0)
+    s.add_argument("--dirty-fraction", type=float, default=0.01)
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--feeds-dir", help="also write one feed YAML per practice here")
+    s.set_defaults(func=_synth)
+
+    f = sub.add_parser("feeds", help="list or validate practice feeds")
+    f.add_argument("action", choices=["list", "validate"])
+    f.add_argument("--dir", help="feed folder (default $GPDATA_FEEDS_DIR or include/config/feeds)")
+    f.set_defaults(func=_feeds)
+
+    sub.add_parser("summary", help="per-practice counts from the latest run manifests").set_defaults(func=_summary)
+
+    k = sub.add_parser("dev-key", help="write a development pseudonymisation key (synthetic data only)")
+    k.add_argument("--path")
+    k.set_defaults(func=_dev_key)
+
+    c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
+    c.add_argument("paths", nargs="*", help="files or folders (default: the store)")
+    c.set_defaults(func=_scan)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GpdataError as exc:
+        print(f"gpdata: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Clinical code checks and configured code sets."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from gpdata.errors import ConfigError
+from gpdata.settings import CONFIG_DIR
+
+# Verhoeff tables (dihedral group D5), as used by SNOMED CT check digits.
+_D = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
+      [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
+      [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
+      [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
+_P = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
+      [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
+      [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8]]
+_CONCEPT_PARTITIONS = {"00", "10"}          # concept ids (international, extension)
+_SCTID_PARTITIONS = {"00", "01", "02", "10", "11", "12"}
+
+
+def verhoeff_ok(digits: str) -> bool:
+    check = 0
+    for i, ch in enumerate(reversed(digits)):
+        check = _D[check][_P[i % 8][int(ch)]]
+    return check == 0
+
+
+def sctid_ok(code: str, concepts_only: bool = True) -> bool:
+    """A well-formed SNOMED CT identifier: 6-18 digits, no leading zero, a valid partition, Verhoeff check."""
+    if not (6 <= len(code) <= 18 and code.isdigit() and code[0] != "0"):
+        return False
+    if code[-3:-1] not in (_CONCEPT_PARTITIONS if concepts_only else _SCTID_PARTITIONS):
+        return False
+    return verhoeff_ok(code)
+
+
+def _read_ok(code: str) -> bool:
+    return 1 <= len(code.rstrip(".")) <= 5 and len(code) <= 5 and all(c.isalnum() or c == "." for c in code)
+
+
+_CHECKS = {"snomed": sctid_ok, "dmd": sctid_ok, "readv2": _read_ok, "ctv3": _read_ok}
+
+
+def codes_valid(systems: pa.Array, codes: pa.Array) -> pa.Array:
+    """Per row: is the code well formed for its system? Checked once per distinct (system, code)."""
+    keys = pc.binary_join_element_wise(pc.fill_null(systems, ""), pc.fill_null(codes, ""), "|")
+    enc = pc.dictionary_encode(keys).combine_chunks() if isinstance(keys, pa.ChunkedArray) \
+        else pc.dictionary_encode(keys)
+    verdicts = []
+    for key in enc.dictionary.to_pylist():
+        system, _, code = key.partition("|")
+        check = _CHECKS.get(system)
+        verdicts.append(bool(code) and (check(code) if check else False))
+    return pc.take(pa.array(verdicts, pa.bool_()), enc.indices)
+
+
+def _key(system: str, code: str) -> str:
+    return f"{system}|{code}"
+
+
+def code_keys(systems: pa.Array, codes: pa.Array) -> pa.Array:
+    """``system|code`` per row (null where either is null), for membership tests against code sets."""
+    return pc.binary_join_element_wise(systems, codes, "|")
+
+
+@dataclass(frozen=True)
+class OptOutCodes:
+    dissent: frozenset[str]
+    withdrawn: frozenset[str]
+
+
+def _expand(system: str, codes: list[str]) -> set[str]:
+    out = set()
+    for code in codes:
+        code = str(code)
+        out.add(_key(system, code))
+        if system in ("readv2", "ctv3"):  # Read codes are often delivered without their dot padding
+            out.add(_key(system, code.rstrip(".")))
+            out.add(_key(system, code.rstrip(".").ljust(5, ".")))
+    return out
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"configuration file {path} must hold a mapping")
+    return doc
+
+
+@lru_cache(maxsize=4)
+def optout_codes(path: Path = CONFIG_DIR / "optout.yaml") -> OptOutCodes:
+    doc = _load_yaml(path)
+    sets = {}
+    for kind in ("dissent", "withdrawn"):
+        entries = doc.get(kind)
+        if not isinstance(entries, dict) or not entries:
+            raise ConfigError(f"{path}: '{kind}' must map code systems to lists of codes")
+        sets[kind] = frozenset().union(*(_expand(system, codes) for system, codes in entries.items()))
+    return OptOutCodes(dissent=sets["dissent"], withdrawn=sets["withdrawn"])
+
+
+@lru_cache(maxsize=4)
+def restricted_codes(path: Path = CONFIG_DIR / "deid.yaml") -> frozenset[str]:
+    """``system|code`` keys of codes whose records are never extracted."""
+    doc = _load_yaml(path)
+    keys: set[str] = set()
+    for i, entry in enumerate(doc.get("restricted_code_lists") or ()):
+        try:
+            file, column, system = path.parent / entry["file"], entry["column"], entry["system"]
+        except (KeyError, TypeError):
+            raise ConfigError(f"{path}: restricted_code_lists[{i}] needs file, column and system") from None
+        try:
+            with open(file, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                if column not in (reader.fieldnames or ()):
+                    raise ConfigError(f"{file}: no column {column!r} (restricted_code_lists[{i}] in {path})")
+                keys.update(_key(system, row[column].strip()) for row in reader if row[column].strip())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: restricted code list {file} does not exist") from None
+    return frozenset(keys)

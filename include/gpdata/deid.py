@@ -1,0 +1,181 @@
+"""De-identification at source: canonical (identifiable) tables in, staged (pseudonymised) tables out.
+
+* NHS numbers are normalised and Modulus-11 checked, then replaced by a keyed HMAC-SHA256 pseudonym;
+  invalid ones are marked for quarantine without their value.
+* Date of birth and postcode become linkage pseudonyms; for analysis the date of birth is generalised to
+  its month and the postcode to its LSOA and outward code.
+* Names, addresses, telecoms and free text are dropped, as is every record whose code is on a restricted
+  list. Output columns come only from the curated allow-list, so an unexpected source field never passes.
+* HMACs are computed once per distinct value (dictionary encode, HMAC the dictionary, take).
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpdata import nhsnumber
+from gpdata.codes import code_keys
+from gpdata.errors import ConfigError
+from gpdata.keys import MasterKey
+from gpdata.model import CURATED, EVENT_TABLES, ISSUE, PARTITION, POSITION, staged_schema
+
+
+class Pseudonymiser:
+    """Keyed pseudonyms per field, each under its own HKDF-derived key."""
+
+    def __init__(self, master: MasterKey) -> None:
+        self.version = master.version
+        self._keys = {}
+        self._master = master
+
+    def _key(self, field: str) -> bytes:
+        if field not in self._keys:
+            self._keys[field] = self._master.derive(field)
+        return self._keys[field]
+
+    def __call__(self, values: pa.Array | pa.ChunkedArray, field: str) -> pa.Array:
+        """Hex HMAC-SHA256 of each value; nulls stay null."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        enc = pc.dictionary_encode(values)
+        key = self._key(field)
+        digests = [hmac.digest(key, v.encode(), "sha256").hex() for v in enc.dictionary.to_pylist()]
+        return pc.take(pa.array(digests, pa.string()), enc.indices)
+
+
+def normalise_postcode(values: pa.Array) -> pa.Array:
+    """Upper case with no spaces ("ls1 4ab" -> "LS14AB")."""
+    return pc.utf8_upper(pc.replace_substring_regex(values, r"\s+", ""))
+
+
+@dataclass(frozen=True)
+class PostcodeLookup:
+    postcodes: pa.Array  # normalised
+    lsoas: pa.Array
+
+    @classmethod
+    def load(cls, path: Path) -> PostcodeLookup:
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                if not {"postcode", "lsoa_code"} <= set(reader.fieldnames or ()):
+                    raise ConfigError(f"postcode lookup {path} needs columns postcode and lsoa_code")
+                rows = [(r["postcode"], r["lsoa_code"]) for r in reader]
+        except FileNotFoundError:
+            raise ConfigError(f"postcode lookup {path} does not exist") from None
+        pcs = normalise_postcode(pa.array([r[0] for r in rows], pa.string()))
+        return cls(postcodes=pcs, lsoas=pa.array([r[1] for r in rows], pa.string()))
+
+    def lsoa(self, normalised: pa.Array) -> pa.Array:
+        return pc.take(self.lsoas, pc.index_in(normalised, value_set=self.postcodes))
+
+
+def _month(dates: pa.Array) -> pa.Array:
+    return pc.cast(pc.floor_temporal(pc.cast(dates, pa.timestamp("s")), unit="month"), pa.date32())
+
+
+def _const(value: str, n: int) -> pa.Array:
+    return pa.array([value] * n, pa.string()) if n else pa.array([], pa.string())
+
+
+def _issue_first(n: int, *conditions: tuple[pa.Array, str]) -> pa.Array:
+    """The first reason whose condition holds, per row, else null."""
+    out = pa.nulls(n, pa.string())
+    for cond, reason in reversed(conditions):
+        out = pc.if_else(pc.fill_null(cond, False), _const(reason, n), out)
+    return out
+
+
+def _lookup(refs: pa.Array, keys: pa.Array, values: pa.Array) -> pa.Array:
+    return pc.take(values, pc.index_in(refs, value_set=keys))
+
+
+def _finish(name: str, columns: dict[str, pa.Array], n: int, practice: str, version: str) -> pa.Table:
+    columns[PARTITION] = _const(practice, n)
+    columns["key_version"] = _const(version, n)
+    schema = staged_schema(name)
+    return pa.Table.from_arrays([pc.cast(columns[f.name], f.type) if f.name in columns
+                                 else pa.nulls(n, f.type) for f in schema], schema=schema)
+
+
+def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymiser,
+               postcodes: PostcodeLookup, restricted: frozenset[str]) -> tuple[dict[str, pa.Table], dict]:
+    """Turn canonical tables into staged, pseudonymised tables plus counts of what was dropped."""
+    counts: dict = {"restricted_code_records": {}, "unmatched_postcodes": 0}
+    staged: dict[str, pa.Table] = {}
+
+    # Patients
+    pat = canonical["patients"]
+    n = pat.num_rows
+    nhs = nhsnumber.normalise(pat["nhs_number"].combine_chunks())
+    valid = nhsnumber.is_valid(nhs)
+    patient_pid = pseudo(pc.if_else(valid, nhs, pa.nulls(n, pa.string())), "nhs_number")
+    postcode = normalise_postcode(pat["postcode"].combine_chunks())
+    lsoa = postcodes.lsoa(postcode)
+    counts["unmatched_postcodes"] = pc.sum(pc.and_(pc.is_valid(postcode), pc.is_null(lsoa))).as_py() or 0
+    dob = pat["birth_date"].combine_chunks()
+    staged["patients"] = _finish("patients", {
+        "patient_pid": patient_pid,
+        "dob_pid": pseudo(pc.strftime(dob, format="%Y-%m-%d"), "date_of_birth"),
+        "postcode_pid": pseudo(postcode, "postcode"),
+        "birth_month": _month(dob),
+        "sex": pat["gender"],
+        "ethnic_category": pat["ethnic_category"],
+        "lsoa_code": lsoa,
+        "postcode_district": pc.utf8_slice_codeunits(postcode, 0, -3),
+        "registration_date": pat["registration_date"],
+        "death_month": _month(pat["deceased_date"].combine_chunks()),
+        POSITION[0]: pat["_src_file"], POSITION[1]: pat["_src_entry"],
+        ISSUE: _issue_first(n, (pc.is_null(pat["nhs_number"]), "missing_nhs_number"),
+                            (pc.invert(valid), "invalid_nhs_number")),
+    }, n, practice, pseudo.version)
+    patient_refs = pat["source_id"].combine_chunks()
+
+    # Practitioners: pseudonym of the SDS user id, or of the source id where there is none
+    prac = canonical["practitioners"]
+    prac_ids = prac["source_id"].combine_chunks()
+    prac_pids = pseudo(pc.coalesce(prac["sds_user_id"].combine_chunks(), prac_ids), "practitioner")
+    staged["practitioners"] = _finish("practitioners", {
+        "practitioner_pid": prac_pids, "role_code": prac["role_code"], "role_name": prac["role_name"],
+        POSITION[0]: prac["_src_file"], POSITION[1]: prac["_src_entry"],
+        ISSUE: _issue_first(prac.num_rows, (pc.is_null(prac_ids), "missing_record_id")),
+    }, prac.num_rows, practice, pseudo.version)
+    prac_roles = prac["role_code"].combine_chunks()
+
+    restricted_set = pa.array(sorted(restricted), pa.string())
+    for name in EVENT_TABLES:
+        table = canonical[name]
+        if table.num_rows and table.schema.get_field_index("code") >= 0:
+            hit = pc.fill_null(pc.is_in(code_keys(table["code_system"], table["code"]), restricted_set), False)
+            counts["restricted_code_records"][name] = pc.sum(hit).as_py() or 0
+            table = table.filter(pc.invert(hit))
+        m = table.num_rows
+        refs = table["patient_ref"].combine_chunks()
+        known = pc.is_in(refs, value_set=patient_refs)
+        pids = _lookup(refs, patient_refs, patient_pid)
+        practitioner = table["practitioner_ref"].combine_chunks()
+        columns = {
+            "record_id": pseudo(table["source_id"], "record_id"),
+            "patient_pid": pids,
+            "practitioner_pid": _lookup(practitioner, prac_ids, prac_pids),
+            POSITION[0]: table["_src_file"], POSITION[1]: table["_src_entry"],
+            ISSUE: _issue_first(m, (pc.is_null(table["source_id"]), "missing_record_id"),
+                                (pc.invert(known), "unknown_patient"),
+                                (pc.is_null(pids), "patient_invalid_nhs_number")),
+        }
+        curated = set(CURATED[name].names)
+        for col in table.column_names:
+            if col in curated and col not in columns:
+                columns[col] = table[col]
+        if name == "medications":
+            columns["authorisation_id"] = pseudo(table["authorisation_ref"], "record_id")
+        if name == "appointments":
+            columns["staff_role"] = _lookup(practitioner, prac_ids, prac_roles)
+        staged[name] = _finish(name, columns, m, practice, pseudo.version)
+    return staged, counts

@@ -1,0 +1,88 @@
+"""Practice feeds: one YAML file per practice, validated. Adding a file adds the practice."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gpdata.errors import ConfigError
+
+ODS_PRACTICE_RE = re.compile(r"^[A-Z][0-9]{5}$")
+
+
+class Feed(BaseModel):
+    """One practice's source of records."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ods_code: str = Field(description="ODS code of the practice, one letter and five digits (e.g. A81001)")
+    name: str = Field(min_length=1, description="Practice name, for operators")
+    supplier: str = Field(default="unknown", description="Clinical system supplier (e.g. EMIS, TPP)")
+    format: Literal["fhir"] = Field(default="fhir", description="Source format of the delivery")
+    location: str = Field(min_length=1, description="Delivery folder; relative paths are from the YAML file")
+    active: bool = True
+    max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0,
+                                           description="Share of a table's rows that may be quarantined "
+                                                       "before the whole batch fails")
+    source_file: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("ods_code")
+    @classmethod
+    def _ods(cls, value: str) -> str:
+        if not ODS_PRACTICE_RE.match(value):
+            raise ValueError("must be an ODS practice code: one capital letter then five digits, e.g. A81001")
+        return value
+
+    def location_path(self) -> Path:
+        path = Path(self.location)
+        if not path.is_absolute() and self.source_file is not None:
+            path = self.source_file.parent / path
+        return path.resolve()
+
+
+def _explain(error: ValidationError) -> str:
+    parts = []
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(file)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"field '{where}': {msg}")
+    return "; ".join(parts)
+
+
+def load_feed(path: Path) -> Feed:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
+    if not isinstance(doc, dict):
+        raise ConfigError("a feed file must hold a mapping of fields", file=str(path))
+    try:
+        return Feed(**doc, source_file=Path(path).resolve())
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc), file=str(path)) from None
+
+
+def load_feeds(folder: Path, *, active_only: bool = False) -> list[Feed]:
+    """Every feed in a folder (``*.yaml``/``*.yml``), sorted by ODS code; duplicates are an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"feed folder {folder} does not exist")
+    feeds: dict[str, Feed] = {}
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        feed = load_feed(path)
+        if feed.ods_code in feeds:
+            raise ConfigError(f"duplicate ODS code {feed.ods_code}, also in {feeds[feed.ods_code].source_file}",
+                              file=str(path))
+        feeds[feed.ods_code] = feed
+    out = sorted(feeds.values(), key=lambda f: f.ods_code)
+    return [f for f in out if f.active] if active_only else out
+
+
+def feed_yaml(feed: Feed) -> str:
+    return yaml.safe_dump(feed.model_dump(mode="json"), sort_keys=False)

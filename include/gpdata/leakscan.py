@@ -1,0 +1,193 @@
+"""Leak scanner: proves that identifiers from the sources appear nowhere in what a run wrote.
+
+Identifiers are collected from the FHIR deliveries themselves (NHS numbers in plain and spaced forms,
+postcodes, names, address lines, phone numbers, full dates of birth). Outputs are read as data: every
+Parquet file cell by cell (all versions of a Delta table, since old files stay on disk until vacuum),
+JSON, logs and other text by tokens. Matching is on token sequences, so "12 Oak Road" is found in
+"...12, OAK ROAD..." but "Hill" is not found inside "Hillside".
+
+Dates of birth on the first of a month are indistinguishable from a birth month and are not searched.
+Dates in Parquet are checked per patient: given the pseudonymiser, a row whose ``patient_pid`` belongs to a
+patient and which holds that patient's full date of birth in any date column is a leak. (An event on some
+other patient's birthday is not.) A surname alone is searched only in Parquet string cells (codes and pseudonyms), where no word should be;
+in free text such as logs only full names are searched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+_TOKEN = re.compile(r"[A-Z0-9]+")
+TEXT_SUFFIXES = {".json", ".log", ".txt", ".csv", ".md", ".html", ".yaml", ".yml", ".crc"}
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.upper())
+
+
+@dataclass
+class Identifiers:
+    sequences: dict[int, set[tuple[str, ...]]] = field(default_factory=dict)  # length -> token sequences
+    labels: dict[tuple[str, ...], str] = field(default_factory=dict)
+    surnames: set[str] = field(default_factory=set)
+    dob_by_nhs: dict[str, str] = field(default_factory=dict)
+    dob_by_pid: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, text: str | None) -> None:
+        if not text:
+            return
+        seq = tuple(tokens(text))
+        if not seq:
+            return
+        self.sequences.setdefault(len(seq), set()).add(seq)
+        self.labels.setdefault(seq, kind)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def link(self, pseudonymise: Callable[[pa.Array], pa.Array]) -> None:
+        """Map each patient pseudonym to the full date of birth, for the per-patient date check."""
+        nhs = list(self.dob_by_nhs)
+        pids = pseudonymise(pa.array(nhs, pa.string())).to_pylist()
+        self.dob_by_pid = {pid: self.dob_by_nhs[n] for pid, n in zip(pids, nhs, strict=True)}
+
+    def describe(self) -> str:
+        return ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+
+    def find(self, text: str) -> str | None:
+        """The kind of the first identifier found in the text, or None."""
+        toks = tokens(text)
+        for length, seqs in self.sequences.items():
+            for i in range(len(toks) - length + 1):
+                seq = tuple(toks[i:i + length])
+                if seq in seqs:
+                    return self.labels[seq]
+        return None
+
+
+def _patient_identifiers(res: dict, ids: Identifiers) -> None:
+    nhs = None
+    for ident in res.get("identifier") or ():
+        value = ident.get("value") or ""
+        digits = re.sub(r"\D", "", value)
+        if len(digits) == 10:
+            nhs = digits
+            ids.add("nhs_number", digits)
+            ids.add("nhs_number", f"{digits[:3]} {digits[3:6]} {digits[6:]}")
+        elif value:
+            ids.add("identifier", value)
+    for name in res.get("name") or ():
+        family = name.get("family")
+        for given in name.get("given") or ():
+            ids.add("name", f"{given} {family}")
+        if family:
+            ids.surnames.add(family.upper())
+    for address in res.get("address") or ():
+        for line in address.get("line") or ():
+            ids.add("address", line)
+        postcode = (address.get("postalCode") or "").upper().replace(" ", "")
+        if postcode:
+            ids.add("postcode", postcode)
+            ids.add("postcode", f"{postcode[:-3]} {postcode[-3:]}")
+    for telecom in res.get("telecom") or ():
+        ids.add("telecom", telecom.get("value"))
+    dob = res.get("birthDate") or ""
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", dob) and not dob.endswith("-01"):
+        y, m, d = dob.split("-")
+        if nhs:
+            ids.dob_by_nhs[nhs] = dob
+        for form in (dob, f"{d}/{m}/{y}", f"{y}{m}{d}", f"{d}-{m}-{y}"):
+            ids.add("date_of_birth", form)
+
+
+def collect_identifiers(sources: Path) -> Identifiers:
+    """Identifiers of every patient and practitioner in every delivery under ``sources``."""
+    ids = Identifiers()
+    for path in sorted(Path(sources).rglob("*.json")):
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:
+            continue
+        for entry in doc.get("entry") or () if isinstance(doc, dict) else ():
+            res = entry.get("resource") or {}
+            if res.get("resourceType") in ("Patient", "Practitioner"):
+                _patient_identifiers(res, ids)
+    return ids
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    where: str
+    kind: str
+
+    def __str__(self) -> str:  # says what kind of identifier and where, never the value
+        return f"{self.path}: {self.where}: {self.kind}"
+
+
+def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
+    findings = []
+    table = pq.read_table(path)
+    dobs = None
+    if ids.dob_by_pid and "patient_pid" in table.column_names:
+        pid_keys = pa.array(list(ids.dob_by_pid), pa.string())
+        dob_values = pc.cast(pa.array(list(ids.dob_by_pid.values()), pa.string()), pa.date32())
+        dobs = pc.take(dob_values, pc.index_in(table["patient_pid"], value_set=pid_keys))
+    for name in table.column_names:
+        col = table[name]
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            for value in set(col.to_pylist()) - {None}:
+                kind = ids.find(value)
+                if kind is None and ids.surnames & set(tokens(value)):
+                    kind = "name"
+                if kind:
+                    findings.append(Finding(str(path), f"column {name}", kind))
+                    break
+        elif dobs is not None and (pa.types.is_date(col.type) or pa.types.is_timestamp(col.type)):
+            as_dates = pc.cast(col, pa.date32()) if pa.types.is_date(col.type) else pc.cast(
+                pc.floor_temporal(col, unit="day"), pa.date32())
+            if pc.any(pc.fill_null(pc.equal(as_dates, dobs), False)).as_py():
+                findings.append(Finding(str(path), f"column {name}", "date_of_birth"))
+    return findings
+
+
+def scan_text(text: str, ids: Identifiers, where: str) -> list[Finding]:
+    findings = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        kind = ids.find(line)
+        if kind:
+            findings.append(Finding(where, f"line {lineno}", kind))
+    return findings
+
+
+def scan_file(path: Path, ids: Identifiers) -> list[Finding]:
+    if path.suffix == ".parquet":
+        return _scan_parquet(path, ids)
+    data = path.read_bytes()
+    if path.suffix in TEXT_SUFFIXES or b"\0" not in data[:4096]:
+        return scan_text(data.decode("utf-8", errors="replace"), ids, str(path))
+    return []
+
+
+def scan_tree(paths: Iterable[Path], ids: Identifiers) -> list[Finding]:
+    """Scan every file under each path (or the file itself)."""
+    findings: list[Finding] = []
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in Path(root).rglob("*") if p.is_file())
+        for path in files:
+            findings.extend(scan_file(path, ids))
+    return findings
+
+
+def dump_findings(findings: list[Finding]) -> str:
+    return json.dumps([str(f) for f in findings], indent=2)

@@ -1,0 +1,39 @@
+"""Human-readable summaries of run manifests (the demo and `gpdata summary`)."""
+
+from __future__ import annotations
+
+from gpdata import store
+from gpdata.model import TABLES
+from gpdata.settings import Settings
+
+
+def practice_lines(ods: str, m: dict) -> list[str]:
+    quarantined = {t: r for t, r in m.get("quality", {}).get("quarantined", {}).items() if r}
+    total_q = sum(sum(r.values()) for r in quarantined.values())
+    by_reason: dict[str, int] = {}
+    for reasons in quarantined.values():
+        for reason, n in reasons.items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+    rows = m.get("committed_rows") or {}
+    lines = [
+        f"{ods}  {m.get('status')}  (run {m.get('run_id')})",
+        f"    patients read {m.get('patients_read')}, type 1 opt-outs excluded "
+        f"{m.get('type1_optout', {}).get('patients_excluded')} "
+        f"(re-admitted after withdrawal {m.get('type1_optout', {}).get('patients_readmitted')})",
+        "    rows committed: " + (", ".join(f"{t} {rows[t]}" for t in TABLES if t in rows) or "none"),
+        f"    rows quarantined: {total_q}"
+        + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())) + ")" if by_reason else ""),
+    ]
+    failures = m.get("quality", {}).get("failures") or []
+    lines += [f"    FAILED: {f}" for f in failures]
+    return lines
+
+
+def print_summary(cfg: Settings) -> int:
+    manifests = store.latest_manifests(cfg.manifests)
+    if not manifests:
+        print(f"no run manifests under {cfg.manifests}")
+        return 1
+    for ods, m in manifests.items():
+        print("\n".join(practice_lines(ods, m)))
+    return 0 if all(m.get("status") == "committed" for m in manifests.values()) else 1

@@ -1,0 +1,56 @@
+"""Where things live. Everything hangs off GPDATA_HOME (default ./var)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR.parent / "config"
+CODELISTS_DIR = CONFIG_DIR / "codelists"
+DEFAULT_FEEDS_DIR = CONFIG_DIR / "feeds"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    feeds_dir: Path
+    store: Path
+
+    @property
+    def sources(self) -> Path:
+        return self.home / "sources"
+
+    @property
+    def reference(self) -> Path:
+        return self.home / "reference"
+
+    @property
+    def postcode_lookup(self) -> Path:
+        return self.reference / "postcode_lsoa.csv"
+
+    @property
+    def staging(self) -> Path:
+        """Pseudonymised batches between the extraction, quality and commit tasks."""
+        return self.home / "staging"
+
+    @property
+    def manifests(self) -> Path:
+        return self.store / "_manifests"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def secrets(self) -> Path:
+        return self.home / "secrets"
+
+
+def load(env: dict[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    home = Path(env.get("GPDATA_HOME") or "var").resolve()
+    feeds = Path(env["GPDATA_FEEDS_DIR"]).resolve() if env.get("GPDATA_FEEDS_DIR") else DEFAULT_FEEDS_DIR
+    store = Path(env["GPDATA_STORE"]).resolve() if env.get("GPDATA_STORE") else home / "store"
+    return Settings(home=home, feeds_dir=feeds, store=store)

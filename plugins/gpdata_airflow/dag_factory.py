@@ -1,0 +1,63 @@
+"""DAG factories: DAG files call these and do nothing else.
+
+Parse-time work is reading the feed YAML files (small) and building tasks: no data, no heavy imports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import DAG, TaskGroup
+
+from gpdata import settings
+from gpdata.feeds import load_feeds
+from gpdata_airflow.operators import (
+    CuratedCommitOperator,
+    PracticeExtractOperator,
+    PrepareStoreOperator,
+    QualityGateOperator,
+    RunSummaryOperator,
+)
+
+EXTRACTION_DOC = """
+### GP practice extraction
+
+One task group per active practice feed (named by its ODS code), from the feed YAML files in
+`GPDATA_FEEDS_DIR` (default `include/config/feeds/`):
+
+1. **extract**: read the delivery, drop every record of patients with a type 1 opt-out, de-identify
+   (keyed pseudonyms, birth month, LSOA; no names, addresses or free text). Identifiable data exists only
+   in this task's memory.
+2. **quality**: quarantine failing rows with a reason, validate each table with Great Expectations; a batch
+   over its threshold fails here and commits nothing.
+3. **commit**: replace the practice's partition of each curated Delta table; write the run manifest;
+   emit an asset event on `gpdata_curated_store` with the counts.
+
+`run_summary` logs one line per practice. Counts per stage are in `$GPDATA_HOME/store/_manifests/`.
+"""
+
+
+def build_extraction_dag(dag_id: str = "gpdata_extract", schedule: str | None = "@daily") -> DAG:
+    cfg = settings.load()
+    feeds = load_feeds(cfg.feeds_dir, active_only=True)
+    with DAG(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        catchup=False,
+        max_active_runs=1,
+        tags=["gpdata", "extraction"],
+        doc_md=EXTRACTION_DOC,
+        default_args={"retries": 0},
+    ) as dag:
+        prepare = PrepareStoreOperator(task_id="prepare_store")
+        summary = RunSummaryOperator(task_id="run_summary", ods_codes=[f.ods_code for f in feeds])
+        for feed in feeds:
+            args = {"ods_code": feed.ods_code, "feed_file": str(feed.source_file)}
+            with TaskGroup(group_id=feed.ods_code, tooltip=f"{feed.name} ({feed.supplier})") as group:
+                extract = PracticeExtractOperator(task_id="extract", **args)
+                check = QualityGateOperator(task_id="quality", **args)
+                commit = CuratedCommitOperator(task_id="commit", **args)
+                extract >> check >> commit
+            prepare >> group >> summary
+    return dag

@@ -1,0 +1,142 @@
+"""Operators over the gpdata library, one per stage, composable like any Airflow operator.
+
+Each practice operator takes the ODS code and the feed file; the feed is read again when the task runs,
+so a corrected YAML takes effect on the next try. Return values (XCom) are counts, never records.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from airflow.sdk import Asset, BaseOperator
+
+CURATED_STORE = Asset("gpdata_curated_store")
+log = logging.getLogger("gpdata.airflow")
+
+
+def _headline(counts: dict) -> str:
+    quarantined = sum(sum(r.values()) for r in counts.get("quality", {}).get("quarantined", {}).values())
+    return (f"patients read {counts.get('patients_read')}, type 1 opt-outs excluded "
+            f"{counts.get('type1_optout', {}).get('patients_excluded')}, rows quarantined {quarantined}")
+
+
+class _PracticeOperator(BaseOperator):
+    ui_color = "#d5e8f7"
+    stage = ""
+
+    def __init__(self, *, ods_code: str, feed_file: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ods_code = ods_code
+        self.feed_file = feed_file
+
+    def _feed(self):
+        from gpdata import settings
+        from gpdata.errors import ConfigError
+        from gpdata.feeds import load_feed
+
+        feed = load_feed(self.feed_file)
+        if feed.ods_code != self.ods_code:
+            raise ConfigError(f"feed file now names practice {feed.ods_code}", practice=self.ods_code,
+                              file=self.feed_file)
+        return feed, settings.load()
+
+    def execute(self, context):
+        from gpdata.errors import GpdataError
+
+        feed, cfg = self._feed()
+        try:
+            return self.run_stage(feed, cfg, context)
+        except GpdataError as exc:
+            # One line an operator can act on; the traceback follows in the log.
+            log.error("gpdata failure: %s", exc)
+            raise
+
+    def run_stage(self, feed, cfg, context):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class PracticeExtractOperator(_PracticeOperator):
+    """Read a practice's delivery, drop type 1 opt-outs and de-identify, in this task's memory only.
+    Writes pseudonymised Parquet to staging."""
+
+    ui_color = "#fde2c4"
+
+    def run_stage(self, feed, cfg, context):
+        from gpdata import pipeline
+
+        counts = pipeline.extract(feed, cfg, context["run_id"])
+        return {k: counts[k] for k in ("patients_read", "type1_optout", "staged_rows")}
+
+
+class QualityGateOperator(_PracticeOperator):
+    """Quarantine failing rows and validate each table with its Great Expectations suite.
+    Fails (nothing committed for the practice) when the batch breaks its thresholds."""
+
+    ui_color = "#e4f2d5"
+
+    def run_stage(self, feed, cfg, context):
+        from gpdata import pipeline
+
+        counts = pipeline.check(feed, cfg, context["run_id"])
+        return counts["quality"]
+
+
+class CuratedCommitOperator(_PracticeOperator):
+    """Replace the practice's partition of every curated Delta table and write its run manifest.
+    Emits an asset event on the curated store with the practice's counts."""
+
+    ui_color = "#e8dcf5"
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("outlets", [CURATED_STORE])
+        super().__init__(**kwargs)
+
+    def run_stage(self, feed, cfg, context):
+        from gpdata import pipeline
+
+        counts = pipeline.commit(feed, cfg, context["run_id"])
+        summary = {
+            "practice": feed.ods_code,
+            "patients_read": counts["patients_read"],
+            "type1_patients_excluded": counts["type1_optout"]["patients_excluded"],
+            "committed_rows": counts["committed_rows"],
+            "quarantined_rows": {t: sum(r.values()) for t, r in counts["quality"]["quarantined"].items()},
+        }
+        context["outlet_events"][CURATED_STORE].extra = summary
+        log.info("practice %s committed: %s", feed.ods_code, _headline(counts))
+        return summary
+
+
+class PrepareStoreOperator(BaseOperator):
+    """Create any missing curated table (empty, with its schema) before practices commit in parallel."""
+
+    def execute(self, context):
+        from gpdata import settings, store
+
+        created = store.ensure_tables(settings.load().store)
+        log.info("curated store ready; tables created: %s", created or "none")
+        return created
+
+
+class RunSummaryOperator(BaseOperator):
+    """Log one line per practice for this run, from the run manifests (also after failures)."""
+
+    def __init__(self, *, ods_codes: list[str], **kwargs) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.ods_codes = ods_codes
+
+    def execute(self, context):
+        from gpdata import settings, store
+
+        manifests = store.latest_manifests(settings.load().manifests)
+        run_id = context["run_id"]
+        out = {}
+        for ods in self.ods_codes:
+            m = manifests.get(ods)
+            if m is None or m.get("run_id") != run_id:
+                out[ods] = "no manifest for this run (failed before the quality gate)"
+            else:
+                out[ods] = f"{m['status']}: {_headline(m)}"
+            log.info("practice %s: %s", ods, out[ods])
+        return out
