@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.airflow_standalone:
         _say("starting Airflow standalone on the demo folders: open http://localhost:8080 "
              f"(the admin password is printed below and kept in {cfg.airflow_home})")
-        os.execve(str(Path(sys.executable).with_name("airflow")), ["airflow", "standalone"], env)
+        os.execve(str(Path(sys.executable).with_name("airflow")), ["airflow", "standalone"], env)  # noqa: S606
 
     _say(f"preparing the Airflow metadata database (SQLite under {cfg.airflow_home}); log: {log}")
     _airflow(["db", "migrate"], env, log)

@@ -45,9 +45,10 @@ class MasterKey:
         return f"MasterKey(version={self.version!r}, development={self.development})"
 
 
-def derive_key(master: bytes, label: str, length: int = 32, salt: bytes | None = None) -> bytes:
+def derive_key(master: bytes, label: str | bytes, length: int = 32, salt: bytes | None = None) -> bytes:
     """HKDF-SHA256 (RFC 5869) with ``label`` as the info string."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=label.encode()).derive(master)
+    info = label.encode() if isinstance(label, str) else label
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(master)
 
 
 def production_mode(env: dict[str, str] | None = None) -> bool:

@@ -9,8 +9,8 @@ JSON, logs and other text by tokens. Matching is on token sequences, so "12 Oak 
 Dates of birth on the first of a month are indistinguishable from a birth month and are not searched.
 Dates in Parquet are checked per patient: given the pseudonymiser, a row whose ``patient_pid`` belongs to a
 patient and which holds that patient's full date of birth in any date column is a leak. (An event on some
-other patient's birthday is not.) A surname alone is searched only in Parquet string cells (codes and pseudonyms), where no word should be;
-in free text such as logs only full names are searched.
+other patient's birthday is not.) A surname alone is searched only in Parquet string cells (codes and
+pseudonyms), where no word should be; in free text such as logs only full names are searched.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ share of quarantined rows of any table exceeds the feed's threshold.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -145,6 +146,7 @@ def _suite(table_name: str, practice: str, today: dt.date, empty: set[str] = fro
 
 def _gx_context():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,

@@ -1,0 +1,44 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import factory as f
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+TEST_KEY = "5a" * 32
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An isolated GPDATA_HOME with a test key and a postcode lookup."""
+    monkeypatch.setenv("GPDATA_HOME", str(tmp_path))
+    monkeypatch.setenv("GPDATA_FEEDS_DIR", str(tmp_path / "feeds"))
+    monkeypatch.delenv("GPDATA_STORE", raising=False)
+    monkeypatch.delenv("GPDATA_MASTER_KEY_FILE", raising=False)
+    monkeypatch.delenv("GPDATA_MODE", raising=False)
+    monkeypatch.setenv("GPDATA_MASTER_KEY", TEST_KEY)
+    f.write_lookup(tmp_path / "reference" / "postcode_lsoa.csv",
+                   [("LS1 4AB", "E01000001"), ("LS2 9XY", "E01000002")])
+    return tmp_path
+
+
+def practice_resources(ods: str = "A81001") -> list[dict]:
+    """Two valid patients with a spread of records, one invalid NHS number, one opted out."""
+    return [
+        f.organization(ods), *f.practitioner("prac-1", "123456789012"),
+        f.patient("p1", "999 000 0018", family="Quinlan", given="Morwenna", dob="1980-05-17"),
+        f.patient("p2", "9990000026", family="Abernethy", given="Tobias", dob="1990-02-11", postcode="LS2 9XY",
+                  line="7 Elm Close", gender="male"),
+        f.patient("p3", "9990000027", family="Invalid", given="Number"),
+        f.patient("p4", "9990000034", family="Optedout", given="Olive", dob="1970-07-07"),
+        f.observation("o1", "p1", f.BMI, "2020-01-01", value=27.5, unit="kg/m2", note="Morwenna Quinlan weighed"),
+        f.condition("c1", "p1", f.HYPERTENSION, "2019-05-05"),
+        f.observation("o2", "p2", f.BMI, "2021-06-01", value=30.0, unit="kg/m2"),
+        f.observation("o3", "p3", f.BMI, "2021-06-01", value=31.0, unit="kg/m2"),
+        f.observation("o4", "p4", f.DISSENT, "2022-01-01"),
+        f.observation("o5", "p4", f.BMI, "2021-06-01", value=22.0, unit="kg/m2"),
+        f.medication_issue("m1", "p1", f.GLIMEPIRIDE, "2022-03-03"),
+        f.medication_issue("m2", "p4", f.GLIMEPIRIDE, "2022-03-03"),
+        f.appointment("a1", "p1", "2024-03-01T09:10:00+00:00"),
+    ]
