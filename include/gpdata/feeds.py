@@ -28,6 +28,9 @@ class Feed(BaseModel):
     max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0,
                                            description="Share of a table's rows that may be quarantined "
                                                        "before the whole batch fails")
+    quarantine_allowance: int = Field(default=10, ge=0,
+                                      description="Quarantined rows per table that never fail the batch, "
+                                                  "so one bad row in a small table is not a failed feed")
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("ods_code")

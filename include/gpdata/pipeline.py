@@ -91,7 +91,8 @@ def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = N
     base = staging_dir(settings, run_id, practice)
     staged, counts = _read_tables(base / "extracted", TABLES, practice, "quality")
     result = quality.gate(staged, practice, run_id, today=today or dt.date.today(),
-                          max_quarantine_fraction=feed.max_quarantine_fraction)
+                          max_quarantine_fraction=feed.max_quarantine_fraction,
+                          quarantine_allowance=feed.quarantine_allowance)
     counts["quality"] = {**result.counts, "passed": result.ok, "failures": result.failures}
     counts["seconds"]["quality"] = round(time.monotonic() - started, 3)
     if not result.ok:

@@ -187,8 +187,11 @@ def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date) -> li
 
 
 def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.date,
-         max_quarantine_fraction: float = 0.05) -> GateResult:
-    """Quarantine failing rows, validate the rest with Great Expectations, decide the batch."""
+         max_quarantine_fraction: float = 0.05, quarantine_allowance: int = 10) -> GateResult:
+    """Quarantine failing rows, validate the rest with Great Expectations, decide the batch.
+
+    A table fails the batch when its quarantined rows exceed both ``max_quarantine_fraction`` of its rows
+    and ``quarantine_allowance`` rows."""
     quarantined: list[pa.Table] = []
     passed: dict[str, pa.Table] = {}
     counts: dict = {"rows_in": {}, "rows_passed": {}, "quarantined": {}}
@@ -217,7 +220,7 @@ def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.d
                 [_const(practice, n_bad), _const(name, n_bad), rejected[POSITION[0]], rejected[POSITION[1]],
                  rej_reasons, _const(run_id, n_bad)], schema=QUARANTINE_SCHEMA))
         counts["quarantined"][name] = dict(sorted(by_reason.items()))
-        if table.num_rows and n_bad / table.num_rows > max_quarantine_fraction:
+        if n_bad > quarantine_allowance and n_bad / table.num_rows > max_quarantine_fraction:
             failures.append(f"{name}: {n_bad} of {table.num_rows} rows quarantined "
                             f"({n_bad / table.num_rows:.1%} > threshold {max_quarantine_fraction:.1%}): "
                             + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))
