@@ -11,23 +11,16 @@ from gpdata.errors import GpdataError
 
 
 def _synth(args) -> int:
-    from gpdata.feeds import Feed, feed_yaml
+    from gpdata.feeds import write_synthetic_feeds
     from gpdata.synth import generate
 
     root = Path(args.out).resolve()
     truths = generate(root, n_practices=args.practices, n_patients=args.patients, seed=args.seed,
                       events_per_patient=args.events_per_patient, dirty_fraction=args.dirty_fraction,
-                      progress=lambda msg: print(msg, flush=True))
+                      optout_fraction=args.optout_fraction, progress=lambda msg: print(msg, flush=True))
     if args.feeds_dir:
-        feeds_dir = Path(args.feeds_dir).resolve()
-        feeds_dir.mkdir(parents=True, exist_ok=True)
-        for truth in truths:
-            location = Path("..") / "sources" / truth.ods_code if feeds_dir.parent == root \
-                else root / "sources" / truth.ods_code
-            feed = Feed(ods_code=truth.ods_code, name=f"Synthetic practice {truth.ods_code}", supplier="synthetic",
-                        format="fhir", location=str(location))
-            (feeds_dir / f"{truth.ods_code}.yaml").write_text(feed_yaml(feed))
-        print(f"feed files: {feeds_dir}")
+        write_synthetic_feeds([t.ods_code for t in truths], root / "sources", Path(args.feeds_dir).resolve())
+        print(f"feed files: {args.feeds_dir}")
     print(f"wrote {len(truths)} practices under {root / 'sources'}; lookups under {root / 'reference'}")
     return 0
 
@@ -81,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--practices", type=int, default=3)
     s.add_argument("--patients", type=int, default=10_000, help="registered patients per practice")
     s.add_argument("--events-per-patient", type=float, default=100.0)
-    s.add_argument("--dirty-fraction", type=float, default=0.01)
+    s.add_argument("--dirty-fraction", type=float, default=0.01, help="share of records made dirty")
+    s.add_argument("--optout-fraction", type=float, default=0.03, help="share of patients with a type 1 dissent")
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--feeds-dir", help="also write one feed YAML per practice here")
     s.set_defaults(func=_synth)

@@ -26,11 +26,25 @@ _CONCEPT_PARTITIONS = {"00", "10"}          # concept ids (international, extens
 _SCTID_PARTITIONS = {"00", "01", "02", "10", "11", "12"}
 
 
+_INV = [0, 4, 3, 2, 1, 5, 6, 7, 8, 9]
+
+
 def verhoeff_ok(digits: str) -> bool:
+    """True if ``digits`` is all ASCII digits and its last digit is a correct Verhoeff check digit."""
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return False
     check = 0
     for i, ch in enumerate(reversed(digits)):
         check = _D[check][_P[i % 8][int(ch)]]
     return check == 0
+
+
+def verhoeff_check_digit(payload: str) -> str:
+    """The Verhoeff check digit to append to the digit string ``payload``."""
+    check = 0
+    for i, ch in enumerate(reversed(payload)):
+        check = _D[check][_P[(i + 1) % 8][int(ch)]]
+    return str(_INV[check])
 
 
 def sctid_ok(code: str, concepts_only: bool = True) -> bool:

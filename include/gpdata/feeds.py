@@ -89,3 +89,19 @@ def load_feeds(folder: Path, *, active_only: bool = False) -> list[Feed]:
 
 def feed_yaml(feed: Feed) -> str:
     return yaml.safe_dump(feed.model_dump(mode="json"), sort_keys=False)
+
+
+def write_synthetic_feeds(ods_codes: list[str], sources: Path, feeds_dir: Path) -> list[Path]:
+    """One feed file per synthetic practice; locations are relative when the folders are siblings."""
+    feeds_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ods in ods_codes:
+        location = sources / ods
+        if feeds_dir.resolve().parent == sources.resolve().parent:
+            location = Path("..") / sources.name / ods
+        feed = Feed(ods_code=ods, name=f"Synthetic practice {ods}", supplier="synthetic", format="fhir",
+                    location=str(location))
+        path = feeds_dir / f"{ods}.yaml"
+        path.write_text(feed_yaml(feed))
+        written.append(path)
+    return written

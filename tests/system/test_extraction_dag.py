@@ -15,10 +15,11 @@ import pytest
 
 from gpdata import keys, settings, store
 from gpdata.airflow_env import airflow_env
-from gpdata.cli import main as gpdata_cli
 from gpdata.deid import Pseudonymiser
+from gpdata.feeds import write_synthetic_feeds
 from gpdata.leakscan import collect_identifiers, scan_text, scan_tree
 from gpdata.model import TABLES
+from gpdata.synth import generate
 
 pytestmark = pytest.mark.system
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -37,9 +38,9 @@ def demo(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GPDATA"))}
     env.update({"GPDATA_HOME": str(home), "GPDATA_FEEDS_DIR": str(home / "feeds")})
     cfg = settings.load(env)
-    rc = gpdata_cli(["synth", "--out", str(home), "--feeds-dir", str(home / "feeds"), "--practices", "2",
-                     "--patients", "60", "--events-per-patient", "30", "--dirty-fraction", "0.01", "--seed", "7"])
-    assert rc == 0
+    truths = generate(home, n_practices=2, n_patients=80, events_per_patient=30, dirty_fraction=0.01,
+                      optout_fraction=0.1, seed=7)
+    write_synthetic_feeds([t.ods_code for t in truths], cfg.sources, cfg.feeds_dir)
     keys.write_development_key(cfg.secrets / "dev.key")
     env.update(airflow_env(cfg, cfg.secrets / "dev.key"))
     outputs = [_airflow(env, "db", "migrate")]
@@ -49,7 +50,7 @@ def demo(tmp_path_factory):
     manifests_first = store.latest_manifests(cfg.manifests)
     outputs.append(_airflow(env, "dags", "test", "gpdata_extract"))
     return {"cfg": cfg, "env": env, "outputs": outputs, "first": first, "manifests_first": manifests_first,
-            "practices": sorted(p.name for p in (home / "sources").iterdir() if p.is_dir())}
+            "practices": sorted(t.ods_code for t in truths), "truths": {t.ods_code: t for t in truths}}
 
 
 TABLES_KEY = {"patients": "patient_pid", "practitioners": "practitioner_pid"}
@@ -70,7 +71,21 @@ def test_manifests_agree_with_the_store_and_the_run(demo):
     for practice, m in manifests.items():
         assert m["status"] == "committed"
         assert m["committed_rows"] == store.row_counts(cfg.store, practice)
-        assert m["patients_read"] > 0 and m["quality"]["passed"]
+        assert m["quality"]["passed"]
+        truth = demo["truths"][practice]
+        # The generator's ground truth: type 1 opt-outs (with re-admissions) and dirty rows, exactly.
+        assert m["type1_optout"]["patients_excluded"] == truth.n_optout_active > 0
+        assert m["type1_optout"]["patients_readmitted"] == truth.n_optout_withdrawn
+        assert m["patients_read"] == truth.resources["Patient"]
+        reasons = {}
+        for by_reason in m["quality"]["quarantined"].values():
+            for reason, n in by_reason.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        assert reasons.get("invalid_nhs_number", 0) == truth.dirty["invalid_nhs_number"]
+        assert reasons.get("future_date", 0) == truth.dirty["future_date"]
+        assert reasons.get("before_birth", 0) == truth.dirty["before_birth"]
+        assert reasons.get("invalid_code", 0) == truth.dirty["unknown_code"]
+        assert reasons.get("duplicate_record", 0) == truth.dirty["duplicate"]
         q = store.read_table(cfg.store, store.QUARANTINE, practice)
         assert q.num_rows == sum(sum(r.values()) for r in m["quality"]["quarantined"].values())
 
