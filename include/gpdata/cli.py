@@ -54,11 +54,18 @@ def _dev_key(args) -> int:
 
 
 def _scan(args) -> int:
+    from gpdata.deid import Pseudonymiser
+    from gpdata.keys import load_master_key
     from gpdata.leakscan import collect_identifiers, scan_tree
 
     cfg = settings.load()
     ids = collect_identifiers(cfg.sources)
-    findings = scan_tree([Path(p) for p in args.paths] or [cfg.store], ids)
+    try:  # with the key, a patient's own full date of birth in their row is checked too
+        pseudo = Pseudonymiser(load_master_key())
+        ids.link(lambda nhs: pseudo(nhs, "nhs_number"))
+    except GpdataError as exc:
+        print(f"note: per-patient date-of-birth check skipped ({exc.cause})")
+    findings = scan_tree([Path(p) for p in args.paths] or [cfg.store, cfg.airflow_home], ids)
     for f in findings[:50]:
         print(f)
     print(f"{len(findings)} finding(s) for {ids.describe()}")
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_dev_key)
 
     c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
-    c.add_argument("paths", nargs="*", help="files or folders (default: the store)")
+    c.add_argument("paths", nargs="*", help="files or folders (default: the store and Airflow's folder)")
     c.set_defaults(func=_scan)
     return p
 

@@ -57,3 +57,13 @@ def test_full_date_of_birth_in_a_patient_row_is_found_but_birth_month_is_not(tmp
     pq.write_table(pa.table({"patient_pid": [pid], "d": [dt.date(1980, 5, 17)]}), out / "leak.parquet")
     findings = [str(x) for x in scan_tree([out], ids)]
     assert len(findings) == 1 and "leak.parquet" in findings[0] and "date_of_birth" in findings[0]
+
+
+def test_delta_log_statistics_are_scanned_except_for_chance_birthday_dates(tmp_path):
+    ids = _ids(tmp_path)
+    log = tmp_path / "out" / "t" / "_delta_log"
+    log.mkdir(parents=True)
+    (log / "00000000000000000000.json").write_text('{"stats": {"minValues": {"registration_date": "1980-05-17"}}}\n')
+    assert scan_tree([tmp_path / "out"], ids) == []
+    (log / "00000000000000000001.json").write_text('{"stats": {"minValues": {"x": "9990000018"}}}\n')
+    assert [f.kind for f in scan_tree([tmp_path / "out"], ids)] == ["nhs_number"]
