@@ -30,7 +30,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
