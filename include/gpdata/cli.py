@@ -72,6 +72,31 @@ def _scan(args) -> int:
     return 1 if findings else 0
 
 
+def _keys(args) -> int:
+    import os
+
+    from gpdata.keys import KEY_FILE_ENV, add_key_version, load_master_key
+    from gpdata.rotation import rotate_store
+
+    if args.action == "show":
+        key = load_master_key()
+        print(f"key versions {', '.join(key.versions)} (current {key.version}); "
+              f"{'development' if key.development else 'production'} key")
+        return 0
+    path = args.key_file or os.environ.get(KEY_FILE_ENV)
+    if args.action == "rotate":
+        if not path:
+            print(f"gpdata: error: rotation needs a key file (--key-file or {KEY_FILE_ENV}); with keys in the "
+                  "environment, add the new version there (v1:<hex>,v2:<hex>) and run `gpdata keys rekey`",
+                  file=sys.stderr)
+            return 2
+        print(f"added key version {add_key_version(Path(path))} to {path}")
+    key = load_master_key({**os.environ, KEY_FILE_ENV: path, "GPDATA_MASTER_KEY": ""} if path else None)
+    for table, what in rotate_store(settings.load().store, key).items():
+        print(f"{table}: {what}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpdata", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -97,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("dev-key", help="write a development pseudonymisation key (synthetic data only)")
     k.add_argument("--path")
     k.set_defaults(func=_dev_key)
+
+    ks = sub.add_parser("keys", help="show the key ring; rotate to a new key version and re-key the store")
+    ks.add_argument("action", choices=["show", "rotate", "rekey"],
+                    help="rotate: add a version and re-key the store; rekey: finish an interrupted rotation")
+    ks.add_argument("--key-file", help=f"key file (default ${'{'}GPDATA_MASTER_KEY_FILE{'}'})")
+    ks.set_defaults(func=_keys)
 
     c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
     c.add_argument("paths", nargs="*", help="files or folders (default: the store and Airflow's folder)")

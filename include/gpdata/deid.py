@@ -26,27 +26,32 @@ from gpdata.keys import MasterKey
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, PARTITION, POSITION, staged_schema
 
 
+def hmac_hex(key: bytes, values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Hex HMAC-SHA256 of each value under ``key``, computed once per distinct value; nulls stay null."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    enc = pc.dictionary_encode(values)
+    digests = [hmac.digest(key, v.encode() if isinstance(v, str) else v, "sha256").hex()
+               for v in enc.dictionary.to_pylist()]
+    return pc.take(pa.array(digests, pa.string()), enc.indices)
+
+
 class Pseudonymiser:
-    """Keyed pseudonyms per field, each under its own HKDF-derived key."""
+    """Keyed pseudonyms per field, each under its own HKDF-derived key, chained over the key ring."""
 
     def __init__(self, master: MasterKey) -> None:
         self.version = master.version
-        self._keys = {}
         self._master = master
+        self._chains: dict[tuple[str, str | None], list[bytes]] = {}
 
-    def _key(self, field: str) -> bytes:
-        if field not in self._keys:
-            self._keys[field] = self._master.derive(field)
-        return self._keys[field]
-
-    def __call__(self, values: pa.Array | pa.ChunkedArray, field: str) -> pa.Array:
-        """Hex HMAC-SHA256 of each value; nulls stay null."""
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        enc = pc.dictionary_encode(values)
-        key = self._key(field)
-        digests = [hmac.digest(key, v.encode(), "sha256").hex() for v in enc.dictionary.to_pylist()]
-        return pc.take(pa.array(digests, pa.string()), enc.indices)
+    def __call__(self, values: pa.Array | pa.ChunkedArray, field: str, after: str | None = None) -> pa.Array:
+        """Pseudonyms of ``values`` at the current version. With ``after``, ``values`` are already pseudonyms
+        of that version and only the later versions are applied (re-keying)."""
+        if (field, after) not in self._chains:
+            self._chains[field, after] = self._master.chain(field, after)
+        for key in self._chains[field, after]:
+            values = hmac_hex(key, values)
+        return values
 
 
 def normalise_postcode(values: pa.Array) -> pa.Array:

@@ -1,6 +1,6 @@
 """Pseudonymisation keys.
 
-One master key comes from the environment (``GPDATA_MASTER_KEY``, hex) or a key file named by
+One master key ring comes from the environment (``GPDATA_MASTER_KEY``, hex) or a key file named by
 ``GPDATA_MASTER_KEY_FILE`` (a secrets-backend mount in production; ``make demo`` writes a development one).
 Each pseudonymised field gets its own key, derived with HKDF-SHA256 under a versioned label, so a key for
 one field says nothing about another and a new version re-keys everything. Keys never come from code,
@@ -33,16 +33,37 @@ FIELDS = ("nhs_number", "date_of_birth", "postcode", "practitioner", "record_id"
 
 @dataclass(frozen=True)
 class MasterKey:
-    material: bytes = field(repr=False)
-    version: str
+    """A key ring: every master key version in order, oldest first; the newest is current.
+
+    A pseudonym of version N is HMAC under version N's field key of the version N-1 pseudonym (version 1
+    takes the normalised identifier). Rotation adds a version and re-keys the store from its pseudonyms
+    alone; the chain stays safe while the newest key is secret, even if an older one leaks.
+    """
+
+    ring: tuple[tuple[str, bytes], ...] = field(repr=False)
     development: bool
 
-    def derive(self, purpose: str) -> bytes:
-        """A 32-byte key for one field, e.g. ``derive("nhs_number")``."""
-        return derive_key(self.material, f"gpdata/{self.version}/pseudonym/{purpose}")
+    @property
+    def version(self) -> str:
+        return self.ring[-1][0]
+
+    @property
+    def versions(self) -> list[str]:
+        return [v for v, _ in self.ring]
+
+    def derive(self, purpose: str, version: str | None = None) -> bytes:
+        """The 32-byte key for one field under one version (default: current)."""
+        material = dict(self.ring)[version or self.version]
+        return derive_key(material, f"gpdata/{version or self.version}/pseudonym/{purpose}")
+
+    def chain(self, purpose: str, after: str | None = None) -> list[bytes]:
+        """Field keys of every version after ``after`` (all versions if None), oldest first."""
+        versions = self.versions
+        start = versions.index(after) + 1 if after else 0
+        return [self.derive(purpose, v) for v in versions[start:]]
 
     def __repr__(self) -> str:  # never print key material
-        return f"MasterKey(version={self.version!r}, development={self.development})"
+        return f"MasterKey(versions={self.versions!r}, development={self.development})"
 
 
 def derive_key(master: bytes, label: str | bytes, length: int = 32, salt: bytes | None = None) -> bytes:
@@ -56,38 +77,84 @@ def production_mode(env: dict[str, str] | None = None) -> bool:
     return env.get(MODE_ENV, "development").lower() == "production"
 
 
+def _parse_ring(entries: list[tuple[str, str]], where: str, practice: str | None) -> tuple[tuple[str, bytes], ...]:
+    ring = []
+    for version, hexkey in entries:
+        try:
+            material = bytes.fromhex(hexkey.strip())
+        except ValueError:
+            raise KeyConfigError(f"{where} is not hexadecimal (version {version})", practice=practice) from None
+        if len(material) < MIN_KEY_BYTES:
+            raise KeyConfigError(f"the master key (version {version}) is {len(material)} bytes; at least "
+                                 f"{MIN_KEY_BYTES} are required", practice=practice)
+        ring.append((version, material))
+    if len({v for v, _ in ring}) != len(ring):
+        raise KeyConfigError(f"{where} repeats a key version", practice=practice)
+    return tuple(ring)
+
+
+def read_key_file(path: Path, practice: str | None = None) -> dict:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise KeyConfigError(f"key file {path} named by {KEY_FILE_ENV} does not exist", practice=practice) from None
+    except ValueError:
+        raise KeyConfigError(f"key file {path} is not JSON", practice=practice) from None
+    if not isinstance(doc, dict) or not (isinstance(doc.get("keys"), list) or isinstance(doc.get("key"), str)):
+        raise KeyConfigError(f"key file {path} is not a gpdata key file (JSON with 'keys' or 'key')",
+                             practice=practice)
+    return doc
+
+
+def _file_entries(doc: dict) -> list[tuple[str, str]]:
+    if isinstance(doc.get("keys"), list):
+        return [(str(k.get("version")), str(k.get("key", ""))) for k in doc["keys"] if isinstance(k, dict)]
+    return [(str(doc.get("version", DEFAULT_VERSION)), doc["key"])]
+
+
 def load_master_key(env: dict[str, str] | None = None, practice: str | None = None) -> MasterKey:
-    """Load and check the master key; fail closed with a message that names the cause, not the key."""
+    """Load and check the key ring; fail closed with a message that names the cause, never the key.
+
+    ``GPDATA_MASTER_KEY`` holds one hex key (version ``GPDATA_KEY_VERSION``, default v1) or a ring written
+    ``v1:<hex>,v2:<hex>``; ``GPDATA_MASTER_KEY_FILE`` names a JSON key file (a mounted secret).
+    """
     env = os.environ if env is None else env
-    version = env.get(KEY_VERSION_ENV, DEFAULT_VERSION)
     development = False
     if env.get(KEY_ENV):
         raw = env[KEY_ENV].strip()
-        try:
-            material = bytes.fromhex(raw)
-        except ValueError:
-            raise KeyConfigError(f"{KEY_ENV} is not hexadecimal", practice=practice) from None
+        if ":" in raw:
+            entries = [tuple(part.split(":", 1)) for part in raw.split(",")]
+        else:
+            entries = [(env.get(KEY_VERSION_ENV, DEFAULT_VERSION), raw)]
+        ring = _parse_ring(entries, KEY_ENV, practice)
     elif env.get(KEY_FILE_ENV):
         path = Path(env[KEY_FILE_ENV])
-        try:
-            doc = json.loads(path.read_text())
-            material = bytes.fromhex(doc["key"])
-        except FileNotFoundError:
-            raise KeyConfigError(f"key file {path} named by {KEY_FILE_ENV} does not exist",
-                                 practice=practice) from None
-        except (ValueError, KeyError, TypeError):
-            raise KeyConfigError(f"key file {path} is not a gpdata key file (JSON with a hex 'key')",
-                                 practice=practice) from None
+        doc = read_key_file(path, practice)
+        ring = _parse_ring(_file_entries(doc), f"key file {path}", practice)
         development = doc.get("kind") == "development"
-        version = doc.get("version", version)
     else:
         raise KeyConfigError(f"no pseudonymisation key: set {KEY_ENV} or {KEY_FILE_ENV}", practice=practice)
-    if len(material) < MIN_KEY_BYTES:
-        raise KeyConfigError(f"the master key is {len(material)} bytes; at least {MIN_KEY_BYTES} are required",
-                             practice=practice)
+    if not ring:
+        raise KeyConfigError("the key ring is empty", practice=practice)
     if development and production_mode(env):
         raise KeyConfigError(f"a development key is not allowed when {MODE_ENV}=production", practice=practice)
-    return MasterKey(material=material, version=version, development=development)
+    return MasterKey(ring=ring, development=development)
+
+
+def add_key_version(path: Path) -> str:
+    """Append a new random master key version to a key file (atomically). Returns the new version."""
+    doc = read_key_file(path)
+    entries = _file_entries(doc)
+    numbers = [int(v[1:]) for v, _ in entries if v.startswith("v") and v[1:].isdigit()]
+    version = f"v{max(numbers, default=0) + 1}"
+    new = {k: v for k, v in doc.items() if k not in ("key", "version")}
+    new["keys"] = [{"version": v, "key": k} for v, k in entries] + [{"version": version, "key": secrets.token_hex(32)}]
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(new, fh)
+    os.replace(tmp, path)
+    return version
 
 
 def write_development_key(path: Path) -> bool:
@@ -95,7 +162,7 @@ def write_development_key(path: Path) -> bool:
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"kind": "development", "version": DEFAULT_VERSION, "key": secrets.token_hex(32),
+    doc = {"kind": "development", "keys": [{"version": DEFAULT_VERSION, "key": secrets.token_hex(32)}],
            "note": "gpdata development key: for synthetic data only, refused when GPDATA_MODE=production"}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -13,6 +13,10 @@ PARTITION = "practice_code"
 POSITION = ("_src_file", "_src_entry")  # where a row came from: kept for quarantine, never curated
 ISSUE = "_issue"                        # a reason found before pseudonymisation (e.g. invalid NHS number)
 
+# Pseudonym columns and the field key each is made with.
+PSEUDONYM_FIELDS = {"patient_pid": "nhs_number", "dob_pid": "date_of_birth", "postcode_pid": "postcode",
+                    "practitioner_pid": "practitioner", "record_id": "record_id", "authorisation_id": "record_id"}
+
 TABLES = ("patients", "practitioners", "observations", "medications", "allergies", "immunisations",
           "referrals", "recalls", "appointments")
 EVENT_TABLES = TABLES[2:]

@@ -112,7 +112,8 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     base = staging_dir(settings, run_id, practice)
     tables, counts = _read_tables(base / "validated", [*TABLES, "quarantine"], practice, "commit")
     quarantine = tables.pop("quarantine")
-    versions = store.commit_practice(settings.store, practice, tables, quarantine)
+    current = load_master_key(practice=practice).version
+    versions = store.commit_practice(settings.store, practice, tables, quarantine, key_version=current)
     counts["committed_rows"] = {name: t.num_rows for name, t in tables.items()}
     counts["table_versions"] = versions
     counts["seconds"]["commit"] = round(time.monotonic() - started, 3)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
@@ -63,12 +64,44 @@ def replace_partition(store: Path, name: str, practice: str, table: pa.Table) ->
     return DeltaTable(path).version()
 
 
-def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], quarantine: pa.Table) -> dict:
-    """Write a practice's validated batch into every curated table and its quarantined rows."""
+def key_versions(store: Path, name: str, exclude_practice: str | None = None) -> set[str]:
+    """The key versions present in a table (optionally ignoring one practice's partition)."""
+    dataset = DeltaTable(str(table_path(store, name))).to_pyarrow_dataset()
+    expr = (pc.field(PARTITION) != exclude_practice) if exclude_practice else None
+    column = dataset.to_table(columns=["key_version"], filter=expr)["key_version"]
+    return set(pc.unique(column).to_pylist()) - {None}
+
+
+def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], quarantine: pa.Table,
+                    key_version: str) -> dict:
+    """Write a practice's validated batch into every curated table and its quarantined rows.
+
+    Refuses, before writing anything, a batch not at the key ring's current ``key_version`` or a table whose
+    other practices are at another version, so no table ever mixes versions: a batch pseudonymised before a
+    key rotation must be extracted again.
+    """
     ensure_tables(store)
+    for name in TABLES:
+        found = set(pc.unique(tables[name]["key_version"]).to_pylist()) if tables[name].num_rows else set()
+        found |= key_versions(store, name, exclude_practice=practice)
+        if found - {key_version}:
+            raise GpdataError(f"table {name} would hold pseudonyms of key version "
+                              f"{', '.join(sorted(found | {key_version}))}: the key was rotated during the run; "
+                              "run the practice again", practice=practice, stage="commit")
     versions = {name: replace_partition(store, name, practice, tables[name]) for name in TABLES}
     versions[QUARANTINE] = replace_partition(store, QUARANTINE, practice, quarantine)
     return versions
+
+
+def replace_table(store: Path, name: str, table: pa.Table) -> int:
+    """Replace a whole table in one commit, then vacuum the files no version needs any more beyond it
+    (used by key rotation, where old files hold superseded pseudonyms). Returns the new version."""
+    schema = _schemas()[name]
+    path = str(table_path(store, name))
+    write_deltalake(path, table.select(schema.names).cast(schema), mode="overwrite", partition_by=[PARTITION])
+    dt = DeltaTable(path)
+    dt.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    return dt.version()
 
 
 def read_table(store: Path, name: str, practice: str | None = None) -> pa.Table:

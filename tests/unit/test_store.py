@@ -19,7 +19,7 @@ def _rows(practice: str, n: int):
 def _commit(root, practice, n):
     tables = {t: CURATED[t].empty_table() for t in TABLES}
     tables["practitioners"] = _rows(practice, n)
-    return store.commit_practice(root, practice, tables, QUARANTINE_SCHEMA.empty_table())
+    return store.commit_practice(root, practice, tables, QUARANTINE_SCHEMA.empty_table(), key_version="v1")
 
 
 def test_tables_are_created_with_their_explicit_schemas(tmp_path):
