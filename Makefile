@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export GPDATA_HOME ?= $(CURDIR)/var
 
-.PHONY: install demo airflow test lint bench clean lock
+.PHONY: install demo airflow test lint scan bench clean lock
 
 # Installs what is missing: the venv, the pinned requirements, then this package (editable).
 $(STAMP): requirements.txt pyproject.toml
@@ -31,6 +31,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Leak scan of everything the demo wrote (store, all table versions, manifests, Airflow output).
+scan: $(STAMP)
+	GPDATA_MASTER_KEY_FILE=$${GPDATA_MASTER_KEY_FILE:-$(GPDATA_HOME)/secrets/dev-master.key} $(BIN)/gpdata scan
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

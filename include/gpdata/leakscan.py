@@ -15,6 +15,7 @@ pseudonyms), where no word should be; in free text such as logs only full names 
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 _TOKEN = re.compile(r"[A-Z0-9]+")
+PSEUDONYM_RE = r"^[0-9a-f]{64}$"
 DELTA_LOG_SKIP = frozenset({"date_of_birth"})
 TEXT_SUFFIXES = {".json", ".log", ".txt", ".csv", ".md", ".html", ".yaml", ".yml", ".crc"}
 
@@ -40,6 +42,7 @@ class Identifiers:
     sequences: dict[int, set[tuple[str, ...]]] = field(default_factory=dict)  # length -> token sequences
     labels: dict[tuple[str, ...], str] = field(default_factory=dict)
     surnames: set[str] = field(default_factory=set)
+    vocabulary: set[str] = field(default_factory=set)  # every token of every identifier: a quick reject
     dob_by_nhs: dict[str, str] = field(default_factory=dict)
     dob_by_pid: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -51,6 +54,7 @@ class Identifiers:
         if not seq:
             return
         self.sequences.setdefault(len(seq), set()).add(seq)
+        self.vocabulary.update(seq)
         self.labels.setdefault(seq, kind)
         self.counts[kind] = self.counts.get(kind, 0) + 1
 
@@ -66,6 +70,8 @@ class Identifiers:
     def find(self, text: str, skip: frozenset[str] = frozenset()) -> str | None:
         """The kind of the first identifier found in the text (ignoring kinds in ``skip``), or None."""
         toks = tokens(text)
+        if self.vocabulary.isdisjoint(toks):
+            return None
         for length, seqs in self.sequences.items():
             for i in range(len(toks) - length + 1):
                 seq = tuple(toks[i:i + length])
@@ -112,15 +118,20 @@ def _patient_identifiers(res: dict, ids: Identifiers) -> None:
 def collect_identifiers(sources: Path) -> Identifiers:
     """Identifiers of every patient and practitioner in every delivery under ``sources``."""
     ids = Identifiers()
-    for path in sorted(Path(sources).rglob("*.json")):
-        try:
-            doc = orjson.loads(path.read_bytes())
-        except orjson.JSONDecodeError:
-            continue
-        for entry in doc.get("entry") or () if isinstance(doc, dict) else ():
-            res = entry.get("resource") or {}
-            if res.get("resourceType") in ("Patient", "Practitioner"):
-                _patient_identifiers(res, ids)
+    gc.disable()  # millions of short-lived parsed objects: the cyclic collector only slows this down
+    try:
+        for path in sorted(Path(sources).rglob("*.json")):
+            try:
+                doc = orjson.loads(path.read_bytes())
+            except orjson.JSONDecodeError:
+                continue
+            for entry in doc.get("entry") or () if isinstance(doc, dict) else ():
+                res = entry.get("resource") or {}
+                if res.get("resourceType") in ("Patient", "Practitioner"):
+                    _patient_identifiers(res, ids)
+            del doc
+    finally:
+        gc.enable()
     return ids
 
 
@@ -147,7 +158,9 @@ def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            for value in set(col.to_pylist()) - {None}:
+            # A pseudonym (64 hex characters, one token) can never contain an identifier: skip them in bulk.
+            col = pc.filter(col, pc.invert(pc.fill_null(pc.match_substring_regex(col, PSEUDONYM_RE), True)))
+            for value in set(pc.unique(col).to_pylist()) - {None}:
                 kind = ids.find(value)
                 if kind is None and ids.surnames & set(tokens(value)):
                     kind = "name"
