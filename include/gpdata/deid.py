@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpdata import nhsnumber
+from gpdata.arrowutil import const, first_reason
 from gpdata.codes import code_keys
 from gpdata.errors import ConfigError
 from gpdata.keys import MasterKey
@@ -85,25 +86,13 @@ def _month(dates: pa.Array) -> pa.Array:
     return pc.cast(pc.floor_temporal(pc.cast(dates, pa.timestamp("s")), unit="month"), pa.date32())
 
 
-def _const(value: str, n: int) -> pa.Array:
-    return pa.array([value] * n, pa.string()) if n else pa.array([], pa.string())
-
-
-def _issue_first(n: int, *conditions: tuple[pa.Array, str]) -> pa.Array:
-    """The first reason whose condition holds, per row, else null."""
-    out = pa.nulls(n, pa.string())
-    for cond, reason in reversed(conditions):
-        out = pc.if_else(pc.fill_null(cond, False), _const(reason, n), out)
-    return out
-
-
 def _lookup(refs: pa.Array, keys: pa.Array, values: pa.Array) -> pa.Array:
     return pc.take(values, pc.index_in(refs, value_set=keys))
 
 
 def _finish(name: str, columns: dict[str, pa.Array], n: int, practice: str, version: str) -> pa.Table:
-    columns[PARTITION] = _const(practice, n)
-    columns["key_version"] = _const(version, n)
+    columns[PARTITION] = const(practice, n)
+    columns["key_version"] = const(version, n)
     schema = staged_schema(name)
     return pa.Table.from_arrays([pc.cast(columns[f.name], f.type) if f.name in columns
                                  else pa.nulls(n, f.type) for f in schema], schema=schema)
@@ -137,8 +126,8 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
         "registration_date": pat["registration_date"],
         "death_month": _month(pat["deceased_date"].combine_chunks()),
         POSITION[0]: pat["_src_file"], POSITION[1]: pat["_src_entry"],
-        ISSUE: _issue_first(n, (pc.is_null(pat["nhs_number"]), "missing_nhs_number"),
-                            (pc.invert(valid), "invalid_nhs_number")),
+        ISSUE: first_reason(n, [(pc.is_null(pat["nhs_number"]), "missing_nhs_number"),
+                            (pc.invert(valid), "invalid_nhs_number")]),
     }, n, practice, pseudo.version)
     patient_refs = pat["source_id"].combine_chunks()
 
@@ -149,7 +138,7 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
     staged["practitioners"] = _finish("practitioners", {
         "practitioner_pid": prac_pids, "role_code": prac["role_code"], "role_name": prac["role_name"],
         POSITION[0]: prac["_src_file"], POSITION[1]: prac["_src_entry"],
-        ISSUE: _issue_first(prac.num_rows, (pc.is_null(prac_ids), "missing_record_id")),
+        ISSUE: first_reason(prac.num_rows, [(pc.is_null(prac_ids), "missing_record_id")]),
     }, prac.num_rows, practice, pseudo.version)
     prac_roles = prac["role_code"].combine_chunks()
 
@@ -170,9 +159,9 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
             "patient_pid": pids,
             "practitioner_pid": _lookup(practitioner, prac_ids, prac_pids),
             POSITION[0]: table["_src_file"], POSITION[1]: table["_src_entry"],
-            ISSUE: _issue_first(m, (pc.is_null(table["source_id"]), "missing_record_id"),
+            ISSUE: first_reason(m, [(pc.is_null(table["source_id"]), "missing_record_id"),
                                 (pc.invert(known), "unknown_patient"),
-                                (pc.is_null(pids), "patient_invalid_nhs_number")),
+                                (pc.is_null(pids), "patient_invalid_nhs_number")]),
         }
         curated = set(CURATED[name].names)
         for col in table.column_names:

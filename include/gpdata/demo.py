@@ -98,6 +98,7 @@ Outputs
   curated Delta tables   {cfg.store}/<table>   (read with deltalake, polars, DuckDB's delta_scan or Spark)
   quarantined rows       {cfg.store}/_quarantine   (reason and position, no identifiers)
   run manifests          {cfg.manifests}/<ODS>/
+  quality                {cfg.data_docs}/<ODS>/index.html (Data Docs); {cfg.quality}/<ODS>/<run>.json
   synthetic sources      {cfg.sources}/<ODS>/   (identifiable test data; never copied to the store)
   Airflow log of the run {log}
 See it in the Airflow UI: make airflow   (Airflow standalone on the same folders, http://localhost:8080)""")

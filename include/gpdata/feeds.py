@@ -31,6 +31,9 @@ class Feed(BaseModel):
     quarantine_allowance: int = Field(default=10, ge=0,
                                       description="Quarantined rows per table that never fail the batch, "
                                                   "so one bad row in a small table is not a failed feed")
+    volume_tolerance: float | None = Field(default=0.5, ge=0.0,
+                                           description="Largest relative change in a table's delivered rows "
+                                                       "against the previous committed run (null: no check)")
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("ods_code")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ log = logging.getLogger("gpdata.pipeline")
 
 
 def staging_dir(settings: Settings, run_id: str, practice: str) -> Path:
-    return settings.staging / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id) / practice
+    return settings.staging / store.safe_name(run_id) / practice
 
 
 def _write_tables(folder: Path, tables: dict[str, pa.Table], meta: dict) -> None:
@@ -92,9 +91,21 @@ def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = N
     staged, counts = _read_tables(base / "extracted", TABLES, practice, "quality")
     result = quality.gate(staged, practice, run_id, today=today or dt.date.today(),
                           max_quarantine_fraction=feed.max_quarantine_fraction,
-                          quarantine_allowance=feed.quarantine_allowance)
-    counts["quality"] = {**result.counts, "passed": result.ok, "failures": result.failures}
+                          quarantine_allowance=feed.quarantine_allowance,
+                          gx_root=settings.quality / practice / "gx", docs_dir=settings.data_docs / practice)
+    previous = store.last_committed(settings.manifests, practice)
+    if feed.volume_tolerance is not None and previous:
+        result.failures += quality.volume_failures(counts["records_read"], previous.get("records_read"),
+                                                   feed.volume_tolerance)
+    counts["quality"] = {**result.counts, "passed": result.ok, "failures": result.failures,
+                         "data_docs": str(settings.data_docs / practice / "index.html")}
     counts["seconds"]["quality"] = round(time.monotonic() - started, 3)
+    store.write_json_atomic(settings.quality / practice / f"{store.safe_name(run_id)}.json",
+                            {"practice": practice, "run_id": run_id, "passed": result.ok,
+                             "failures": result.failures, "expectations": result.expectations,
+                             "quarantined": result.counts["quarantined"]})
+    for failure in result.failures:
+        log.warning("practice %s: quality: %s", practice, failure)
     if not result.ok:
         write_run_manifest(settings, practice, run_id, counts, status="failed_quality")
         raise QualityGateError("quality gate failed, nothing committed: " + "; ".join(result.failures),

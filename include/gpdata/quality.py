@@ -5,13 +5,14 @@ Two layers:
 1. **Row rules** (pyarrow, vectorised): each row that breaks a rule goes to quarantine with a reason
    code and its position (file, entry), never its values. Reasons: ``_issue`` flags set before
    pseudonymisation (invalid NHS number, unknown patient...), missing keys or dates, future dates, dates
-   before 1900 or before the patient's birth month, malformed codes, duplicate records and events whose
-   patient is not in the batch.
-2. **Great Expectations suites** per curated table, run on the rows that passed: required columns, non-null
-   keys, pseudonym format, unique ids, date bounds and value sets. A failed expectation fails the batch.
+   before 1900 or before the patient's birth month, malformed SNOMED CT / dm+d / Read codes, implausible
+   measurement values or units, duplicate records and events whose patient is not in the batch.
+2. **Great Expectations suites** (gpdata.suites) per curated table, run on the rows that passed. A failed
+   expectation fails the batch. Results keep counts only (SUMMARY, ``partial_unexpected_count`` 0).
 
-The batch fails as a whole (nothing is committed for the practice) when an expectation fails or when the
-share of quarantined rows of any table exceeds the feed's threshold.
+The batch fails as a whole (nothing is committed for the practice) when an expectation fails, when a
+table's quarantined rows exceed both the feed's fraction and its allowance, or when the delivery's volume
+moved too far from the practice's previous committed run.
 """
 
 from __future__ import annotations
@@ -20,24 +21,18 @@ import datetime as dt
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpdata import suites
+from gpdata.arrowutil import const, first_reason
 from gpdata.codes import codes_valid
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, PARTITION, POSITION, TABLES
 
-PSEUDONYM_REGEX = r"^[0-9a-f]{64}$"
-EARLIEST = dt.date(1900, 1, 1)
-# Columns whose (system, code) must be well formed, per table. Appointments carry no code.
+# Tables whose (system, code) must be well formed. Appointments carry no code.
 _CODED = {t for t in EVENT_TABLES if t != "appointments"}
-# Appointments may be booked ahead; everything else must have happened by the day of the check.
-FUTURE_ALLOWANCE_DAYS = {"appointments": 366}
-_VALUE_SETS = {
-    "sex": ["male", "female", "other", "unknown"],
-    "medication_type": ["authorisation", "issue"],
-    "category": ["condition", "observation"],
-}
 
 QUARANTINE_SCHEMA = pa.schema([
     pa.field(PARTITION, pa.string(), nullable=False),
@@ -62,17 +57,6 @@ class GateResult:
         return not self.failures
 
 
-def _const(value: str, n: int) -> pa.Array:
-    return pa.array([value] * n, pa.string())
-
-
-def _first(n: int, rules: list[tuple[pa.Array, str]]) -> pa.Array:
-    out = pa.nulls(n, pa.string())
-    for cond, reason in reversed(rules):
-        out = pc.if_else(pc.fill_null(cond, False), _const(reason, n), out)
-    return out
-
-
 def _duplicates(keys: pa.Array) -> pa.Array:
     """True for the second and later occurrence of each non-null key (the first is kept)."""
     n = len(keys)
@@ -84,26 +68,44 @@ def _duplicates(keys: pa.Array) -> pa.Array:
     return pc.and_(pc.invert(first), pc.is_valid(keys))
 
 
+def _measurement_rules(table: pa.Table) -> list[tuple[pa.Array, str]]:
+    ms = suites.measurements()
+    codes = [c for m in ms for c in m.codes]
+    if not codes:
+        return []
+    mins = pa.array([m.min for m in ms for _ in m.codes], pa.float64())
+    maxs = pa.array([m.max for m in ms for _ in m.codes], pa.float64())
+    allowed = pa.array(sorted({f"{c}|{u}" for m in ms for c in m.codes for u in m.units}), pa.string())
+    idx = pc.index_in(table["code"], value_set=pa.array(codes, pa.string()))
+    is_measure = pc.is_valid(idx)
+    value = table["value"]
+    with_value = pc.and_(is_measure, pc.is_valid(value))
+    unit_ok = pc.is_in(pc.binary_join_element_wise(table["code"], pc.fill_null(table["unit"], ""), "|"),
+                       value_set=allowed)
+    out_of_range = pc.or_(pc.less(value, pc.take(mins, idx)), pc.greater(value, pc.take(maxs, idx)))
+    return [(pc.and_(with_value, pc.invert(unit_ok)), "unexpected_unit"),
+            (pc.and_(with_value, out_of_range), "implausible_value")]
+
+
 def row_reasons(table_name: str, table: pa.Table, today: dt.date,
                 birth_month: tuple[pa.Array, pa.Array] | None = None,
                 known_patients: pa.Array | None = None) -> pa.Array:
-    """The first rule each row breaks (a reason code), or null where the row is clean."""
-    n = table.num_rows
-    rules: list[tuple[pa.Array, str]] = []  # a reason found before pseudonymisation (_issue) comes first
+    """The first rule each row breaks (a reason code), or null where the row is clean. A reason found
+    before pseudonymisation (``_issue``) comes first."""
+    rules: list[tuple[pa.Array, str]] = []
     if table_name == "patients":
         rules += [(pc.is_null(table["patient_pid"]), "missing_key"),
                   (pc.greater(table["birth_month"], pa.scalar(today)), "future_date"),
-                  (pc.less(table["birth_month"], pa.scalar(EARLIEST)), "date_before_1900"),
+                  (pc.less(table["birth_month"], pa.scalar(suites.EARLIEST)), "date_before_1900"),
                   (_duplicates(table["patient_pid"].combine_chunks()), "duplicate_record")]
     elif table_name == "practitioners":
         rules += [(_duplicates(table["practitioner_pid"].combine_chunks()), "duplicate_record")]
     else:
         date = table["event_date"]
-        latest = today + dt.timedelta(days=FUTURE_ALLOWANCE_DAYS.get(table_name, 0))
         rules += [(pc.or_(pc.is_null(table["record_id"]), pc.is_null(table["patient_pid"])), "missing_key"),
                   (pc.is_null(date), "missing_date"),
-                  (pc.greater(date, pa.scalar(latest)), "future_date"),
-                  (pc.less(date, pa.scalar(EARLIEST)), "date_before_1900")]
+                  (pc.greater(date, pa.scalar(suites.latest_allowed(table_name, today))), "future_date"),
+                  (pc.less(date, pa.scalar(suites.EARLIEST)), "date_before_1900")]
         if birth_month is not None:
             pids, months = birth_month
             born = pc.take(months, pc.index_in(table["patient_pid"], value_set=pids))
@@ -111,40 +113,16 @@ def row_reasons(table_name: str, table: pa.Table, today: dt.date,
         if table_name in _CODED:
             rules.append((pc.invert(codes_valid(table["code_system"].combine_chunks(),
                                                 table["code"].combine_chunks())), "invalid_code"))
+        if table_name == "observations":
+            rules += _measurement_rules(table)
         rules.append((_duplicates(table["record_id"].combine_chunks()), "duplicate_record"))
         if known_patients is not None:
             rules.append((pc.invert(pc.is_in(table["patient_pid"], value_set=known_patients)), "unknown_patient"))
-    return pc.coalesce(table[ISSUE].combine_chunks(), _first(n, rules))
+    return pc.coalesce(table[ISSUE].combine_chunks(), first_reason(table.num_rows, rules))
 
 
-def _suite(table_name: str, practice: str, today: dt.date, empty: set[str] = frozenset()) -> list:
-    """The expectations for one table. Min/max bounds apply to columns with at least one value
-    (``empty`` names the all-null ones: GX cannot take the minimum of nothing)."""
-    import great_expectations as gx
-
-    e = gx.expectations
-    schema = CURATED[table_name]
-    exps = [e.ExpectTableColumnsToMatchSet(column_set=schema.names, exact_match=True),
-            e.ExpectColumnValuesToBeInSet(column=PARTITION, value_set=[practice])]
-    for f in schema:
-        if not f.nullable:
-            exps.append(e.ExpectColumnValuesToNotBeNull(column=f.name))
-        if f.name.endswith("_pid") or f.name in ("record_id", "authorisation_id"):
-            exps.append(e.ExpectColumnValuesToMatchRegex(column=f.name, regex=PSEUDONYM_REGEX))
-        if pa.types.is_date32(f.type) and f.name not in empty:
-            exps.append(e.ExpectColumnMinToBeBetween(column=f.name, min_value=dt.datetime(1900, 1, 1)))
-            if f.name != "due_date":
-                latest = today + dt.timedelta(days=FUTURE_ALLOWANCE_DAYS.get(table_name, 0))
-                exps.append(e.ExpectColumnMaxToBeBetween(
-                    column=f.name, max_value=dt.datetime.combine(latest, dt.time())))
-        if f.name in _VALUE_SETS:
-            exps.append(e.ExpectColumnValuesToBeInSet(column=f.name, value_set=_VALUE_SETS[f.name]))
-    key = {"patients": "patient_pid", "practitioners": "practitioner_pid"}.get(table_name, "record_id")
-    exps.append(e.ExpectColumnValuesToBeUnique(column=key))
-    return exps
-
-
-def _gx_context():
+def _gx_context(root: Path | None, docs: Path | None):
+    """An in-memory context, or a file context under ``root`` whose Data Docs site is ``docs``."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
@@ -154,27 +132,59 @@ def _gx_context():
         ProgressBarsConfig,
     )
 
-    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(),
-                               progress_bars=ProgressBarsConfig(globally=False))
-    return gx.get_context(mode="ephemeral", project_config=config)
+    if root is None:
+        config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(),
+                                   progress_bars=ProgressBarsConfig(globally=False))
+        return gx.get_context(mode="ephemeral", project_config=config)
+    ctx = gx.get_context(mode="file", project_root_dir=str(root))
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs is not None:
+        site = {"class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs)}}
+        sites = ctx.variables.data_docs_sites or {}
+        if sites.get("gpdata") != site:
+            ctx.variables.data_docs_sites = {"gpdata": site}
+    ctx.variables.save()
+    return ctx
 
 
-def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date) -> list[dict]:
-    """Validate each table with its suite. Results keep counts only: no row values, ever."""
+def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date, *, gx_root: Path | None = None,
+               docs_dir: Path | None = None) -> list[dict]:
+    """Validate each table with its suite. With ``gx_root``, a file context keeps the suites and results
+    and builds Data Docs into ``docs_dir``. What is returned keeps counts only: no row values, ever."""
     import great_expectations as gx
 
-    ctx = _gx_context()
-    source = ctx.data_sources.add_pandas("gpdata")
+    ctx = _gx_context(gx_root, docs_dir)
+    try:
+        source = ctx.data_sources.get("gpdata")
+    except (KeyError, ValueError):
+        source = ctx.data_sources.add_pandas("gpdata")
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
     results = []
     for name, table in tables.items():
-        batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("batch")
-        empty = {c for c in table.column_names if table[c].null_count == table.num_rows}
-        suite = ctx.suites.add(gx.ExpectationSuite(name=f"gpdata_{name}",
-                                                   expectations=_suite(name, practice, today, empty)))
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"gpdata_{name}", data=batch, suite=suite))
-        outcome = vd.run(batch_parameters={"dataframe": table.to_pandas(date_as_object=False)},
-                         result_format={"result_format": "SUMMARY", "partial_unexpected_count": 0})
-        for er in outcome.results:
+        try:
+            asset = source.get_asset(name)
+        except LookupError:
+            asset = source.add_dataframe_asset(name=name)
+        try:
+            batch = asset.get_batch_definition("batch")
+        except KeyError:
+            batch = asset.add_batch_definition_whole_dataframe("batch")
+        empty = frozenset(c for c in table.column_names if table[c].null_count == table.num_rows)
+        suite = ctx.suites.add_or_update(gx.ExpectationSuite(
+            name=f"gpdata_{name}", expectations=suites.suite(name, practice, today, empty)))
+        vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=f"gpdata_{name}", data=batch,
+                                                                              suite=suite))
+        frame = table.to_pandas(date_as_object=False)
+        if gx_root is None:
+            outcome = vd.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+            run_results = outcome.results
+        else:
+            checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
+                name=f"gpdata_{name}", validation_definitions=[vd], result_format=result_format))
+            outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+            run_results = [r for vr in outcome.run_results.values() for r in vr.results]
+        for er in run_results:
             results.append({
                 "table": name,
                 "expectation": er.expectation_config.type,
@@ -183,11 +193,27 @@ def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date) -> li
                 "unexpected_count": (er.result or {}).get("unexpected_count"),
                 "element_count": (er.result or {}).get("element_count"),
             })
+    if gx_root is not None and docs_dir is not None:
+        ctx.build_data_docs(site_names=["gpdata"])
     return results
 
 
+def volume_failures(records: dict[str, int], previous: dict[str, int] | None, tolerance: float,
+                    min_rows: int = 100) -> list[str]:
+    """Tables whose delivered rows moved more than ``tolerance`` (a fraction) from the previous committed
+    run. Tables with fewer than ``min_rows`` before are not judged."""
+    failures = []
+    for name, before in (previous or {}).items():
+        now = records.get(name, 0)
+        if before >= min_rows and abs(now - before) > tolerance * before:
+            failures.append(f"{name}: volume {now} rows against {before} in the previous run "
+                            f"({(now - before) / before:+.0%}, tolerance ±{tolerance:.0%})")
+    return failures
+
+
 def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.date,
-         max_quarantine_fraction: float = 0.05, quarantine_allowance: int = 10) -> GateResult:
+         max_quarantine_fraction: float = 0.05, quarantine_allowance: int = 10,
+         gx_root: Path | None = None, docs_dir: Path | None = None) -> GateResult:
     """Quarantine failing rows, validate the rest with Great Expectations, decide the batch.
 
     A table fails the batch when its quarantined rows exceed both ``max_quarantine_fraction`` of its rows
@@ -199,8 +225,7 @@ def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.d
     patient_pids = birth = None
     for name in TABLES:  # patients first: events are checked against the patients that passed
         table = staged[name]
-        reasons = row_reasons(name, table, today,
-                              birth_month=birth, known_patients=patient_pids)
+        reasons = row_reasons(name, table, today, birth_month=birth, known_patients=patient_pids)
         bad = pc.is_valid(reasons)
         clean = table.filter(pc.invert(bad))
         passed[name] = clean.select(CURATED[name].names).cast(CURATED[name])
@@ -214,17 +239,16 @@ def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.d
         counts["rows_passed"][name] = clean.num_rows
         by_reason = {}
         if n_bad:
-            vc = pc.value_counts(rej_reasons)
-            by_reason = {v["values"]: v["counts"] for v in vc.to_pylist()}
+            by_reason = {v["values"]: v["counts"] for v in pc.value_counts(rej_reasons).to_pylist()}
             quarantined.append(pa.Table.from_arrays(
-                [_const(practice, n_bad), _const(name, n_bad), rejected[POSITION[0]], rejected[POSITION[1]],
-                 rej_reasons, _const(run_id, n_bad)], schema=QUARANTINE_SCHEMA))
+                [const(practice, n_bad), const(name, n_bad), rejected[POSITION[0]], rejected[POSITION[1]],
+                 rej_reasons, const(run_id, n_bad)], schema=QUARANTINE_SCHEMA))
         counts["quarantined"][name] = dict(sorted(by_reason.items()))
         if n_bad > quarantine_allowance and n_bad / table.num_rows > max_quarantine_fraction:
             failures.append(f"{name}: {n_bad} of {table.num_rows} rows quarantined "
                             f"({n_bad / table.num_rows:.1%} > threshold {max_quarantine_fraction:.1%}): "
                             + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))
-    expectations = run_suites(passed, practice, today)
+    expectations = run_suites(passed, practice, today, gx_root=gx_root, docs_dir=docs_dir)
     for r in expectations:
         if not r["success"]:
             failures.append(f"{r['table']}: expectation {r['expectation']}"

@@ -24,6 +24,8 @@ def practice_lines(ods: str, m: dict) -> list[str]:
         f"    rows quarantined: {total_q}"
         + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())) + ")" if by_reason else ""),
     ]
+    if m.get("quality", {}).get("data_docs"):
+        lines.append(f"    quality report (Great Expectations Data Docs): {m['quality']['data_docs']}")
     failures = m.get("quality", {}).get("failures") or []
     lines += [f"    FAILED: {f}" for f in failures]
     return lines

@@ -40,6 +40,16 @@ class Settings:
         return self.store / "_manifests"
 
     @property
+    def quality(self) -> Path:
+        """Great Expectations file contexts and persisted (count-only) results, per practice."""
+        return self.store / "_quality"
+
+    @property
+    def data_docs(self) -> Path:
+        """Great Expectations Data Docs, one site per practice."""
+        return self.store / "_docs" / "quality"
+
+    @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 

@@ -123,12 +123,23 @@ def write_json_atomic(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
+def safe_name(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+
+
 def write_manifest(manifests: Path, practice: str, run_id: str, doc: dict) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
-    path = manifests / practice / f"{safe}.json"
+    """The run's manifest, plus ``latest.json`` (any outcome) and ``committed.json`` (last commit)."""
+    path = manifests / practice / f"{safe_name(run_id)}.json"
     write_json_atomic(path, doc)
     write_json_atomic(manifests / practice / "latest.json", doc)
+    if doc.get("status") == "committed":
+        write_json_atomic(manifests / practice / "committed.json", doc)
     return path
+
+
+def last_committed(manifests: Path, practice: str) -> dict | None:
+    path = Path(manifests) / practice / "committed.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def latest_manifests(manifests: Path) -> dict[str, dict]:

@@ -86,6 +86,7 @@ def test_manifests_agree_with_the_store_and_the_run(demo):
         assert reasons.get("before_birth", 0) == truth.dirty["before_birth"]
         assert reasons.get("invalid_code", 0) == truth.dirty["unknown_code"]
         assert reasons.get("duplicate_record", 0) == truth.dirty["duplicate"]
+        assert Path(m["quality"]["data_docs"]).exists()  # Data Docs built; the leak scan below reads them
         q = store.read_table(cfg.store, store.QUARANTINE, practice)
         assert q.num_rows == sum(sum(r.values()) for r in m["quality"]["quarantined"].values())
 
@@ -111,6 +112,7 @@ def test_no_identifier_reaches_the_store_manifests_or_airflow_logs(demo):
     ids.link(lambda nhs: pseudo(nhs, "nhs_number"))
     parquet = list(cfg.store.rglob("*.parquet"))
     assert len(parquet) >= 2 * len(TABLES)  # every table, both practices, and old versions on disk
+    assert list((cfg.data_docs).rglob("*.html"))
     findings = scan_tree([cfg.store, cfg.airflow_home / "logs"], ids)
     for i, output in enumerate(demo["outputs"]):
         findings += scan_text(output, ids, f"airflow output {i}")

@@ -65,3 +65,60 @@ def test_gx_catches_malformed_pseudonyms(tmp_path, column):
     results = quality.run_suites({"observations": obs}, "A81001", TODAY)
     assert any(not r["success"] and r["column"] == column and r["expectation"].endswith("match_regex")
                for r in results)
+
+
+def _observations(tmp_path, extra=()):
+    return staged_tables(tmp_path, extra)[0]["observations"].select(quality.CURATED["observations"].names)
+
+
+def _failed(results):
+    return {(r["expectation"], r["column"]) for r in results if not r["success"]}
+
+
+def test_each_gx_family_catches_dirty_data_and_passes_clean(tmp_path):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    clean = _observations(tmp_path).filter(pc.is_valid(pc.field("patient_pid")))
+    assert _failed(quality.run_suites({"observations": clean}, "A81001", TODAY)) == set()
+
+    def with_column(table, name, values):
+        i = table.schema.get_field_index(name)
+        return table.set_column(i, table.schema.field(i).with_nullable(True), pa.array(values, table[name].type))
+
+    n = clean.num_rows
+    cases = {
+        ("expect_table_columns_to_match_set", None): clean.drop_columns(["unit"]),
+        ("expect_column_values_to_not_be_null", "patient_pid"): with_column(clean, "patient_pid", [None] * n),
+        ("expect_column_values_to_be_unique", "record_id"): with_column(clean, "record_id",
+                                                                         [clean["record_id"][0].as_py()] * n),
+        ("expect_column_max_to_be_between", "event_date"): with_column(
+            clean, "event_date", [dt.date(2031, 1, 1)] * n),
+        ("expect_column_min_to_be_between", "event_date"): with_column(
+            clean, "event_date", [dt.date(1850, 1, 1)] * n),
+        ("expect_column_values_to_be_in_set", "category"): with_column(clean, "category", ["other"] * n),
+        ("expect_column_values_to_be_between", "value"): with_column(clean, "value", [500.0] * n),
+        ("expect_column_values_to_be_in_set", "unit"): with_column(clean, "unit", ["lb"] * n),
+    }
+    for expected, table in cases.items():
+        assert expected in _failed(quality.run_suites({"observations": table}, "A81001", TODAY)), expected
+
+
+def test_implausible_measurements_are_quarantined(tmp_path):
+    extra = [f.observation("huge", "p1", f.BMI, "2020-02-02", value=500.0, unit="kg/m2"),
+             f.observation("pounds", "p1", f.BMI, "2020-02-03", value=27.0, unit="lb"),
+             f.observation("fine", "p1", f.BMI, "2020-02-04", value=27.0, unit="kg/m2")]
+    result = quality.gate(staged_tables(tmp_path, extra)[0], "A81001", "r", today=TODAY,
+                          max_quarantine_fraction=1.0)
+    q = result.counts["quarantined"]["observations"]
+    assert q["implausible_value"] == 1 and q["unexpected_unit"] == 1
+    assert result.ok and result.passed["observations"].num_rows == 4
+
+
+def test_volume_check_against_previous_run():
+    previous = {"observations": 1000, "allergies": 40}
+    assert quality.volume_failures({"observations": 1100, "allergies": 5}, previous, 0.5) == []
+    failures = quality.volume_failures({"observations": 400, "allergies": 40}, previous, 0.5)
+    assert failures == ["observations: volume 400 rows against 1000 in the previous run (-60%, tolerance ±50%)"]
+    assert quality.volume_failures({"observations": 2600}, previous, 0.5)[0].startswith("observations: volume 2600")
+    assert quality.volume_failures({"observations": 1}, None, 0.5) == []
