@@ -44,7 +44,7 @@ clean:
 # Re-resolve the pinned environment from pyproject's direct dependencies (needs the package registry).
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/pip install --quiet -e . pytest pytest-timeout ruff setuptools
+	.lockenv/bin/pip install --quiet -e '.[analysis]' pytest pytest-timeout ruff setuptools
 	{ sed -n '1,2p' requirements.txt; .lockenv/bin/pip freeze --exclude-editable | grep -v '^-e'; \
 	  echo "setuptools==$$(.lockenv/bin/python -c 'import setuptools; print(setuptools.__version__)')"; } > requirements.new
 	mv requirements.new requirements.txt && rm -rf .lockenv

@@ -97,6 +97,36 @@ def _keys(args) -> int:
     return 0
 
 
+def _release(args) -> int:
+    import json
+
+    from gpdata import release
+
+    root = settings.load().store
+    if args.action == "create":
+        m = release.create_release(root, note=args.note or "")
+        print(f"release {m['release_id']}: " + ", ".join(f"{t} v{e['version']} ({e['rows']} rows)"
+                                                          for t, e in m["tables"].items()))
+    elif args.action == "list":
+        rows = release.list_releases(root)
+        if not rows:
+            print(f"no releases under {release.releases_dir(root)}")
+        for m in rows:
+            total = sum(e["rows"] for e in m["tables"].values())
+            print(f"{m['release_id']:14} {m['status']:10} {m['created_at']}  {total} rows in {len(m['tables'])} tables"
+                  + (f"  ({m['note']})" if m.get("note") else ""))
+    elif args.action == "show":
+        if not args.id:
+            raise GpdataError("gpdata release show needs a release id (see gpdata release list)")
+        print(json.dumps(release.get_release(root, args.id), indent=2))
+    elif args.action == "export":
+        if not (args.id and args.out):
+            raise GpdataError("gpdata release export needs a release id and --out DIR")
+        for path in release.export_snapshot(root, args.id, Path(args.out)):
+            print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpdata", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -128,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rotate: add a version and re-key the store; rekey: finish an interrupted rotation")
     ks.add_argument("--key-file", help=f"key file (default ${'{'}GPDATA_MASTER_KEY_FILE{'}'})")
     ks.set_defaults(func=_keys)
+
+    r = sub.add_parser("release", help="create, list, show or export releases of the curated store")
+    r.add_argument("action", choices=["create", "list", "show", "export"])
+    r.add_argument("id", nargs="?", help="release id (show, export)")
+    r.add_argument("--out", help="export: folder for plain Parquet files")
+    r.add_argument("--note", help="create: a note kept in the release manifest")
+    r.set_defaults(func=_release)
 
     c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
     c.add_argument("paths", nargs="*", help="files or folders (default: the store and Airflow's folder)")

@@ -91,7 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     _say("running DAG gpdata_extract through Airflow (airflow dags test)")
     started = time.monotonic()
     _airflow(["dags", "test", "gpdata_extract"], env, log)
-    _say(f"DAG run finished in {time.monotonic() - started:.0f} s\n")
+    _say(f"DAG run finished in {time.monotonic() - started:.0f} s")
+    _say("running DAG gpdata_release through Airflow")
+    _airflow(["dags", "test", "gpdata_release"], env, log)
+    from gpdata.release import list_releases
+
+    latest = list_releases(cfg.store)[-1]
+    _say(f"release {latest['release_id']} published (gpdata release list; gpdata release show "
+         f"{latest['release_id']})\n")
     rc = print_summary(cfg)
     print(f"""
 Outputs
@@ -99,6 +106,7 @@ Outputs
   quarantined rows       {cfg.store}/_quarantine   (reason and position, no identifiers)
   run manifests          {cfg.manifests}/<ODS>/
   quality                {cfg.data_docs}/<ODS>/index.html (Data Docs); {cfg.quality}/<ODS>/<run>.json
+  releases               {cfg.store}/_releases/<id>/ (release.json, data_dictionary.md and .json)
   synthetic sources      {cfg.sources}/<ODS>/   (identifiable test data; never copied to the store)
   Airflow log of the run {log}
 See it in the Airflow UI: make airflow   (Airflow standalone on the same folders, http://localhost:8080)""")

@@ -50,3 +50,14 @@ def apply_type1(tables: dict[str, pa.Table], codes: OptOutCodes) -> tuple[dict[s
         out[name] = tables[name].filter(keep)
         counts["records_excluded"][name] = tables[name].num_rows - out[name].num_rows
     return out, counts
+
+
+def optout_pseudonyms(patients: pa.Table, kept: pa.Table, pseudonymise) -> pa.Table:
+    """Patient pseudonyms of the patients type 1 removed (valid NHS numbers only), for erasure."""
+    from gpdata import nhsnumber
+
+    removed = patients.filter(pc.invert(pc.is_in(patients["source_id"], value_set=kept["source_id"])))
+    nhs = nhsnumber.normalise(removed["nhs_number"].combine_chunks())
+    valid = nhsnumber.is_valid(nhs)
+    pids = pseudonymise(pc.unique(nhs.filter(valid)), "nhs_number")
+    return pa.table({"patient_pid": pids})

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpdata import codes, deid, optout, quality, store
+from gpdata import codes, deid, erasure, optout, quality, store
 from gpdata.errors import GpdataError, QualityGateError
 from gpdata.feeds import Feed
 from gpdata.keys import load_master_key
@@ -67,14 +67,18 @@ def extract(feed: Feed, settings: Settings, run_id: str) -> dict:
     read_counts = {name: t.num_rows for name, t in canonical.items()}
     log.info("practice %s: read %s", practice, read_counts)
     filtered, type1 = optout.apply_type1(canonical, optout_codes)
+    pseudo = deid.Pseudonymiser(key)
+    # Pseudonyms of the opted-out patients (never their records): the commit erases any the store holds.
+    staged_optouts = optout.optout_pseudonyms(canonical["patients"], filtered["patients"], pseudo)
     del canonical
-    staged, deid_counts = deid.deidentify(filtered, practice, deid.Pseudonymiser(key), lookup, restricted)
+    staged, deid_counts = deid.deidentify(filtered, practice, pseudo, lookup, restricted)
+    staged["optout_pids"] = staged_optouts
     del filtered
     counts = {
         "practice": practice, "run_id": run_id, "key_version": key.version,
         "records_read": read_counts, "patients_read": read_counts["patients"],
         "type1_optout": type1, **deid_counts,
-        "staged_rows": {name: t.num_rows for name, t in staged.items()},
+        "staged_rows": {name: staged[name].num_rows for name in TABLES},
         "seconds": {"extract": round(time.monotonic() - started, 3)},
     }
     _write_tables(staging_dir(settings, run_id, practice) / "extracted", staged, counts)
@@ -88,7 +92,8 @@ def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = N
     practice = feed.ods_code
     started = time.monotonic()
     base = staging_dir(settings, run_id, practice)
-    staged, counts = _read_tables(base / "extracted", TABLES, practice, "quality")
+    staged, counts = _read_tables(base / "extracted", [*TABLES, "optout_pids"], practice, "quality")
+    optout_pids = staged.pop("optout_pids")
     result = quality.gate(staged, practice, run_id, today=today or dt.date.today(),
                           max_quarantine_fraction=feed.max_quarantine_fraction,
                           quarantine_allowance=feed.quarantine_allowance,
@@ -110,7 +115,8 @@ def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = N
         write_run_manifest(settings, practice, run_id, counts, status="failed_quality")
         raise QualityGateError("quality gate failed, nothing committed: " + "; ".join(result.failures),
                                practice=practice, stage="quality")
-    _write_tables(base / "validated", {**result.passed, "quarantine": result.quarantine}, counts)
+    _write_tables(base / "validated", {**result.passed, "quarantine": result.quarantine,
+                                       "optout_pids": optout_pids}, counts)
     log.info("practice %s: quality gate passed; quarantined %s", practice,
              {t: sum(r.values()) for t, r in result.counts["quarantined"].items() if r})
     return counts
@@ -121,10 +127,14 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     practice = feed.ods_code
     started = time.monotonic()
     base = staging_dir(settings, run_id, practice)
-    tables, counts = _read_tables(base / "validated", [*TABLES, "quarantine"], practice, "commit")
+    tables, counts = _read_tables(base / "validated", [*TABLES, "quarantine", "optout_pids"], practice, "commit")
     quarantine = tables.pop("quarantine")
+    optout_pids = tables.pop("optout_pids")["patient_pid"].combine_chunks()
     current = load_master_key(practice=practice).version
+    store.ensure_tables(settings.store)
+    to_erase = erasure.present(settings.store, optout_pids)  # held before this commit: a late opt-out
     versions = store.commit_practice(settings.store, practice, tables, quarantine, key_version=current)
+    counts["erasure"] = erasure.erase(settings.store, to_erase) if len(to_erase) else {}
     counts["committed_rows"] = {name: t.num_rows for name, t in tables.items()}
     counts["table_versions"] = versions
     counts["seconds"]["commit"] = round(time.monotonic() - started, 3)

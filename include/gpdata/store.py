@@ -93,6 +93,28 @@ def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], qua
     return versions
 
 
+def merge_practice(store: Path, name: str, practice: str, batch: pa.Table, deleted_ids: list[str]) -> int:
+    """An incremental batch in one commit: amended records (same ``record_id``) replace their earlier
+    version, new ones are inserted, and records the source marks deleted disappear. Returns the version."""
+    schema = _schemas()[name]
+    _predicate(practice)
+    loose = pa.schema([f.with_nullable(True) for f in schema])  # deletion markers carry only their key
+    gone = pa.table({c: [practice] * len(deleted_ids) if c == PARTITION else list(deleted_ids)
+                     if c == "record_id" else pa.nulls(len(deleted_ids), loose.field(c).type)
+                     for c in schema.names}, schema=loose)
+    source = pa.concat_tables([batch.select(schema.names).cast(loose), gone])
+    source = source.append_column("_deleted", pa.array([False] * batch.num_rows + [True] * len(deleted_ids)))
+    columns = {c: f"s.{c}" for c in schema.names}
+    dt = DeltaTable(str(table_path(store, name)))
+    (dt.merge(source, predicate=f"t.{PARTITION} = s.{PARTITION} AND t.record_id = s.record_id",
+              source_alias="s", target_alias="t")
+       .when_matched_delete(predicate="s._deleted")
+       .when_matched_update(updates=columns, predicate="NOT s._deleted")
+       .when_not_matched_insert(updates=columns, predicate="NOT s._deleted")
+       .execute())
+    return DeltaTable(str(table_path(store, name))).version()
+
+
 def replace_table(store: Path, name: str, table: pa.Table) -> int:
     """Replace a whole table in one commit, then vacuum the files no version needs any more beyond it
     (used by key rotation, where old files hold superseded pseudonyms). Returns the new version."""

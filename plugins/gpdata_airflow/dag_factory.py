@@ -12,10 +12,12 @@ from airflow.sdk import DAG, TaskGroup
 from gpdata import settings
 from gpdata.feeds import load_feeds
 from gpdata_airflow.operators import (
+    EXTRACTION_RUN,
     CuratedCommitOperator,
     PracticeExtractOperator,
     PrepareStoreOperator,
     QualityGateOperator,
+    ReleaseOperator,
     RunSummaryOperator,
 )
 
@@ -60,4 +62,20 @@ def build_extraction_dag(dag_id: str = "gpdata_extract", schedule: str | None = 
                 commit = CuratedCommitOperator(task_id="commit", **args)
                 extract >> check >> commit
             prepare >> group >> summary
+    return dag
+
+
+RELEASE_DOC = """
+### Release of the curated store
+
+Runs after each extraction run (asset `gpdata_extraction_run`): compacts small files, pins the version of
+every curated table in `$GPDATA_HOME/store/_releases/<id>/release.json` with the data dictionary, and emits
+`gpdata_releases`. `gpdata release list` and `gpdata release show ID` read them.
+"""
+
+
+def build_release_dag(dag_id: str = "gpdata_release") -> DAG:
+    with DAG(dag_id=dag_id, schedule=[EXTRACTION_RUN], start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+             catchup=False, max_active_runs=1, tags=["gpdata", "release"], doc_md=RELEASE_DOC) as dag:
+        ReleaseOperator(task_id="release")
     return dag

@@ -11,6 +11,8 @@ import logging
 from airflow.sdk import Asset, BaseOperator
 
 CURATED_STORE = Asset("gpdata_curated_store")
+EXTRACTION_RUN = Asset("gpdata_extraction_run")  # one event per finished extraction run
+RELEASES = Asset("gpdata_releases")
 log = logging.getLogger("gpdata.airflow")
 
 
@@ -123,6 +125,7 @@ class RunSummaryOperator(BaseOperator):
 
     def __init__(self, *, ods_codes: list[str], **kwargs) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
+        kwargs.setdefault("outlets", [EXTRACTION_RUN])
         super().__init__(**kwargs)
         self.ods_codes = ods_codes
 
@@ -139,4 +142,26 @@ class RunSummaryOperator(BaseOperator):
             else:
                 out[ods] = f"{m['status']}: {_headline(m)}"
             log.info("practice %s: %s", ods, out[ods])
+        context["outlet_events"][EXTRACTION_RUN].extra = {"practices": len(self.ods_codes),
+                                                          "committed": sum(v.startswith("committed") for v in
+                                                                           out.values())}
         return out
+
+
+class ReleaseOperator(BaseOperator):
+    """Compact the curated tables, pin their versions in a release manifest and publish the data dictionary.
+    Emits an asset event on gpdata_releases with the release id."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("outlets", [RELEASES])
+        super().__init__(**kwargs)
+
+    def execute(self, context):
+        from gpdata import release, settings
+
+        manifest = release.create_release(settings.load().store, note=f"run {context['run_id']}")
+        summary = {"release_id": manifest["release_id"],
+                   "rows": {t: e["rows"] for t, e in manifest["tables"].items()}}
+        context["outlet_events"][RELEASES].extra = summary
+        log.info("release %s published: %s", manifest["release_id"], summary["rows"])
+        return summary

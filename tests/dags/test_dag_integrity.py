@@ -36,12 +36,15 @@ def test_dags_import_without_errors_and_name_tasks_by_ods_code(airflow_env):
     assert not any(t.startswith("C83003") for t in dag.task_ids)  # inactive feeds do not run
     assert dag.task_dict["A81001.quality"].upstream_task_ids == {"A81001.extract"}
     assert "gpdata" in dag.tags and dag.doc_md
+    release = bag.dags["gpdata_release"]
+    assert release.task_ids == ["release"] and "release" in release.tags
+    assert [a.name for a in release.timetable.asset_condition.objects] == ["gpdata_extraction_run"]
 
 
 def test_broken_feed_is_an_import_error_naming_file_and_field(airflow_env):
     (airflow_env / "feeds" / "D84004.yaml").write_text("ods_code: D8400\nname: x\nlocation: y\n")
     errors = _dagbag().import_errors
-    assert len(errors) == 1
+    assert len(errors) == 1  # the extraction DAG; the release DAG reads no feed and still loads
     message = next(iter(errors.values()))
     assert "D84004.yaml" in message and "field 'ods_code'" in message
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpdata import keys, settings, store
+from gpdata import keys, release, settings, store
 from gpdata.airflow_env import airflow_env
 from gpdata.deid import Pseudonymiser
 from gpdata.feeds import write_synthetic_feeds
@@ -49,6 +49,7 @@ def demo(tmp_path_factory):
                                                               TABLES_KEY[name]) for name in TABLES}
     manifests_first = store.latest_manifests(cfg.manifests)
     outputs.append(_airflow(env, "dags", "test", "gpdata_extract"))
+    outputs.append(_airflow(env, "dags", "test", "gpdata_release"))
     return {"cfg": cfg, "env": env, "outputs": outputs, "first": first, "manifests_first": manifests_first,
             "practices": sorted(t.ods_code for t in truths), "truths": {t.ods_code: t for t in truths}}
 
@@ -127,7 +128,18 @@ def test_asset_events_carry_the_counts(demo):
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        extras = [json.loads(r[0]) for r in conn.execute("select extra from asset_event")]
-    assert len(extras) == 4  # two practices, two runs
+        extras = [json.loads(r[0]) for r in conn.execute(
+            "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ?",
+            ("gpdata_curated_store",))]
+    assert len(extras) == 4  # two practices, two runs (other assets carry their own events)
     assert {e["practice"] for e in extras} == set(demo["practices"])
     assert all(e["committed_rows"]["observations"] > 0 for e in extras)
+
+
+def test_the_release_dag_publishes_a_release_of_the_run(demo):
+    cfg = demo["cfg"]
+    releases = release.list_releases(cfg.store)
+    assert len(releases) == 1 and releases[0]["status"] == "published"
+    for name in TABLES:
+        assert releases[0]["tables"][name]["rows"] == store.read_table(cfg.store, name).num_rows
+        assert release.read_release_table(cfg.store, releases[0]["release_id"], name).num_rows > 0
