@@ -37,6 +37,10 @@ def _next_id(store_root: Path, today: dt.date) -> str:
 def create_release(store_root: Path, today: dt.date | None = None, note: str = "") -> dict:
     """Compact every table, pin its version and write the release manifest and data dictionary."""
     store.ensure_tables(store_root)
+    unfinished = store.unfinished_commits(store_root)
+    if unfinished:
+        raise GpdataError(f"no release while a practice's commit is unfinished (its tables would mix two runs): "
+                          f"{', '.join(unfinished)}; run the practice again, then release")
     release_id = _next_id(store_root, today or dt.date.today())
     tables = {}
     for name in TABLES:

@@ -88,9 +88,23 @@ def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], qua
             raise GpdataError(f"table {name} would hold pseudonyms of key version "
                               f"{', '.join(sorted(found | {key_version}))}: the key was rotated during the run; "
                               "run the practice again", practice=practice, stage="commit")
+    # Delta commits are atomic per table; the journal makes the practice's set of tables one unit for
+    # readers of releases: while it exists, the practice's commit is unfinished and no release is made.
+    journal = journal_path(store, practice)
+    write_json_atomic(journal, {"practice": practice, "tables": list(TABLES)})
     versions = {name: replace_partition(store, name, practice, tables[name]) for name in TABLES}
     versions[QUARANTINE] = replace_partition(store, QUARANTINE, practice, quarantine)
+    journal.unlink()
     return versions
+
+
+def journal_path(store: Path, practice: str) -> Path:
+    return Path(store) / "_journal" / f"{practice}.json"
+
+
+def unfinished_commits(store: Path) -> list[str]:
+    """Practices whose last commit stopped between tables (rerun them to finish)."""
+    return sorted(p.stem for p in (Path(store) / "_journal").glob("*.json"))
 
 
 def merge_practice(store: Path, name: str, practice: str, batch: pa.Table, deleted_ids: list[str]) -> int:

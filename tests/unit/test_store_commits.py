@@ -50,29 +50,32 @@ def test_sigkill_midway_leaves_the_previous_version_and_a_rerun_completes(tmp_pa
     root = tmp_path / "store"
     store.ensure_tables(root)
     store.replace_partition(root, "observations", "A81001", _batch("A81001", 1000, 1.0))
-    before_version = DeltaTable(str(root / "observations")).version()
-    before = _sorted(store.read_table(root, "observations"))
-    files_before = set((root / "observations").rglob("*.parquet"))
-
-    proc = _writer(root, "A81001", 1_500_000, 2.0)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if set((root / "observations").rglob("*.parquet")) - files_before:  # data written, log not yet
+    rows = 1_500_000
+    killed_mid_commit = 0
+    for attempt in range(2, 8):  # a kill can land after the log commit; try until one lands before it
+        before_version = DeltaTable(str(root / "observations")).version()
+        before = _sorted(store.read_table(root, "observations"))
+        files_before = set((root / "observations").rglob("*.parquet"))
+        proc = _writer(root, "A81001", rows, float(attempt))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if set((root / "observations").rglob("*.parquet")) - files_before:  # data written, log pending
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        table = DeltaTable(str(root / "observations"))  # always readable
+        now = _sorted(store.read_table(root, "observations"))
+        if table.version() == before_version:
+            assert now.equals(before)  # the previous version, untouched
+            killed_mid_commit += 1
             break
-        time.sleep(0.005)
-    killed = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert killed, "the writer finished before it could be killed; the test needs a bigger batch"
+        assert table.version() == before_version + 1 and now.num_rows == rows  # the whole new batch, not a mix
+    assert killed_mid_commit, "no attempt was killed before its commit; the test needs a bigger batch"
 
-    table = DeltaTable(str(root / "observations"))  # still readable
-    assert table.version() == before_version
-    assert _sorted(store.read_table(root, "observations")).equals(before)
-
-    assert _writer(root, "A81001", 1_500_000, 2.0).wait() == 0  # the rerun completes
+    assert _writer(root, "A81001", rows, float(attempt)).wait() == 0  # the rerun completes
     reference = tmp_path / "reference"
     store.ensure_tables(reference)
-    store.replace_partition(reference, "observations", "A81001", _batch("A81001", 1_500_000, 2.0))
+    store.replace_partition(reference, "observations", "A81001", _batch("A81001", rows, float(attempt)))
     assert _sorted(store.read_table(root, "observations")).equals(_sorted(store.read_table(reference, "observations")))
 
 
@@ -103,3 +106,37 @@ def test_incremental_merge_replaces_amended_and_removes_deleted_records(tmp_path
     assert len(rows) == 10 and rows[f"{3:064x}"] == 9.0 and rows[f"{100:064x}"] == 5.0
     assert f"{7:064x}" not in rows and rows[f"{0:064x}"] == 1.0
     assert store.read_table(root, "observations", "B82002").num_rows == 10  # other practices untouched
+
+
+def test_a_crash_between_tables_blocks_releases_until_the_rerun(tmp_path, monkeypatch):
+    import pytest
+
+    from gpdata import release
+    from gpdata.errors import GpdataError
+    from gpdata.model import TABLES
+    from gpdata.quality import QUARANTINE_SCHEMA
+
+    root = tmp_path / "store"
+    tables = {t: CURATED[t].empty_table() for t in TABLES}
+    tables["observations"] = _batch("A81001", 50)
+    store.commit_practice(root, "A81001", tables, QUARANTINE_SCHEMA.empty_table(), key_version="v1")
+    assert store.unfinished_commits(root) == []
+
+    real = store.replace_partition
+
+    def crash_at_medications(store_root, name, practice, table):
+        if name == "medications":
+            raise OSError("worker lost")
+        return real(store_root, name, practice, table)
+
+    monkeypatch.setattr(store, "replace_partition", crash_at_medications)
+    tables["observations"] = _batch("A81001", 60, 2.0)
+    with pytest.raises(OSError):
+        store.commit_practice(root, "A81001", tables, QUARANTINE_SCHEMA.empty_table(), key_version="v1")
+    assert store.unfinished_commits(root) == ["A81001"]
+    with pytest.raises(GpdataError, match="commit is unfinished.*A81001"):
+        release.create_release(root)
+
+    monkeypatch.setattr(store, "replace_partition", real)
+    store.commit_practice(root, "A81001", tables, QUARANTINE_SCHEMA.empty_table(), key_version="v1")
+    assert store.unfinished_commits(root) == [] and release.create_release(root)["tables"]["observations"]["rows"] == 60
