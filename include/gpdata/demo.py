@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = print_summary(cfg)
     print(f"""
 Outputs
-  curated Delta tables   {cfg.store}/<table>   (read with deltalake, polars, DuckDB's delta_scan or Spark)
+  curated Delta tables   {cfg.store}/<table>   (how to read them: docs/analysts.md)
   quarantined rows       {cfg.store}/_quarantine   (reason and position, no identifiers)
   run manifests          {cfg.manifests}/<ODS>/
   quality                {cfg.data_docs}/<ODS>/index.html (Data Docs); {cfg.quality}/<ODS>/<run>.json

@@ -32,7 +32,7 @@ _COLUMNS: dict[str, tuple[str, object]] = {
     "ethnic_category": (_QUASI + "; special category data", "A"),
     "lsoa_code": (_QUASI, "E01000001"),
     "postcode_district": (_QUASI, "LS1"),
-    "registration_date": (_DATE, "2001-02-03"),
+    "registration_date": (_DATE, "2001-02-01"),
     "event_date": (_DATE, "2020-01-01"),
     "due_date": (_DATE, "2026-06-01"),
     "start_time": (_DATE, "2024-03-01T09:10:00Z"),
@@ -77,7 +77,8 @@ def entries() -> list[dict]:
 def markdown(rows: list[dict] | None = None) -> str:
     rows = entries() if rows is None else rows
     parts = ["# gpdata data dictionary", "",
-             "Every column of every curated table. Examples are synthetic. Pseudonyms are shown shortened.", ""]
+             "Every column of every curated table. Examples are synthetic (dates on the first of a month, so no "
+             "example can match anyone's date of birth). Pseudonyms are shown shortened.", ""]
     for table in CURATED:
         parts += [f"## {table}", "", "| column | type | description | example | sensitivity |",
                   "|---|---|---|---|---|"]

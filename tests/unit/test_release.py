@@ -63,6 +63,8 @@ def test_data_dictionary_covers_every_column_of_every_table(committed):
     for entry in published:
         assert entry["description"] and entry["sensitivity"] and entry["example"] is not None
         assert entry["type"] == str(CURATED[entry["table"]].field(entry["column"]).type)
+    dates = [e["example"] for e in published if "date" in e["type"] or "timestamp" in e["type"]]
+    assert dates and all(str(d)[8:10] == "01" for d in dates)  # never a plausible full date of birth
     md = dictionary.markdown()
     assert all(f"## {t}" in md for t in TABLES)
 
