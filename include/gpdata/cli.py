@@ -127,6 +127,51 @@ def _release(args) -> int:
     return 0
 
 
+def _projects(args) -> int:
+    from gpdata.projects import load_projects
+
+    cfg = settings.load()
+    projects = load_projects(Path(args.dir) if args.dir else cfg.projects_dir)
+    for p in projects:
+        print(f"{p.project_id:16} {'active' if p.active else 'inactive':8} expires {p.expires}  NDOP "
+              f"{p.national_data_optout:6} {p.organisation}: {', '.join(p.tables)}")
+    print(f"{len(projects)} project(s) valid")
+    return 0
+
+
+def _ndop(args) -> int:
+    from gpdata import ndop
+    from gpdata.keys import load_master_key
+
+    meta = ndop.ingest(Path(args.file), settings.load().store, load_master_key())
+    print(f"National Data Opt-out list ingested: {meta['patients']} patients pseudonymised "
+          f"({meta['invalid_rows_dropped']} invalid rows dropped); the identifiable file was deleted")
+    return 0
+
+
+def _disseminate(args) -> int:
+    import getpass
+
+    from gpdata.disseminate import disseminate_all
+    from gpdata.keys import load_master_key
+
+    cfg = settings.load()
+    done = disseminate_all(cfg, load_master_key(), requested_by=args.requested_by or getpass.getuser(),
+                           release_id=args.release)
+    for project, m in done.items():
+        print(f"{project}: release {m['release']} -> {cfg.extracts / project / m['release']} "
+              + ", ".join(f"{t} {e['rows']}" for t, e in m["tables"].items()))
+    print(f"register: {cfg.register}/register.html")
+    return 0
+
+
+def _audit(args) -> int:
+    from gpdata import audit
+
+    print(f"audit log intact: {audit.verify(settings.load().store)} entries")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpdata", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,6 +210,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="export: folder for plain Parquet files")
     r.add_argument("--note", help="create: a note kept in the release manifest")
     r.set_defaults(func=_release)
+
+    pj = sub.add_parser("projects", help="list and validate approved projects")
+    pj.add_argument("--dir", help="project folder (default $GPDATA_PROJECTS_DIR or include/config/projects)")
+    pj.set_defaults(func=_projects)
+
+    nd = sub.add_parser("ndop", help="ingest a National Data Opt-out list (pseudonymised; the file is deleted)")
+    nd.add_argument("action", choices=["ingest"])
+    nd.add_argument("file")
+    nd.set_defaults(func=_ndop)
+
+    ds = sub.add_parser("disseminate", help="extract a release for every active project, then the register")
+    ds.add_argument("--release", help="release id (default: the latest)")
+    ds.add_argument("--requested-by", help="who asked (for the audit log; default: the user)")
+    ds.set_defaults(func=_disseminate)
+
+    au = sub.add_parser("audit", help="verify the hash-chained audit log")
+    au.add_argument("action", choices=["verify"])
+    au.set_defaults(func=_audit)
 
     c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
     c.add_argument("paths", nargs="*", help="files or folders (default: the store and Airflow's folder)")

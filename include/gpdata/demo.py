@@ -98,8 +98,27 @@ def main(argv: list[str] | None = None) -> int:
 
     latest = list_releases(cfg.store)[-1]
     _say(f"release {latest['release_id']} published (gpdata release list; gpdata release show "
-         f"{latest['release_id']})\n")
+         f"{latest['release_id']})")
+    ndop_file = cfg.reference / "ndop.csv"
+    if ndop_file.exists():
+        from gpdata import ndop
+        from gpdata.keys import load_master_key
+
+        meta = ndop.ingest(ndop_file, cfg.store, load_master_key({"GPDATA_MASTER_KEY_FILE": str(key_file)}))
+        _say(f"National Data Opt-out list ingested: {meta['patients']} patients, pseudonymised; "
+             "the identifiable file was deleted")
+    _say("running DAG gpdata_disseminate through Airflow (one task per approved project)")
+    _airflow(["dags", "test", "gpdata_disseminate"], env, log)
+    from gpdata import audit
+
+    print()
     rc = print_summary(cfg)
+    for manifest in sorted(cfg.extracts.glob(f"*/{latest['release_id']}/manifest.json")):
+        m = json.loads(manifest.read_text())
+        print(f"project {m['project']} ({m['organisation']}; National Data Opt-out {m['national_data_optout']}): "
+              + ", ".join(f"{t} {e['rows']}" for t, e in m["tables"].items()) + f"\n    {manifest.parent}")
+    print(f"audit log: {audit.verify(cfg.store)} entries, chain intact ({audit.audit_dir(cfg.store)}; "
+          "gpdata audit verify)")
     print(f"""
 Outputs
   curated Delta tables   {cfg.store}/<table>   (how to read them: docs/analysts.md)
@@ -107,6 +126,8 @@ Outputs
   run manifests          {cfg.manifests}/<ODS>/
   quality                {cfg.data_docs}/<ODS>/index.html (Data Docs); {cfg.quality}/<ODS>/<run>.json
   releases               {cfg.store}/_releases/<id>/ (release.json, data_dictionary.md and .json)
+  project extracts       {cfg.extracts}/<project>/<release>/ (Parquet per table, manifest.json, summary.json)
+  public register        {cfg.register}/register.html and register.csv
   synthetic sources      {cfg.sources}/<ODS>/   (identifiable test data; never copied to the store)
   Airflow log of the run {log}
 See it in the Airflow UI: make airflow   (Airflow standalone on the same folders, http://localhost:8080)""")

@@ -10,6 +10,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR.parent / "config"
 CODELISTS_DIR = CONFIG_DIR / "codelists"
 DEFAULT_FEEDS_DIR = CONFIG_DIR / "feeds"
+DEFAULT_PROJECTS_DIR = CONFIG_DIR / "projects"
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class Settings:
     home: Path
     feeds_dir: Path
     store: Path
+    projects_dir: Path = DEFAULT_PROJECTS_DIR
 
     @property
     def sources(self) -> Path:
@@ -50,6 +52,16 @@ class Settings:
         return self.store / "_docs" / "quality"
 
     @property
+    def extracts(self) -> Path:
+        """Project extracts: <project>/<release>/<table>.parquet, manifest.json, summary.json."""
+        return self.home / "extracts"
+
+    @property
+    def register(self) -> Path:
+        """The public data release register (register.csv, register.html)."""
+        return self.home / "register"
+
+    @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 
@@ -63,4 +75,5 @@ def load(env: dict[str, str] | None = None) -> Settings:
     home = Path(env.get("GPDATA_HOME") or "var").resolve()
     feeds = Path(env["GPDATA_FEEDS_DIR"]).resolve() if env.get("GPDATA_FEEDS_DIR") else DEFAULT_FEEDS_DIR
     store = Path(env["GPDATA_STORE"]).resolve() if env.get("GPDATA_STORE") else home / "store"
-    return Settings(home=home, feeds_dir=feeds, store=store)
+    projects = Path(env["GPDATA_PROJECTS_DIR"]).resolve() if env.get("GPDATA_PROJECTS_DIR") else DEFAULT_PROJECTS_DIR
+    return Settings(home=home, feeds_dir=feeds, store=store, projects_dir=projects)

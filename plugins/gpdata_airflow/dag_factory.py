@@ -13,7 +13,9 @@ from gpdata import settings
 from gpdata.feeds import load_feeds
 from gpdata_airflow.operators import (
     EXTRACTION_RUN,
+    RELEASES,
     CuratedCommitOperator,
+    DisseminateOperator,
     PracticeExtractOperator,
     PrepareStoreOperator,
     QualityGateOperator,
@@ -78,4 +80,27 @@ def build_release_dag(dag_id: str = "gpdata_release") -> DAG:
     with DAG(dag_id=dag_id, schedule=[EXTRACTION_RUN], start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
              catchup=False, max_active_runs=1, tags=["gpdata", "release"], doc_md=RELEASE_DOC) as dag:
         ReleaseOperator(task_id="release")
+    return dag
+
+
+DISSEMINATION_DOC = """
+### Dissemination to approved projects
+
+Runs on each new release (asset `gpdata_releases`): one task per active project in
+`GPDATA_PROJECTS_DIR` (default `include/config/projects/`). Each writes the project's minimum extract under
+`$GPDATA_HOME/extracts/<project>/<release>/` with its own pseudonyms, applies the National Data Opt-out
+unless the project records an exemption (a stale list stops the task), appends to the hash-chained audit
+log and rewrites the public register.
+"""
+
+
+def build_dissemination_dag(dag_id: str = "gpdata_disseminate") -> DAG:
+    from gpdata.projects import load_projects
+
+    projects = [p for p in load_projects(settings.load().projects_dir) if p.active]
+    with DAG(dag_id=dag_id, schedule=[RELEASES], start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+             catchup=False, max_active_runs=1, tags=["gpdata", "dissemination"], doc_md=DISSEMINATION_DOC) as dag:
+        for p in projects:
+            DisseminateOperator(task_id=f"project_{p.project_id}".replace("-", "_"),
+                                project_file=str(p.source_file), doc_md=f"{p.organisation}: {p.purpose}")
     return dag

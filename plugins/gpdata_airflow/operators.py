@@ -165,3 +165,27 @@ class ReleaseOperator(BaseOperator):
         context["outlet_events"][RELEASES].extra = summary
         log.info("release %s published: %s", manifest["release_id"], summary["rows"])
         return summary
+
+
+class DisseminateOperator(BaseOperator):
+    """One approved project's extract of the latest release: minimum data, National Data Opt-out, project
+    pseudonyms, manifest and audit entry; then the public register is rewritten."""
+
+    def __init__(self, *, project_file: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.project_file = project_file
+
+    def execute(self, context):
+        from gpdata import disseminate, register, release, settings
+        from gpdata.keys import load_master_key
+        from gpdata.projects import load_project, load_projects
+
+        cfg = settings.load()
+        project = load_project(self.project_file)
+        latest = release.list_releases(cfg.store)[-1]["release_id"]
+        m = disseminate.extract(project, latest, cfg.store, cfg.extracts, load_master_key(),
+                                requested_by=f"airflow:{context['dag'].dag_id}/{context['run_id']}")
+        register.write(load_projects(cfg.projects_dir), cfg.store, cfg.register)
+        rows = {t: e["rows"] for t, e in m["tables"].items()}
+        log.info("project %s: release %s extracted %s", project.project_id, latest, rows)
+        return {"project": project.project_id, "release": latest, "rows": rows}

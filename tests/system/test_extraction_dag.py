@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpdata import keys, release, settings, store
+from gpdata import audit, keys, ndop, release, settings, store
 from gpdata.airflow_env import airflow_env
 from gpdata.deid import Pseudonymiser
 from gpdata.feeds import write_synthetic_feeds
@@ -50,6 +50,9 @@ def demo(tmp_path_factory):
     manifests_first = store.latest_manifests(cfg.manifests)
     outputs.append(_airflow(env, "dags", "test", "gpdata_extract"))
     outputs.append(_airflow(env, "dags", "test", "gpdata_release"))
+    ndop.ingest(cfg.reference / "ndop.csv", cfg.store, keys.load_master_key({"GPDATA_MASTER_KEY_FILE": env[
+        "GPDATA_MASTER_KEY_FILE"]}))
+    outputs.append(_airflow(env, "dags", "test", "gpdata_disseminate"))
     return {"cfg": cfg, "env": env, "outputs": outputs, "first": first, "manifests_first": manifests_first,
             "practices": sorted(t.ods_code for t in truths), "truths": {t.ods_code: t for t in truths}}
 
@@ -114,7 +117,7 @@ def test_no_identifier_reaches_the_store_manifests_or_airflow_logs(demo):
     parquet = list(cfg.store.rglob("*.parquet"))
     assert len(parquet) >= 2 * len(TABLES)  # every table, both practices, and old versions on disk
     assert list((cfg.data_docs).rglob("*.html"))
-    findings = scan_tree([cfg.store, cfg.airflow_home / "logs"], ids)
+    findings = scan_tree([cfg.store, cfg.extracts, cfg.register, cfg.airflow_home / "logs"], ids)
     for i, output in enumerate(demo["outputs"]):
         findings += scan_text(output, ids, f"airflow output {i}")
     assert findings == [], [str(f) for f in findings[:20]]
@@ -143,3 +146,13 @@ def test_the_release_dag_publishes_a_release_of_the_run(demo):
     for name in TABLES:
         assert releases[0]["tables"][name]["rows"] == store.read_table(cfg.store, name).num_rows
         assert release.read_release_table(cfg.store, releases[0]["release_id"], name).num_rows > 0
+
+
+def test_each_approved_project_gets_its_extract_audit_and_register(demo):
+    cfg = demo["cfg"]
+    rid = release.list_releases(cfg.store)[-1]["release_id"]
+    manifests = {p.parent.parent.name: json.loads(p.read_text()) for p in cfg.extracts.glob(f"*/{rid}/manifest.json")}
+    assert set(manifests) == {"DARS-DEMO-HTN", "DARS-DEMO-VAX"}
+    assert manifests["DARS-DEMO-VAX"]["tables"]["immunisations"]["rows"] > 0
+    assert audit.verify(cfg.store) == 2
+    assert "DARS-DEMO-HTN" in (cfg.register / "register.csv").read_text()
