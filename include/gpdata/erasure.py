@@ -3,14 +3,16 @@ table, from history and from releases.
 
 The extraction task pseudonymises the NHS numbers of its opted-out patients (``optout_pids``). Before the
 commit, ``present`` finds which of them the store still holds, in the current version of any table or in
-any release. After the commit has replaced the practice's partition, ``erase`` does three things:
+any release. Then ``erase`` runs, before the commit (so a crash in between cannot hide the patient's older
+files from the next run), and does three things:
 
 * deletes their rows from every table (all practices: a patient may have moved);
 * re-issues every release that held them as a corrected copy;
 * vacuums every table, keeping only versions that releases still pin, so no file on disk holds their
   records any more.
 
-The erasure log records counts, never a pseudonym.
+The pseudonyms are recorded in ``_erasures/pending.parquet`` until every step is done, so an erasure cut
+short by a crash is finished by the next one. The erasure log records counts, never a pseudonym.
 """
 
 from __future__ import annotations
@@ -57,13 +59,32 @@ def present(store_root: Path, pids: pa.Array) -> pa.Array:
     return pa.array(sorted(found), pa.string())
 
 
+def _pending_path(store_root: Path) -> Path:
+    return Path(store_root) / "_erasures" / "pending.parquet"
+
+
+def pending(store_root: Path) -> pa.Array:
+    """Pseudonyms of an erasure that started but did not finish (a crash); the next erase completes it."""
+    import pyarrow.parquet as pq
+
+    path = _pending_path(store_root)
+    return pq.read_table(path)["patient_pid"].combine_chunks() if path.exists() else pa.array([], pa.string())
+
+
 def erase(store_root: Path, pids: pa.Array) -> dict:
-    """Remove every record of these pseudonyms from every table, release and retained file."""
-    pids = pa.array(sorted(set(pids.to_pylist()) - {None}), pa.string())
+    """Remove every record of these pseudonyms (and of any unfinished erasure) from every table, release and
+    retained file. The pseudonyms are recorded as pending first and cleared only when all is done."""
+    import pyarrow.parquet as pq
+
+    pids = pa.array(sorted(set(pids.to_pylist()) | set(pending(store_root).to_pylist()) - {None}), pa.string())
     if len(pids) == 0:
         return {}
     if not all(_PID.match(p) for p in pids.to_pylist()):
         raise GpdataError("erasure takes patient pseudonyms only")
+    marker = _pending_path(store_root)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"patient_pid": pids}), marker.with_suffix(".tmp"))
+    marker.with_suffix(".tmp").replace(marker)
     in_list = ", ".join(f"'{p}'" for p in pids.to_pylist())
     deleted = {}
     for name in _tables_with_patients():
@@ -96,9 +117,9 @@ def erase(store_root: Path, pids: pa.Array) -> dict:
     entry = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "patients": len(pids),
              "rows_deleted": deleted, "releases_reissued": reissued}
     log_path = Path(store_root) / "_erasures" / "log.jsonl"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
+    marker.unlink()
     log.info("erased %d patient(s) after a late type 1 opt-out: rows deleted %s, releases re-issued %s",
              len(pids), deleted, reissued or "none")
     return entry

@@ -132,9 +132,10 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     optout_pids = tables.pop("optout_pids")["patient_pid"].combine_chunks()
     current = load_master_key(practice=practice).version
     store.ensure_tables(settings.store)
-    to_erase = erasure.present(settings.store, optout_pids)  # held before this commit: a late opt-out
+    to_erase = erasure.present(settings.store, optout_pids)  # a late opt-out: the store still holds them
+    counts["erasure"] = erasure.erase(settings.store, to_erase) if len(to_erase) \
+        or len(erasure.pending(settings.store)) else {}
     versions = store.commit_practice(settings.store, practice, tables, quarantine, key_version=current)
-    counts["erasure"] = erasure.erase(settings.store, to_erase) if len(to_erase) else {}
     counts["committed_rows"] = {name: t.num_rows for name, t in tables.items()}
     counts["table_versions"] = versions
     counts["seconds"]["commit"] = round(time.monotonic() - started, 3)

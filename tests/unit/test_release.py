@@ -98,3 +98,26 @@ def test_late_optout_is_erased_from_store_history_and_releases(committed, home):
     assert pid not in log and '"patients": 1' in log
     other = pseudo(pa.array(["9990000026"]), "nhs_number")[0].as_py()
     assert other in release.read_release_table(cfg.store, made["release_id"], "patients")["patient_pid"].to_pylist()
+
+
+def test_an_erasure_cut_short_is_finished_by_the_next_one(committed, monkeypatch):
+    from gpdata import erasure
+
+    feed, cfg = committed
+    pipeline.run_practice(feed, cfg, "again")  # an older version on disk holds the patient
+    pid = Pseudonymiser(keys.load_master_key())(pa.array(["9990000018"]), "nhs_number")[0].as_py()
+
+    def crash(*args, **kwargs):
+        raise OSError("worker lost before vacuum")
+
+    monkeypatch.setattr(erasure.release, "pinned_versions", crash)
+    with pytest.raises(OSError):
+        erasure.erase(cfg.store, pa.array([pid]))
+    assert erasure.pending(cfg.store).to_pylist() == [pid]
+    monkeypatch.undo()
+    assert erasure.erase(cfg.store, pa.array([], pa.string()))["patients"] == 1
+    assert len(erasure.pending(cfg.store)) == 0
+    for path in cfg.store.rglob("*.parquet"):
+        t = pq.read_table(path)
+        if "patient_pid" in t.column_names:
+            assert pid not in t["patient_pid"].to_pylist(), path
