@@ -76,7 +76,7 @@ def erase(store_root: Path, pids: pa.Array) -> dict:
     retained file. The pseudonyms are recorded as pending first and cleared only when all is done."""
     import pyarrow.parquet as pq
 
-    pids = pa.array(sorted(set(pids.to_pylist()) | set(pending(store_root).to_pylist()) - {None}), pa.string())
+    pids = pa.array(sorted((set(pids.to_pylist()) | set(pending(store_root).to_pylist())) - {None}), pa.string())
     if len(pids) == 0:
         return {}
     if not all(_PID.match(p) for p in pids.to_pylist()):
