@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gpdata.errors import ConfigError
 
+M = TypeVar("M", bound=BaseModel)
 ODS_PRACTICE_RE = re.compile(r"^[A-Z][0-9]{5}$")
 
 
@@ -61,33 +63,44 @@ def _explain(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_feed(path: Path) -> Feed:
+def load_model(path: Path, model: type[M], what: str) -> M:
+    """One YAML configuration file validated into a pydantic model; errors name the file and the field."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
     if not isinstance(doc, dict):
-        raise ConfigError("a feed file must hold a mapping of fields", file=str(path))
+        raise ConfigError(f"a {what} file must hold a mapping of fields", file=str(path))
     try:
-        return Feed(**doc, source_file=Path(path).resolve())
+        return model(**doc, source_file=Path(path).resolve())
     except ValidationError as exc:
         raise ConfigError(_explain(exc), file=str(path)) from None
 
 
-def load_feeds(folder: Path, *, active_only: bool = False) -> list[Feed]:
-    """Every feed in a folder (``*.yaml``/``*.yml``), sorted by ODS code; duplicates are an error."""
+def load_folder(folder: Path, loader: Callable[[Path], M], key: str, what: str, label: str) -> list[M]:
+    """Every ``*.yaml``/``*.yml`` file of a folder through ``loader``, sorted by ``key``; a repeated key is an
+    error naming both files."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConfigError(f"feed folder {folder} does not exist")
-    feeds: dict[str, Feed] = {}
+        raise ConfigError(f"{what} folder {folder} does not exist")
+    found: dict[str, M] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        feed = load_feed(path)
-        if feed.ods_code in feeds:
-            raise ConfigError(f"duplicate ODS code {feed.ods_code}, also in {feeds[feed.ods_code].source_file}",
-                              file=str(path))
-        feeds[feed.ods_code] = feed
-    out = sorted(feeds.values(), key=lambda f: f.ods_code)
-    return [f for f in out if f.active] if active_only else out
+        item = loader(path)
+        value = getattr(item, key)
+        if value in found:
+            raise ConfigError(f"duplicate {label} {value}, also in {found[value].source_file}", file=str(path))
+        found[value] = item
+    return [found[k] for k in sorted(found)]
+
+
+def load_feed(path: Path) -> Feed:
+    return load_model(path, Feed, "feed")
+
+
+def load_feeds(folder: Path, *, active_only: bool = False) -> list[Feed]:
+    """Every feed in a folder, sorted by ODS code; duplicates are an error."""
+    feeds = load_folder(folder, load_feed, "ods_code", "feed", "ODS code")
+    return [f for f in feeds if f.active] if active_only else feeds
 
 
 def feed_yaml(feed: Feed) -> str:

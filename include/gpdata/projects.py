@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpdata.errors import ConfigError
-from gpdata.feeds import _explain
+from gpdata.feeds import load_folder, load_model
 from gpdata.model import CURATED, PSEUDONYM_FIELDS
 
 
@@ -98,16 +97,7 @@ class Project(BaseModel):
 
 
 def load_project(path: Path) -> Project:
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
-    if not isinstance(doc, dict):
-        raise ConfigError("a project file must hold a mapping of fields", file=str(path))
-    try:
-        project = Project(**doc, source_file=Path(path).resolve())
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc), file=str(path)) from None
+    project = load_model(path, Project, "project")
     for code_list in project.code_list_paths():
         if not code_list.exists():
             raise ConfigError(f"cohort code list {code_list} does not exist", file=str(path))
@@ -115,13 +105,5 @@ def load_project(path: Path) -> Project:
 
 
 def load_projects(folder: Path) -> list[Project]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"project folder {folder} does not exist")
-    projects: dict[str, Project] = {}
-    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        project = load_project(path)
-        if project.project_id in projects:
-            raise ConfigError(f"duplicate project id {project.project_id}", file=str(path))
-        projects[project.project_id] = project
-    return list(projects.values())
+    """Every project in a folder, sorted by id; a repeated id is an error."""
+    return load_folder(folder, load_project, "project_id", "project", "project id")
