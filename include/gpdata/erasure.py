@@ -12,7 +12,7 @@ files from the next run), and does three things:
   records any more.
 
 The pseudonyms are recorded in ``_erasures/pending.parquet`` until every step is done, so an erasure cut
-short by a crash is finished by the next one. The erasure log records counts, never a pseudonym.
+short by a crash is finished by the next one. The erasure log and the audit log record counts, never a pseudonym.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
-from gpdata import release, store
+from gpdata import audit, release, store
 from gpdata.errors import GpdataError
 from gpdata.model import PARTITION, TABLES
 
@@ -119,6 +119,8 @@ def erase(store_root: Path, pids: pa.Array) -> dict:
     log_path = Path(store_root) / "_erasures" / "log.jsonl"
     with open(log_path, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
+    audit.append(store_root, "erasure", requested_by="type 1 opt-out", patients=len(pids), rows=deleted,
+                 releases_reissued=reissued)
     marker.unlink()
     log.info("erased %d patient(s) after a late type 1 opt-out: rows deleted %s, releases re-issued %s",
              len(pids), deleted, reissued or "none")
