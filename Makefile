@@ -31,7 +31,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Leak scan of everything the demo wrote (store, all table versions, manifests, Airflow output).
+# Leak scan of everything the demo wrote (store, all table versions, manifests, extracts, register, Airflow output).
 scan: $(STAMP)
 	GPDATA_MASTER_KEY_FILE=$${GPDATA_MASTER_KEY_FILE:-$(GPDATA_HOME)/secrets/dev-master.key} $(BIN)/gpdata scan
 

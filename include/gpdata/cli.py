@@ -65,7 +65,8 @@ def _scan(args) -> int:
         ids.link(lambda nhs: pseudo(nhs, "nhs_number"))
     except GpdataError as exc:
         print(f"note: per-patient date-of-birth check skipped ({exc.cause})")
-    findings = scan_tree([Path(p) for p in args.paths] or [cfg.store, cfg.airflow_home], ids)
+    default = [p for p in (cfg.store, cfg.extracts, cfg.register, cfg.airflow_home) if p.exists()]
+    findings = scan_tree([Path(p) for p in args.paths] or default, ids)
     for f in findings[:50]:
         print(f)
     print(f"{len(findings)} finding(s) for {ids.describe()}")
@@ -230,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.set_defaults(func=_audit)
 
     c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
-    c.add_argument("paths", nargs="*", help="files or folders (default: the store and Airflow's folder)")
+    c.add_argument("paths", nargs="*",
+                   help="files or folders (default: the store, project extracts, register and Airflow's folder)")
     c.set_defaults(func=_scan)
     return p
 
