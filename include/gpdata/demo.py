@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     params = {**DEMO, "patients": args.patients, "practices": args.practices}
     key_file = prepare(cfg, params)
     env = {**os.environ, **airflow_env(cfg, key_file)}
+    # Airflow starts its own components (standalone) as `airflow` subprocesses: this venv's first on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log = cfg.airflow_home / "demo.log"
 
     if args.airflow_standalone:
