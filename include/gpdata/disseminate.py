@@ -42,9 +42,7 @@ def suppress(n: int) -> int | str:
 
 
 def project_key(key: MasterKey, project_id: str, field: str) -> bytes:
-    from gpdata.keys import derive_key
-
-    return derive_key(dict(key.ring)[key.version], f"gpdata/{key.version}/project/{project_id}/{field}")
+    return key.derive(f"{project_id}/{field}", namespace="project")
 
 
 def _codes(paths: list[Path]) -> pa.Array:
@@ -129,17 +127,19 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
 
 
 def disseminate_all(cfg, key: MasterKey, *, requested_by: str, release_id: str | None = None,
-                    today: dt.date | None = None) -> dict[str, dict]:
-    """Every active project's extract of a release (default: the latest), then the register."""
+                    today: dt.date | None = None, projects: list[Project] | None = None) -> dict[str, dict]:
+    """Each project's extract (default: every active one) of a release (default: the latest), then the
+    register of all projects."""
     from gpdata import register
     from gpdata.projects import load_projects
 
-    projects = [p for p in load_projects(cfg.projects_dir) if p.active]
+    everyone = load_projects(cfg.projects_dir)
+    projects = [p for p in everyone if p.active] if projects is None else projects
     releases = release.list_releases(cfg.store)
     if not releases:
         raise GpdataError("no release to disseminate: run the release first")
     release_id = release_id or releases[-1]["release_id"]
     out = {p.project_id: extract(p, release_id, cfg.store, cfg.extracts, key, requested_by=requested_by,
                                  today=today) for p in projects}
-    register.write(projects, cfg.store, cfg.register)
+    register.write(everyone, cfg.store, cfg.register)
     return out

@@ -51,10 +51,11 @@ class MasterKey:
     def versions(self) -> list[str]:
         return [v for v, _ in self.ring]
 
-    def derive(self, purpose: str, version: str | None = None) -> bytes:
-        """The 32-byte key for one field under one version (default: current)."""
+    def derive(self, purpose: str, version: str | None = None, namespace: str = "pseudonym") -> bytes:
+        """The 32-byte key for one purpose under one version (default: current), labelled
+        ``gpdata/<version>/<namespace>/<purpose>``."""
         material = dict(self.ring)[version or self.version]
-        return derive_key(material, f"gpdata/{version or self.version}/pseudonym/{purpose}")
+        return derive_key(material, f"gpdata/{version or self.version}/{namespace}/{purpose}")
 
     def chain(self, purpose: str, after: str | None = None) -> list[bytes]:
         """Field keys of every version after ``after`` (all versions if None), oldest first."""

@@ -176,16 +176,14 @@ class DisseminateOperator(BaseOperator):
         self.project_file = project_file
 
     def execute(self, context):
-        from gpdata import disseminate, register, release, settings
+        from gpdata import settings
+        from gpdata.disseminate import disseminate_all
         from gpdata.keys import load_master_key
-        from gpdata.projects import load_project, load_projects
+        from gpdata.projects import load_project
 
-        cfg = settings.load()
         project = load_project(self.project_file)
-        latest = release.list_releases(cfg.store)[-1]["release_id"]
-        m = disseminate.extract(project, latest, cfg.store, cfg.extracts, load_master_key(),
-                                requested_by=f"airflow:{context['dag'].dag_id}/{context['run_id']}")
-        register.write(load_projects(cfg.projects_dir), cfg.store, cfg.register)
+        m = disseminate_all(settings.load(), load_master_key(), projects=[project],
+                            requested_by=f"airflow:{context['dag'].dag_id}/{context['run_id']}")[project.project_id]
         rows = {t: e["rows"] for t, e in m["tables"].items()}
-        log.info("project %s: release %s extracted %s", project.project_id, latest, rows)
-        return {"project": project.project_id, "release": latest, "rows": rows}
+        log.info("project %s: release %s extracted %s", project.project_id, m["release"], rows)
+        return {"project": project.project_id, "release": m["release"], "rows": rows}
