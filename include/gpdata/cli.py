@@ -19,23 +19,38 @@ def _synth(args) -> int:
                       events_per_patient=args.events_per_patient, dirty_fraction=args.dirty_fraction,
                       optout_fraction=args.optout_fraction, progress=lambda msg: print(msg, flush=True))
     if args.feeds_dir:
-        write_synthetic_feeds([t.ods_code for t in truths], root / "sources", Path(args.feeds_dir).resolve())
+        write_synthetic_feeds([t.ods_code for t in truths], root / "sources", Path(args.feeds_dir).resolve(),
+                              formats=args.formats.split(","))
         print(f"feed files: {args.feeds_dir}")
     print(f"wrote {len(truths)} practices under {root / 'sources'}; lookups under {root / 'reference'}")
     return 0
 
 
 def _feeds(args) -> int:
-    from gpdata.feeds import load_feeds
+    from gpdata.feeds import add_feed, load_feeds
 
     folder = Path(args.dir) if args.dir else settings.load().feeds_dir
+    if args.action == "add":
+        fields = {k: getattr(args, k) for k in ("ods_code", "name", "supplier", "format", "location",
+                                                "connection_id", "dialect", "mode", "schedule")
+                  if getattr(args, k) is not None}
+        if args.inactive:
+            fields["active"] = False
+        path = add_feed(folder, fields)
+        print(f"wrote {path}; the practice joins the extraction DAG at its next parse")
+        return 0
     feeds = load_feeds(folder)
     if args.action == "validate":
+        from gpdata.dialects import load_dialect
+
+        for dialect in sorted({f.dialect for f in feeds if f.dialect}):
+            load_dialect(dialect)  # the full dialect check (DAG parsing only checks its name and kind)
         print(f"{len(feeds)} feed(s) valid in {folder}")
         return 0
-    print(f"{'ODS':8} {'active':6} {'format':6} {'supplier':10} name")
+    print(f"{'ODS':8} {'active':6} {'format':8} {'mode':11} {'schedule':10} {'supplier':10} name")
     for f in feeds:
-        print(f"{f.ods_code:8} {str(f.active).lower():6} {f.format:6} {f.supplier:10} {f.name}")
+        print(f"{f.ods_code:8} {str(f.active).lower():6} {f.format:8} {f.mode:11} {f.schedule:10} "
+              f"{f.supplier:10} {f.name}")
     return 0
 
 
@@ -186,11 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--optout-fraction", type=float, default=0.03, help="share of patients with a type 1 dissent")
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--feeds-dir", help="also write one feed YAML per practice here")
+    s.add_argument("--formats", default="fhir",
+                   help="with --feeds-dir: formats the practices deliver in, in turn (fhir, emis_csv, tpp_pipe)")
     s.set_defaults(func=_synth)
 
-    f = sub.add_parser("feeds", help="list or validate practice feeds")
-    f.add_argument("action", choices=["list", "validate"])
+    f = sub.add_parser("feeds", help="list, validate or add practice feeds")
+    f.add_argument("action", choices=["list", "validate", "add"])
     f.add_argument("--dir", help="feed folder (default $GPDATA_FEEDS_DIR or include/config/feeds)")
+    f.add_argument("--ods-code", dest="ods_code", help="add: ODS code of the practice (e.g. A81001)")
+    f.add_argument("--name", help="add: practice name")
+    f.add_argument("--supplier", help="add: clinical system supplier")
+    f.add_argument("--format", choices=["fhir", "flatfile", "sql"], help="add: source format")
+    f.add_argument("--location", help="add: delivery folder (fhir, flatfile)")
+    f.add_argument("--connection-id", dest="connection_id", help="add: Airflow connection id (sql)")
+    f.add_argument("--dialect", help="add: dialect name (flatfile, sql)")
+    f.add_argument("--mode", choices=["baseline", "incremental"], help="add: extraction mode")
+    f.add_argument("--schedule", help="add: @daily (default), @hourly, @weekly, @monthly or cron")
+    f.add_argument("--inactive", action="store_true", help="add: write the feed switched off")
     f.set_defaults(func=_feeds)
 
     sub.add_parser("summary", help="per-practice counts from the latest run manifests").set_defaults(func=_summary)

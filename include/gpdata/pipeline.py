@@ -18,17 +18,19 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gpdata import codes, deid, erasure, optout, quality, store
+from gpdata import codes, deid, erasure, ledger, limits, nhsnumber, optout, quality, sources, store
 from gpdata.errors import GpdataError, QualityGateError
 from gpdata.feeds import Feed
 from gpdata.keys import load_master_key
 from gpdata.model import TABLES
 from gpdata.settings import Settings
-from gpdata.sources import read_delivery
 
 log = logging.getLogger("gpdata.pipeline")
+DELETIONS = pa.schema([("table", pa.string()), ("key", pa.string())])
+_CARRIED = ("optout_pids", "optout_state", "patient_map", "practitioner_map", "deletions")  # staged beside the tables
 
 
 def staging_dir(settings: Settings, run_id: str, practice: str) -> Path:
@@ -55,33 +57,145 @@ def _read_tables(folder: Path, names, practice: str, stage: str) -> tuple[dict[s
     return tables, json.loads((folder / "counts.json").read_text())
 
 
-def extract(feed: Feed, settings: Settings, run_id: str) -> dict:
-    """Read, apply type 1 opt-outs and de-identify one practice. Identifiable data stays in memory."""
+def _nhs_pids(patients: pa.Table, pseudo: deid.Pseudonymiser) -> tuple[pa.Array, pa.Array]:
+    """(source ids, patient pseudonyms) of a canonical patients table; null pseudonym for an invalid number."""
+    nhs = nhsnumber.normalise(patients["nhs_number"].combine_chunks())
+    valid = nhsnumber.is_valid(nhs)
+    pids = pseudo(pc.if_else(valid, nhs, pa.nulls(len(nhs), pa.string())), "nhs_number")
+    return patients["source_id"].combine_chunks(), pids
+
+
+def _refs_to_pids(refs: list[str], patients: pa.Table, pseudo: deid.Pseudonymiser, known: pa.Table) -> pa.Array:
+    """Patient pseudonyms of source patient refs: from this batch's patients, else from the patient map."""
+    arr = pa.array(refs, pa.string())
+    ids, pids = _nhs_pids(patients, pseudo)
+    found = pc.take(pids, pc.index_in(arr, value_set=ids))
+    if known.num_rows:
+        earlier = pc.take(known["patient_pid"].combine_chunks(),
+                          pc.index_in(pseudo(arr, "record_id"), value_set=known["ref_pid"].combine_chunks()))
+        found = pc.coalesce(found, earlier)
+    return pc.unique(found.drop_null()).cast(pa.string())
+
+
+def _deletion_keys(deleted: dict[str, pa.Table], pseudo: deid.Pseudonymiser, known: pa.Table) -> pa.Table:
+    """(table, key) of every record the source marks deleted, keyed as in the store (gpdata.store.KEYS)."""
+    parts = []
+    for name, table in deleted.items():
+        if not table.num_rows:
+            continue
+        if name == "patients":
+            keys = pc.unique(pa.concat_arrays([
+                _nhs_pids(table, pseudo)[1].drop_null(),
+                _refs_to_pids(table["source_id"].to_pylist(), table.slice(0, 0), pseudo, known)]))
+        elif name == "practitioners":
+            keys = pseudo(pc.coalesce(table["sds_user_id"].combine_chunks(), table["source_id"].combine_chunks()),
+                          "practitioner")
+        else:
+            keys = pseudo(table["source_id"], "record_id")
+        keys = pc.unique(pa.array(keys, pa.string()).drop_null())
+        parts.append(pa.table({"table": pa.array([name] * len(keys), pa.string()), "key": keys}))
+    return pa.concat_tables(parts) if parts else DELETIONS.empty_table()
+
+
+def _unchanged(feed: Feed, settings: Settings, run_id: str, batch: sources.Batch | None) -> dict:
+    previous = store.last_committed(settings.manifests, feed.ods_code) or {}
+    counts = {"practice": feed.ods_code, "run_id": run_id, "status": "unchanged",
+              "last_committed_run": previous.get("run_id"),
+              "duplicates_skipped": batch.skipped if batch else []}
+    write_run_manifest(settings, feed.ods_code, run_id, counts, status="unchanged")
+    shutil.rmtree(staging_dir(settings, run_id, feed.ods_code), ignore_errors=True)
+    log.info("practice %s: no new delivery since run %s; nothing to do%s", feed.ods_code,
+             previous.get("run_id"), f" ({len(batch.skipped)} duplicate file(s) skipped)" if batch else "")
+    return counts
+
+
+def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
+            connection_uri: str | None = None) -> dict:
+    """Read what is new for one practice, apply type 1 opt-outs and de-identify. Identifiable data stays in
+    memory. Returns counts with ``status`` "unchanged" (and stages nothing) when nothing new was delivered."""
     practice = feed.ods_code
     started = time.monotonic()
     key = load_master_key(practice=practice)          # fail closed before touching any source
     lookup = deid.PostcodeLookup.load(settings.postcode_lookup)
     optout_codes = codes.optout_codes()
     restricted = codes.restricted_codes()
-    canonical = read_delivery(feed.format, feed.location_path(), practice)
+    state = ledger.PracticeState.load(settings.state, practice)
+    if state.key_version and state.key_version != key.version:
+        log.info("practice %s: key rotated (%s -> %s) since the last commit: full re-extraction", practice,
+                 state.key_version, key.version)
+        force = True  # the ledger's maps are pseudonyms of the old key; a baseline replaces them
+    try:
+        batch = sources.collect(feed, state, settings.quarantined_deliveries, force=force,
+                                connection_uri=connection_uri)
+        read_at = time.monotonic()
+        if batch is not None and batch.tables:
+            limits.check_fields({**batch.tables, **{f"{n} (deleted)": t for n, t in batch.deleted.items()}},
+                                practice)
+    except GpdataError as exc:
+        if exc.stage is None:  # name the stage in the one-line cause
+            exc.stage = "extract"
+            exc.args = (exc._message(),)
+        raise
+    if batch is None or not batch.tables:
+        return _unchanged(feed, settings, run_id, batch)
+    canonical, batch.tables = batch.tables, {}  # so `del canonical` below frees the identifiable rows
     read_counts = {name: t.num_rows for name, t in canonical.items()}
-    log.info("practice %s: read %s", practice, read_counts)
-    filtered, type1 = optout.apply_type1(canonical, optout_codes)
+    log.info("practice %s: read %s (%s)", practice, read_counts, "baseline" if batch.full else "incremental")
     pseudo = deid.Pseudonymiser(key)
-    # Pseudonyms of the opted-out patients (never their records): the commit erases any the store holds.
-    staged_optouts = optout.optout_pseudonyms(canonical["patients"], filtered["patients"], pseudo)
+    known = ledger.PATIENT_MAP.empty_table() if batch.full else state.patient_map()
+    known_prac = ledger.PRACTITIONER_MAP.empty_table() if batch.full else state.practitioner_map()
+    status = optout.type1_status(canonical["observations"], optout_codes)
+    filtered, type1 = optout.apply_type1(canonical, optout_codes)
+    new_optouts = _refs_to_pids([r for r, d in status.items() if d], canonical["patients"], pseudo, known)
+    readmitted = _refs_to_pids([r for r, d in status.items() if not d], canonical["patients"], pseudo, known)
+    earlier = pa.array([], pa.string()) if batch.full else state.optouts()
+    earlier = earlier.filter(pc.invert(pc.is_in(earlier, value_set=readmitted)))
+    optout_state = pc.unique(pa.concat_arrays([earlier, new_optouts]))
+    type1_at = time.monotonic()
+    ids, pids = _nhs_pids(filtered["patients"], pseudo)
+    patient_map = pa.table({"ref_pid": pseudo(ids, "record_id"), "patient_pid": pids}).filter(pc.is_valid(pids))
+    deletions = _deletion_keys(batch.deleted, pseudo, known)
     del canonical
-    staged, deid_counts = deid.deidentify(filtered, practice, pseudo, lookup, restricted)
-    staged["optout_pids"] = staged_optouts
+    prac = filtered["practitioners"]
+    practitioner_map = pa.table({
+        "ref_pid": pseudo(prac["source_id"], "record_id"),
+        "practitioner_pid": pseudo(pc.coalesce(prac["sds_user_id"].combine_chunks(),
+                                               prac["source_id"].combine_chunks()), "practitioner"),
+        "role_code": prac["role_code"]}).filter(pc.is_valid(prac["source_id"]))
+    staged, deid_counts = deid.deidentify(filtered, practice, pseudo, lookup, restricted, known=known,
+                                          known_practitioners=known_prac)
     del filtered
+    if len(earlier):  # incremental: later records of patients who dissented in an earlier delivery
+        for name, table in staged.items():
+            if "patient_pid" not in table.column_names:
+                continue
+            drop = pc.fill_null(pc.is_in(table["patient_pid"], value_set=earlier), False)
+            dropped = pc.sum(drop).as_py() or 0
+            if dropped:
+                staged[name] = table.filter(pc.invert(drop))
+                if name != "patients":
+                    type1["records_excluded"][name] = type1["records_excluded"].get(name, 0) + dropped
+    staged["optout_pids"] = pa.table({"patient_pid": new_optouts})
+    staged["optout_state"] = pa.table({"patient_pid": optout_state})
+    staged["patient_map"] = patient_map
+    staged["practitioner_map"] = practitioner_map
+    staged["deletions"] = deletions
+    deid_at = time.monotonic()
     counts = {
         "practice": practice, "run_id": run_id, "key_version": key.version,
+        "source": {"format": feed.format, **batch.summary()},
         "records_read": read_counts, "patients_read": read_counts["patients"],
+        "deleted_by_source": {n: t.num_rows for n, t in batch.deleted.items() if t.num_rows},
         "type1_optout": type1, **deid_counts,
         "staged_rows": {name: staged[name].num_rows for name in TABLES},
-        "seconds": {"extract": round(time.monotonic() - started, 3)},
+        "seconds": {"extract_read": round(read_at - started, 3), "extract_type1": round(type1_at - read_at, 3),
+                    "extract_deidentify": round(deid_at - type1_at, 3),
+                    "extract": round(time.monotonic() - started, 3)},
+        "_ledger": {"files": batch.files, "watermark": batch.watermark, "snapshot": batch.snapshot,
+                    "full": batch.full},
     }
     _write_tables(staging_dir(settings, run_id, practice) / "extracted", staged, counts)
+    counts["seconds"]["extract_write"] = round(time.monotonic() - deid_at, 3)  # after the manifest's copy
     log.info("practice %s: %d patients excluded by type 1 opt-out; staged %s", practice,
              type1["patients_excluded"], counts["staged_rows"])
     return counts
@@ -92,18 +206,26 @@ def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = N
     practice = feed.ods_code
     started = time.monotonic()
     base = staging_dir(settings, run_id, practice)
-    staged, counts = _read_tables(base / "extracted", [*TABLES, "optout_pids"], practice, "quality")
-    optout_pids = staged.pop("optout_pids")
+    staged, counts = _read_tables(base / "extracted", [*TABLES, *_CARRIED], practice, "quality")
+    carried = {name: staged.pop(name) for name in _CARRIED}
+    full = counts["_ledger"]["full"]
+    known = None
+    if not full:
+        pmap = ledger.PracticeState.load(settings.state, practice).patient_map()
+        known = (pmap["patient_pid"].combine_chunks(), pmap["birth_month"].combine_chunks())
+    read_done = time.monotonic()
     result = quality.gate(staged, practice, run_id, today=today or dt.date.today(),
                           max_quarantine_fraction=feed.max_quarantine_fraction,
                           quarantine_allowance=feed.quarantine_allowance,
-                          gx_root=settings.quality / practice / "gx", docs_dir=settings.data_docs / practice)
+                          gx_root=settings.quality / practice / "gx", docs_dir=settings.data_docs / practice,
+                          known_patients=known)
     previous = store.last_committed(settings.manifests, practice)
-    if feed.volume_tolerance is not None and previous:
+    if feed.volume_tolerance is not None and previous and full:
         result.failures += quality.volume_failures(counts["records_read"], previous.get("records_read"),
                                                    feed.volume_tolerance)
     counts["quality"] = {**result.counts, "passed": result.ok, "failures": result.failures,
                          "data_docs": str(settings.data_docs / practice / "index.html")}
+    counts["seconds"].update(quality_read=round(read_done - started, 3), **result.seconds)
     counts["seconds"]["quality"] = round(time.monotonic() - started, 3)
     store.write_json_atomic(settings.quality / practice / f"{store.safe_name(run_id)}.json",
                             {"practice": practice, "run_id": run_id, "passed": result.ok,
@@ -115,33 +237,59 @@ def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = N
         write_run_manifest(settings, practice, run_id, counts, status="failed_quality")
         raise QualityGateError("quality gate failed, nothing committed: " + "; ".join(result.failures),
                                practice=practice, stage="quality")
-    _write_tables(base / "validated", {**result.passed, "quarantine": result.quarantine,
-                                       "optout_pids": optout_pids}, counts)
+    written_at = time.monotonic()
+    _write_tables(base / "validated", {**result.passed, "quarantine": result.quarantine, **carried}, counts)
+    counts["seconds"]["quality_write"] = round(time.monotonic() - written_at, 3)
     log.info("practice %s: quality gate passed; quarantined %s", practice,
              {t: sum(r.values()) for t, r in result.counts["quarantined"].items() if r})
     return counts
 
 
 def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
-    """Replace the practice's partition of every curated table; write the run manifest."""
+    """Replace (baseline) or merge into (incremental) the practice's partition of every curated table; then
+    record the delivered files and the watermark in the ledger and write the run manifest."""
     practice = feed.ods_code
     started = time.monotonic()
     base = staging_dir(settings, run_id, practice)
-    tables, counts = _read_tables(base / "validated", [*TABLES, "quarantine", "optout_pids"], practice, "commit")
+    done = store.last_committed(settings.manifests, practice)
+    if done and done.get("run_id") == run_id and not (base / "validated").exists():
+        log.info("practice %s: run %s is already committed (a retried task): nothing to do", practice, run_id)
+        return done
+    tables, counts = _read_tables(base / "validated", [*TABLES, "quarantine", *_CARRIED], practice, "commit")
     quarantine = tables.pop("quarantine")
-    optout_pids = tables.pop("optout_pids")["patient_pid"].combine_chunks()
+    carried = {name: tables.pop(name) for name in _CARRIED}
+    optout_pids = carried["optout_pids"]["patient_pid"].combine_chunks()
+    info = counts.pop("_ledger")
+    counts["run_id"] = run_id
     current = load_master_key(practice=practice).version
     store.ensure_tables(settings.store)
     to_erase = erasure.present(settings.store, optout_pids)  # a late opt-out: the store still holds them
     counts["erasure"] = erasure.erase(settings.store, to_erase) if len(to_erase) \
         or len(erasure.pending(settings.store)) else {}
-    versions = store.commit_practice(settings.store, practice, tables, quarantine, key_version=current)
+    deletions = carried["deletions"]
+    deleted = None if info["full"] else {
+        name: deletions.filter(pc.equal(deletions["table"], name))["key"].combine_chunks() for name in TABLES}
+    versions = store.commit_practice(settings.store, practice, tables, quarantine, key_version=current,
+                                     deleted=deleted)
+    state = ledger.PracticeState.load(settings.state, practice)
+    patients = tables["patients"]
+    new_map = carried["patient_map"].join(patients.select(["patient_pid", "birth_month"]), "patient_pid",
+                                          join_type="inner")
+    patient_map = new_map if info["full"] else ledger.merge_patient_map(state.patient_map(), new_map,
+                                                                          deleted["patients"])
+    practitioner_map = carried["practitioner_map"] if info["full"] else \
+        ledger.merge_by_ref(state.practitioner_map(), carried["practitioner_map"])
+    state.save(run_id=run_id, files=info["files"], watermark=info["watermark"], snapshot=info["snapshot"],
+               patient_map=patient_map, optouts=carried["optout_state"]["patient_pid"].combine_chunks(),
+               practitioner_map=practitioner_map, key_version=current)
     counts["committed_rows"] = {name: t.num_rows for name, t in tables.items()}
+    if deleted is not None:
+        counts["deleted_keys"] = {name: len(keys) for name, keys in deleted.items() if len(keys)}
     counts["table_versions"] = versions
     counts["seconds"]["commit"] = round(time.monotonic() - started, 3)
     write_run_manifest(settings, practice, run_id, counts, status="committed")
     shutil.rmtree(base, ignore_errors=True)
-    return counts
+    return {**counts, "status": "committed"}
 
 
 def write_run_manifest(settings: Settings, practice: str, run_id: str, counts: dict, status: str) -> Path:
@@ -149,8 +297,10 @@ def write_run_manifest(settings: Settings, practice: str, run_id: str, counts: d
     return store.write_manifest(settings.manifests, practice, run_id, doc)
 
 
-def run_practice(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = None) -> dict:
+def run_practice(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = None, *,
+                 force: bool = False, connection_uri: str | None = None) -> dict:
     """All three stages in one call (tests, benchmarks and the command line)."""
-    extract(feed, settings, run_id)
+    if extract(feed, settings, run_id, force=force, connection_uri=connection_uri).get("status") == "unchanged":
+        return store.read_json(settings.manifests / feed.ods_code / "latest.json")
     check(feed, settings, run_id, today=today)
     return commit(feed, settings, run_id)

@@ -6,11 +6,15 @@ Parse-time work is reading the feed YAML files (small) and building tasks: no da
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 
-from airflow.sdk import DAG, TaskGroup
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, task_group
 
 from gpdata import settings
-from gpdata.feeds import load_feeds
+from gpdata.feeds import DEFAULT_SCHEDULE, load_feeds
+from gpdata_airflow.alerts import deadline_alert, failure_callback
 from gpdata_airflow.operators import (
     EXTRACTION_RUN,
     RELEASES,
@@ -22,28 +26,66 @@ from gpdata_airflow.operators import (
     ReleaseOperator,
     RunSummaryOperator,
 )
+from gpdata_airflow.params import ValidateRunConfOperator, extraction_params
 
 EXTRACTION_DOC = """
 ### GP practice extraction
 
-One task group per active practice feed (named by its ODS code), from the feed YAML files in
-`GPDATA_FEEDS_DIR` (default `include/config/feeds/`):
+Every active practice feed with this DAG's schedule, from the feed YAML files in `GPDATA_FEEDS_DIR`
+(default `include/config/feeds/`). Practices run as mapped task groups `practices_NNN` of at most
+`GPDATA_MAP_BATCH` (default 1000, never above `[core] max_map_length`); each mapped instance is labelled by
+its **ODS code**, so search the mapped instances for a practice. For each practice:
 
-1. **extract**: read the delivery, drop every record of patients with a type 1 opt-out, de-identify
-   (keyed pseudonyms, birth month, LSOA; no names, addresses or free text). Identifiable data exists only
-   in this task's memory.
+1. **extract**: read what is new (a FHIR snapshot, flat-file deliveries, or database changes since the
+   watermark), skip duplicate files, drop every record of patients with a type 1 opt-out, de-identify (keyed
+   pseudonyms, birth month, LSOA; no names, addresses or free text). Identifiable data exists only in this
+   task's memory. Nothing new delivered: the practice is *skipped*. An unreadable delivery is moved to
+   `$GPDATA_HOME/quarantine/<ODS>/` and the task fails naming file, row and cause.
 2. **quality**: quarantine failing rows with a reason, validate each table with Great Expectations; a batch
    over its threshold fails here and commits nothing.
-3. **commit**: replace the practice's partition of each curated Delta table; write the run manifest;
+3. **commit**: replace (baseline) or merge into (incremental: amendments and deletions) the practice's
+   partition of each curated Delta table; record the delivered files and watermark; write the run manifest;
    emit an asset event on `gpdata_curated_store` with the counts.
 
 `run_summary` logs one line per practice. Counts per stage are in `$GPDATA_HOME/store/_manifests/`.
+Trigger with `{"force": true}` to re-extract practices whose delivery has not changed.
+A failed task logs one line `gpdata failure: practice=... stage=... cause=...`; the **GP data** page shows it.
 """
+DEFAULT_MAP_BATCH = 1000
 
 
-def build_extraction_dag(dag_id: str = "gpdata_extract", schedule: str | None = "@daily") -> DAG:
+def map_batch_size() -> int:
+    """Practices per mapped task group: GPDATA_MAP_BATCH, capped by Airflow's [core] max_map_length."""
+    from airflow.configuration import conf
+
+    limit = conf.getint("core", "max_map_length", fallback=1024)
+    wanted = int(os.environ.get("GPDATA_MAP_BATCH") or DEFAULT_MAP_BATCH)
+    return max(1, min(wanted, limit))
+
+
+def extraction_dag_id(schedule: str) -> str:
+    if schedule == DEFAULT_SCHEDULE:
+        return "gpdata_extract"
+    return "gpdata_extract_" + (re.sub(r"[^a-z0-9]+", "_", schedule.lower()).strip("_") or "custom")
+
+
+def build_extraction_dags() -> dict[str, DAG]:
+    """One extraction DAG per distinct feed schedule (``gpdata_extract`` for the default, @daily)."""
     cfg = settings.load()
     feeds = load_feeds(cfg.feeds_dir, active_only=True)
+    by_schedule: dict[str, list[str]] = {DEFAULT_SCHEDULE: []}
+    for feed in feeds:
+        by_schedule.setdefault(feed.schedule, []).append(feed.ods_code)
+    return {extraction_dag_id(s): build_extraction_dag(extraction_dag_id(s), s, ods_codes=codes)
+            for s, codes in by_schedule.items()}
+
+
+def build_extraction_dag(dag_id: str = "gpdata_extract", schedule: str | None = DEFAULT_SCHEDULE,
+                         ods_codes: list[str] | None = None) -> DAG:
+    cfg = settings.load()
+    if ods_codes is None:
+        ods_codes = [f.ods_code for f in load_feeds(cfg.feeds_dir, active_only=True)]
+    batch = map_batch_size()
     with DAG(
         dag_id=dag_id,
         schedule=schedule,
@@ -52,18 +94,31 @@ def build_extraction_dag(dag_id: str = "gpdata_extract", schedule: str | None = 
         max_active_runs=1,
         tags=["gpdata", "extraction"],
         doc_md=EXTRACTION_DOC,
-        default_args={"retries": 0},
+        default_args={"retries": 0, "on_failure_callback": failure_callback},
+        deadline=deadline_alert(),
+        params=extraction_params(),
     ) as dag:
         prepare = PrepareStoreOperator(task_id="prepare_store")
-        summary = RunSummaryOperator(task_id="run_summary", ods_codes=[f.ods_code for f in feeds])
-        for feed in feeds:
-            args = {"ods_code": feed.ods_code, "feed_file": str(feed.source_file)}
-            with TaskGroup(group_id=feed.ods_code, tooltip=f"{feed.name} ({feed.supplier})") as group:
+        ValidateRunConfOperator(task_id="validate_conf") >> prepare
+        summary = RunSummaryOperator(task_id="run_summary", ods_codes=ods_codes)
+        # The run's state comes from its leaves: run_summary runs whatever happened, so this leaf fails the
+        # run (upstream_failed) when any practice task failed; practices skipped as unchanged do not.
+        all_practices_ok = EmptyOperator(task_id="all_practices_ok", doc_md="Fails the run when any practice failed")
+        for number, start in enumerate(range(0, len(ods_codes), batch), start=1):
+            chunk = ods_codes[start:start + batch]
+
+            @task_group(group_id=f"practices_{number:03d}",
+                        tooltip=f"practices {chunk[0]} to {chunk[-1]} ({len(chunk)})")
+            def practice(ods_code):
+                args = {"ods_code": ods_code, "feeds_dir": str(cfg.feeds_dir),
+                        "map_index_template": "{{ task.ods_code }}"}
                 extract = PracticeExtractOperator(task_id="extract", **args)
                 check = QualityGateOperator(task_id="quality", **args)
                 commit = CuratedCommitOperator(task_id="commit", **args)
                 extract >> check >> commit
-            prepare >> group >> summary
+
+            prepare >> practice.expand(ods_code=chunk) >> [summary, all_practices_ok]
+        summary >> all_practices_ok
     return dag
 
 

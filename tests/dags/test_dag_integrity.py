@@ -32,13 +32,33 @@ def test_dags_import_without_errors_and_name_tasks_by_ods_code(airflow_env):
     bag = _dagbag()
     assert bag.import_errors == {}
     dag = bag.dags["gpdata_extract"]
-    assert {"A81001.extract", "A81001.quality", "A81001.commit", "B82002.commit"} <= set(dag.task_ids)
-    assert not any(t.startswith("C83003") for t in dag.task_ids)  # inactive feeds do not run
-    assert dag.task_dict["A81001.quality"].upstream_task_ids == {"A81001.extract"}
-    assert "gpdata" in dag.tags and dag.doc_md
+    assert {"practices_001.extract", "practices_001.quality", "practices_001.commit"} <= set(dag.task_ids)
+    group = dag.task_group_dict["practices_001"]
+    assert group._expand_input.value == {"ods_code": ["A81001", "B82002"]}  # inactive C83003 does not run
+    assert dag.task_dict["practices_001.quality"].upstream_task_ids == {"practices_001.extract"}
+    assert dag.task_dict["practices_001.extract"].map_index_template == "{{ task.ods_code }}"
+    assert "gpdata" in dag.tags and dag.doc_md and "force" in dag.params
     release = bag.dags["gpdata_release"]
     assert release.task_ids == ["release"] and "release" in release.tags
     assert [a.name for a in release.timetable.asset_condition.objects] == ["gpdata_extraction_run"]
+
+
+def test_practices_are_split_into_groups_under_max_map_length_and_by_schedule(airflow_env, monkeypatch):
+    feeds = airflow_env / "feeds"
+    for n in range(5):
+        (feeds / f"E8500{n}.yaml").write_text(f"ods_code: E8500{n}\nname: P\nlocation: x\n")
+    (feeds / "F86006.yaml").write_text("ods_code: F86006\nname: P\nlocation: x\nschedule: '0 3 * * 1'\n")
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "3")
+    monkeypatch.setenv("GPDATA_MAP_BATCH", "1000")  # asks for more than Airflow allows: capped at 3
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    daily = bag.dags["gpdata_extract"]
+    groups = {g: daily.task_group_dict[g]._expand_input.value["ods_code"] for g in daily.task_group_dict}
+    assert list(groups) == ["practices_001", "practices_002", "practices_003"]
+    assert [len(v) for v in groups.values()] == [3, 3, 1]
+    assert sorted(sum(groups.values(), [])) == ["A81001", "B82002", *[f"E8500{n}" for n in range(5)]]
+    weekly = bag.dags["gpdata_extract_0_3_1"]
+    assert weekly.task_group_dict["practices_001"]._expand_input.value == {"ods_code": ["F86006"]}
 
 
 def test_broken_feed_is_an_import_error_naming_file_and_field(airflow_env):

@@ -38,9 +38,11 @@ def demo(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GPDATA"))}
     env.update({"GPDATA_HOME": str(home), "GPDATA_FEEDS_DIR": str(home / "feeds")})
     cfg = settings.load(env)
-    truths = generate(home, n_practices=2, n_patients=80, events_per_patient=30, dirty_fraction=0.01,
+    truths = generate(home, n_practices=3, n_patients=80, events_per_patient=30, dirty_fraction=0.01,
                       optout_fraction=0.1, seed=7)
-    write_synthetic_feeds([t.ods_code for t in truths], cfg.sources, cfg.feeds_dir)
+    # one practice per source format: FHIR bundles, an EMIS-like CSV export, a TPP-like pipe export
+    write_synthetic_feeds([t.ods_code for t in truths], cfg.sources, cfg.feeds_dir,
+                          formats=["fhir", "emis_csv", "tpp_pipe"])
     keys.write_development_key(cfg.secrets / "dev.key")
     env.update(airflow_env(cfg, cfg.secrets / "dev.key"))
     outputs = [_airflow(env, "db", "migrate")]
@@ -48,12 +50,16 @@ def demo(tmp_path_factory):
     first = {name: store.read_table(cfg.store, name).sort_by("record_id" if name in TABLES[2:] else
                                                               TABLES_KEY[name]) for name in TABLES}
     manifests_first = store.latest_manifests(cfg.manifests)
-    outputs.append(_airflow(env, "dags", "test", "gpdata_extract"))
+    outputs.append(_airflow(env, "dags", "test", "gpdata_extract", "--conf", '{"force": true}'))
+    manifests_forced = store.latest_manifests(cfg.manifests)
+    outputs.append(_airflow(env, "dags", "test", "gpdata_extract"))  # nothing new delivered: skipped
+    manifests_unchanged = store.latest_manifests(cfg.manifests)
     outputs.append(_airflow(env, "dags", "test", "gpdata_release"))
     ndop.ingest(cfg.reference / "ndop.csv", cfg.store, keys.load_master_key({"GPDATA_MASTER_KEY_FILE": env[
         "GPDATA_MASTER_KEY_FILE"]}))
     outputs.append(_airflow(env, "dags", "test", "gpdata_disseminate"))
     return {"cfg": cfg, "env": env, "outputs": outputs, "first": first, "manifests_first": manifests_first,
+            "manifests_forced": manifests_forced, "manifests_unchanged": manifests_unchanged,
             "practices": sorted(t.ods_code for t in truths), "truths": {t.ods_code: t for t in truths}}
 
 
@@ -62,7 +68,7 @@ TABLES_KEY = {"patients": "patient_pid", "practitioners": "practitioner_pid"}
 
 def test_every_curated_table_has_rows_for_each_practice(demo):
     cfg = demo["cfg"]
-    assert len(demo["practices"]) == 2
+    assert len(demo["practices"]) == 3
     for practice in demo["practices"]:
         counts = store.row_counts(cfg.store, practice)
         assert all(n > 0 for n in counts.values()), (practice, counts)
@@ -70,7 +76,7 @@ def test_every_curated_table_has_rows_for_each_practice(demo):
 
 def test_manifests_agree_with_the_store_and_the_run(demo):
     cfg = demo["cfg"]
-    manifests = store.latest_manifests(cfg.manifests)
+    manifests = demo["manifests_forced"]
     assert sorted(manifests) == demo["practices"]
     for practice, m in manifests.items():
         assert m["status"] == "committed"
@@ -100,12 +106,20 @@ def test_a_second_run_changes_no_count_and_no_row(demo):
     for name, before in demo["first"].items():
         key = "record_id" if name in TABLES[2:] else TABLES_KEY[name]
         assert store.read_table(cfg.store, name).sort_by(key).equals(before), name
-    again = store.latest_manifests(cfg.manifests)
+    again = demo["manifests_forced"]
     for practice, m in demo["manifests_first"].items():
         assert m["run_id"] != again[practice]["run_id"]
         for field in ("records_read", "type1_optout", "committed_rows", "staged_rows"):
             assert m[field] == again[practice][field], field
         assert m["quality"]["quarantined"] == again[practice]["quality"]["quarantined"]
+
+
+def test_a_run_with_nothing_new_skips_every_practice(demo):
+    forced, unchanged = demo["manifests_forced"], demo["manifests_unchanged"]
+    for practice, m in unchanged.items():
+        assert m["status"] == "unchanged" and m["last_committed_run"] == forced[practice]["run_id"]
+    assert store.latest_manifests(demo["cfg"].manifests) == unchanged  # the release and dissemination ran after
+    assert "nothing new delivered since run" in demo["outputs"][3]
 
 
 def test_no_identifier_reaches_the_store_manifests_or_airflow_logs(demo):
@@ -115,7 +129,7 @@ def test_no_identifier_reaches_the_store_manifests_or_airflow_logs(demo):
     pseudo = Pseudonymiser(keys.load_master_key({keys.KEY_FILE_ENV: str(cfg.secrets / "dev.key")}))
     ids.link(lambda nhs: pseudo(nhs, "nhs_number"))
     parquet = list(cfg.store.rglob("*.parquet"))
-    assert len(parquet) >= 2 * len(TABLES)  # every table, both practices, and old versions on disk
+    assert len(parquet) >= 2 * len(TABLES)  # every table, every practice, and old versions on disk
     assert list((cfg.data_docs).rglob("*.html"))
     findings = scan_tree([cfg.store, cfg.extracts, cfg.register, cfg.airflow_home / "logs"], ids)
     for i, output in enumerate(demo["outputs"]):
@@ -134,7 +148,8 @@ def test_asset_events_carry_the_counts(demo):
         extras = [json.loads(r[0]) for r in conn.execute(
             "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ?",
             ("gpdata_curated_store",))]
-    assert len(extras) == 4  # two practices, two runs (other assets carry their own events)
+    # three practices, two committing runs; the third run commits nothing and emits no event
+    assert len(extras) == 2 * len(demo["practices"])
     assert {e["practice"] for e in extras} == set(demo["practices"])
     assert all(e["committed_rows"]["observations"] > 0 for e in extras)
 

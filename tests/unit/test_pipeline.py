@@ -25,7 +25,7 @@ def test_failed_batch_commits_nothing_and_names_every_cause(practice):
     before = {t: store.read_table(cfg.store, t) for t in ("patients", "observations")}
     strict = feed.model_copy(update={"max_quarantine_fraction": 0.0, "quarantine_allowance": 0})
     with pytest.raises(QualityGateError) as err:
-        pipeline.run_practice(strict, cfg, "r2")
+        pipeline.run_practice(strict, cfg, "r2", force=True)
     message = str(err.value)
     assert message.startswith(f"practice {feed.ods_code}: stage quality: quality gate failed, nothing committed")
     assert "observations:" in message and "future_date" in message and "before_birth" in message
@@ -60,5 +60,5 @@ def test_data_docs_and_persisted_results_hold_counts_not_values(practice):
     assert results["passed"] and len(results["expectations"]) == counts["quality"]["expectations"]["evaluated"]
     assert all(set(r) == {"table", "expectation", "column", "success", "unexpected_count", "element_count"}
                for r in results["expectations"])
-    pipeline.run_practice(feed, cfg, "r2")  # the file context is reused across runs
+    pipeline.run_practice(feed, cfg, "r2", force=True)  # the file context is reused across runs
     assert (cfg.quality / feed.ods_code / "r2.json").exists()

@@ -1,18 +1,213 @@
-"""Source adapters: each turns one practice delivery into the canonical Arrow tables of gpdata.model."""
+"""Source adapters: each turns a practice's new deliveries into canonical Arrow tables (gpdata.model).
+
+``collect`` is the one entry point. It decides, from the practice's ledger (gpdata.ledger), what is new:
+
+* **fhir** (baseline): the folder of bundles is one full snapshot. Unchanged since the last commit (every file
+  hash seen before, same set) means nothing to do; a renamed copy of a bundle inside a snapshot is skipped.
+* **flatfile**: files grouped into deliveries by their stamp. In *baseline* mode each delivery is a full
+  snapshot and the newest new one is read; in *incremental* mode every new delivery is read in stamp order and
+  the newest version of each record wins. A file whose exact content was processed before, under any name, is
+  skipped.
+* **sql**: rows changed since the last committed watermark (all rows for a baseline).
+
+A delivery that cannot be read is moved, whole, to ``$GPDATA_HOME/quarantine/<ODS>/`` with a note of why, and
+the practice's task fails naming the file, row and cause. Nothing is recorded in the ledger until the commit.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
-from gpdata.errors import ConfigError
+from gpdata.errors import ConfigError, SourceError
+from gpdata.ledger import PracticeState, sha256_file
+from gpdata.model import CANONICAL, TABLES
 
 
-def read_delivery(fmt: str, location: Path, practice: str) -> dict[str, pa.Table]:
-    """Read a practice's delivery in the given source format into canonical tables."""
-    if fmt == "fhir":
-        from gpdata.sources.fhir import read_bundles
+@dataclass
+class Batch:
+    """What one run extracts for a practice."""
 
-        return read_bundles(location, practice)
-    raise ConfigError(f"unknown source format {fmt!r}", practice=practice)
+    tables: dict[str, pa.Table]                 # canonical rows (identifiable; memory only)
+    deleted: dict[str, pa.Table]                # canonical rows the source marks deleted
+    full: bool                                  # True: replaces the practice's data; False: merged into it
+    files: list[dict] = field(default_factory=list)    # consumed: name, sha256, delivery
+    skipped: list[dict] = field(default_factory=list)  # duplicates: name, duplicate_of
+    deliveries: list[str] = field(default_factory=list)
+    watermark: str | None = None
+    snapshot: str | None = None
+
+    def summary(self) -> dict:
+        return {"mode": "baseline" if self.full else "incremental", "deliveries": self.deliveries,
+                "files": len(self.files), "duplicates_skipped": self.skipped, "watermark": self.watermark}
+
+
+def _empty_deleted() -> dict[str, pa.Table]:
+    return {name: CANONICAL[name].empty_table() for name in TABLES}
+
+
+def quarantine_files(paths: list[Path], target: Path, error: SourceError) -> Path:
+    """Move a failed delivery's files aside with a note of the cause (no values: the error names none)."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = target / stamp
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = target / f"{stamp}-{n}"
+    folder.mkdir(parents=True)
+    for path in paths:
+        if path.exists():
+            shutil.move(str(path), folder / path.name)
+    (folder / "REASON.json").write_text(json.dumps({
+        "practice": error.practice, "file": error.file, "row": error.row, "cause": error.cause,
+        "files": [p.name for p in paths], "quarantined_at": stamp}, indent=2))
+    return folder
+
+
+def _fail(exc: SourceError, paths: list[Path], quarantine_dir: Path) -> SourceError:
+    folder = quarantine_files(paths, quarantine_dir, exc)
+    return SourceError(f"{exc.cause}; the delivery ({len(paths)} file(s)) was moved to {folder}",
+                       practice=exc.practice, file=exc.file, row=exc.row, stage="extract")
+
+
+def _has_rows(path: Path) -> bool:
+    """False only for a file holding exactly one line (a header): nothing in it to apply. An empty file counts as
+    having rows, so it is read and refused as truncated."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    return not (head.endswith(b"\n") and head.count(b"\n") == 1)
+
+
+def _fhir(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> Batch | None:
+    from gpdata.sources.fhir import bundle_files, read_bundles
+
+    location = feed.location_path()
+    if not location.is_dir():
+        raise SourceError(f"delivery folder {location} does not exist", practice=feed.ods_code)
+    files, skipped, hashes = [], [], {}
+    for path in bundle_files(location):
+        digest = sha256_file(path)
+        if digest in hashes:
+            skipped.append({"name": path.name, "duplicate_of": hashes[digest]})
+            continue
+        hashes[digest] = path.name
+        files.append({"name": path.name, "sha256": digest, "delivery": "snapshot"})
+    if not files:
+        raise SourceError(f"no FHIR bundles (*.json) in {location}", practice=feed.ods_code)
+    snapshot = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
+    if snapshot == state.snapshot and not force:
+        return None
+    try:
+        tables = read_bundles(location, feed.ods_code, only=[f["name"] for f in files])
+    except SourceError as exc:
+        raise _fail(exc, bundle_files(location), quarantine_dir) from None
+    return Batch(tables=tables, deleted=_empty_deleted(), full=True, files=files, skipped=skipped,
+                 deliveries=[f"snapshot {snapshot[:12]}"], snapshot=snapshot)
+
+
+def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> Batch | None:
+    from gpdata.dialects import load_dialect
+    from gpdata.sources.convert import latest_versions, split_deleted
+    from gpdata.sources.flatfile import list_files, read_file
+
+    dialect = load_dialect(feed.dialect)
+    practice = feed.ods_code
+    by_stamp: dict[str, list] = {}
+    for f in list_files(feed.location_path(), dialect, practice):
+        by_stamp.setdefault(f.stamp, []).append(f)
+    incremental = feed.mode == "incremental" and state.baselined and not force
+    new, skipped, seen_now = {}, [], {}
+    for stamp, group in by_stamp.items():
+        tables = [f.table for f in group]
+        if len(set(tables)) != len(tables):
+            raise SourceError(f"delivery {stamp} has two files for one record type", practice=practice)
+        missing = [t for t in TABLES if t not in tables]
+        if missing:
+            raise SourceError(f"delivery {stamp} is incomplete: no file for {', '.join(missing)} (a delivery "
+                              "has one file per record type, with only a header when it has no rows)",
+                              practice=practice, file=group[0].path.name)
+        fresh = []
+        for f in group:
+            digest = sha256_file(f.path)
+            earlier = state.seen(digest)
+            if earlier and incremental and earlier["name"] == f.path.name:
+                continue  # processed before: deliveries stay in the inbox until the supplier clears them
+            duplicate_of = seen_now.get(digest) or (earlier["name"] if earlier and incremental else None)
+            if feed.mode == "incremental" and duplicate_of and _has_rows(f.path):
+                skipped.append({"name": f.path.name, "duplicate_of": duplicate_of})
+                continue
+            seen_now.setdefault(digest, f.path.name)
+            fresh.append((f, digest, earlier))
+        if feed.mode == "baseline" and all(e for _, _, e in fresh) and not force:
+            continue  # this snapshot was committed before (perhaps under other names)
+        if feed.mode == "incremental" and not any(_has_rows(f.path) for f, _, _ in fresh):
+            continue  # only duplicates and header-only files: nothing new in this delivery
+        if fresh:
+            new[stamp] = fresh
+    if not new:
+        return None if not skipped else Batch(tables={}, deleted={}, full=False, skipped=skipped)
+    stamps = sorted(new)
+    if feed.mode == "baseline" or not incremental:
+        # a snapshot: the newest; or the first incremental run: every delivery so far, newest version wins
+        stamps = stamps[-1:] if feed.mode == "baseline" else stamps
+    per_table: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+    files = []
+    for stamp in stamps:
+        for f, digest, _ in new[stamp]:
+            try:
+                per_table[f.table].append(read_file(f, dialect, practice))
+            except SourceError as exc:
+                raise _fail(exc, [g.path for g in by_stamp[stamp]], quarantine_dir) from None
+            files.append({"name": f.path.name, "sha256": digest, "delivery": stamp})
+    tables, deleted = {}, {}
+    for name in TABLES:
+        parts = per_table[name]
+        combined = latest_versions(parts) if parts else None
+        if combined is None:
+            tables[name], deleted[name] = CANONICAL[name].empty_table(), CANONICAL[name].empty_table()
+        else:
+            tables[name], deleted[name] = split_deleted(combined)
+    return Batch(tables=tables, deleted=deleted, full=not incremental, files=files, skipped=skipped,
+                 deliveries=stamps)
+
+
+def _sql(feed, state: PracticeState, uri: str | None, force: bool) -> Batch | None:
+    from gpdata.dialects import load_dialect
+    from gpdata.sources.convert import split_deleted
+    from gpdata.sources.sql import connection_uri, read_changes
+
+    dialect = load_dialect(feed.dialect or "supplier_sql")
+    incremental = feed.mode == "incremental" and state.baselined and not force
+    since = state.watermark if incremental else None
+    raw, watermark = read_changes(uri or connection_uri(feed.connection_id), dialect, feed.ods_code, since)
+    if incremental and not any(t.num_rows for t in raw.values()):
+        return None
+    tables, deleted = {}, {}
+    for name in TABLES:
+        tables[name], deleted[name] = split_deleted(raw[name])
+    return Batch(tables=tables, deleted=deleted, full=not incremental, watermark=watermark,
+                 deliveries=[f"changes since {since}" if since else "all rows"])
+
+
+def collect(feed, state: PracticeState, quarantine_dir: Path, *, force: bool = False,
+            connection_uri: str | None = None) -> Batch | None:
+    """The practice's new data, or None when nothing changed since the last commit."""
+    if feed.format in ("fhir", "flatfile"):
+        from gpdata import limits
+
+        location = feed.location_path()
+        if location.is_dir():  # every file within the size limit before any is read
+            limits.check_files(limits.delivered_files(location), feed.ods_code)
+    if feed.format == "fhir":
+        return _fhir(feed, state, quarantine_dir / feed.ods_code, force)
+    if feed.format == "flatfile":
+        return _flatfile(feed, state, quarantine_dir / feed.ods_code, force)
+    if feed.format == "sql":
+        return _sql(feed, state, connection_uri, force)
+    raise ConfigError(f"unknown source format {feed.format!r}", practice=feed.ods_code)

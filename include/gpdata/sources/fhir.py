@@ -247,12 +247,14 @@ def bundle_files(location: Path) -> list[Path]:
     return sorted(p for p in location.glob("*.json") if p.is_file())
 
 
-def read_bundles(location: Path, practice: str) -> dict[str, pa.Table]:
-    """Read every bundle in a practice's delivery folder into canonical tables."""
+def read_bundles(location: Path, practice: str, only: list[str] | None = None) -> dict[str, pa.Table]:
+    """Read every bundle in a practice's delivery folder (or the ``only`` ones) into canonical tables."""
     location = Path(location)
     if not location.is_dir():
         raise SourceError(f"delivery folder {location} does not exist", practice=practice)
     files = bundle_files(location)
+    if only is not None:
+        files = [f for f in files if f.name in set(only)]
     if not files:
         raise SourceError(f"no FHIR bundles (*.json) in {location}", practice=practice)
     rows = _Rows()
