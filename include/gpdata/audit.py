@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from gpdata import storage
 from gpdata.errors import GpdataError
 
 GENESIS = "0" * 64
@@ -24,7 +24,7 @@ def _digest(prev: str, entry: dict) -> str:
 
 
 def audit_dir(store_root: Path) -> Path:
-    return Path(store_root) / "_audit"
+    return storage.root(store_root) / "_audit"
 
 
 def entries(store_root: Path) -> list[dict]:
@@ -34,19 +34,13 @@ def entries(store_root: Path) -> list[dict]:
 
 def append(store_root: Path, event: str, **fields) -> dict:
     folder = audit_dir(store_root)
-    folder.mkdir(parents=True, exist_ok=True)
     head_path = folder / "audit.head"
     head = json.loads(head_path.read_text()) if head_path.exists() else {"seq": 0, "hash": GENESIS}
     entry = {"seq": head["seq"] + 1, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "event": event,
              **fields, "prev_hash": head["hash"]}
     entry["hash"] = _digest(head["hash"], entry)
-    with open(folder / "audit.jsonl", "a") as fh:
-        fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp = head_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"seq": entry["seq"], "hash": entry["hash"]}))
-    tmp.replace(head_path)
+    storage.append_text(folder / "audit.jsonl", json.dumps(entry, sort_keys=True, default=str) + "\n")
+    storage.write_bytes_atomic(head_path, json.dumps({"seq": entry["seq"], "hash": entry["hash"]}).encode())
     return entry
 
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import csv
-import hmac
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +27,34 @@ from gpdata.keys import MasterKey
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, PARTITION, POSITION, staged_schema
 
 
+def _hmac_states(key: bytes):
+    """HMAC-SHA256 (RFC 2104) with the key's inner and outer hash states computed once: per value, two
+    copies of a hash state instead of the key schedule again (``hmac.digest`` redoes it on every call)."""
+    if len(key) > 64:  # the SHA-256 block size
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner.copy, outer.copy
+
+
 def hmac_hex(key: bytes, values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Hex HMAC-SHA256 of each value under ``key``, computed once per distinct value; nulls stay null."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     enc = pc.dictionary_encode(values)
-    digests = [hmac.digest(key, v.encode() if isinstance(v, str) else v, "sha256").hex()
-               for v in enc.dictionary.to_pylist()]
+    dictionary = enc.dictionary
+    if pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type):
+        dictionary = dictionary.cast(pa.binary() if pa.types.is_string(dictionary.type) else pa.large_binary())
+    inner, outer = _hmac_states(key)
+    digests = []
+    append = digests.append
+    for value in dictionary.to_pylist():
+        h = inner()
+        h.update(value if isinstance(value, bytes) else str(value).encode())
+        o = outer()
+        o.update(h.digest())
+        append(o.hexdigest())
     return pc.take(pa.array(digests, pa.string()), enc.indices)
 
 
@@ -99,8 +120,14 @@ def _finish(name: str, columns: dict[str, pa.Array], n: int, practice: str, vers
 
 
 def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymiser,
-               postcodes: PostcodeLookup, restricted: frozenset[str]) -> tuple[dict[str, pa.Table], dict]:
-    """Turn canonical tables into staged, pseudonymised tables plus counts of what was dropped."""
+               postcodes: PostcodeLookup, restricted: frozenset[str],
+               known: pa.Table | None = None,
+               known_practitioners: pa.Table | None = None) -> tuple[dict[str, pa.Table], dict]:
+    """Turn canonical tables into staged, pseudonymised tables plus counts of what was dropped.
+
+    ``known`` (incremental deliveries): the practice's patient map (``ref_pid`` -> ``patient_pid``), so events of
+    patients delivered in an earlier batch are linked to them; ``known_practitioners`` likewise (``ref_pid`` ->
+    ``practitioner_pid``, ``role_code``) for their clinicians."""
     counts: dict = {"restricted_code_records": {}, "unmatched_postcodes": 0}
     staged: dict[str, pa.Table] = {}
 
@@ -151,16 +178,29 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
             table = table.filter(pc.invert(hit))
         m = table.num_rows
         refs = table["patient_ref"].combine_chunks()
-        known = pc.is_in(refs, value_set=patient_refs)
+        in_batch = pc.is_in(refs, value_set=patient_refs)
         pids = _lookup(refs, patient_refs, patient_pid)
+        found = in_batch
+        if known is not None and known.num_rows:
+            earlier = _lookup(pseudo(refs, "record_id"), known["ref_pid"].combine_chunks(),
+                              known["patient_pid"].combine_chunks())
+            pids = pc.if_else(in_batch, pids, earlier)
+            found = pc.or_(in_batch, pc.is_valid(earlier))
         practitioner = table["practitioner_ref"].combine_chunks()
+        practitioner_pid = _lookup(practitioner, prac_ids, prac_pids)
+        staff_role = _lookup(practitioner, prac_ids, prac_roles)
+        if known_practitioners is not None and known_practitioners.num_rows:
+            kp = known_practitioners
+            at = pc.index_in(pseudo(practitioner, "record_id"), value_set=kp["ref_pid"].combine_chunks())
+            practitioner_pid = pc.coalesce(practitioner_pid, pc.take(kp["practitioner_pid"], at))
+            staff_role = pc.coalesce(staff_role, pc.take(kp["role_code"], at))
         columns = {
             "record_id": pseudo(table["source_id"], "record_id"),
             "patient_pid": pids,
-            "practitioner_pid": _lookup(practitioner, prac_ids, prac_pids),
+            "practitioner_pid": practitioner_pid,
             POSITION[0]: table["_src_file"], POSITION[1]: table["_src_entry"],
             ISSUE: first_reason(m, [(pc.is_null(table["source_id"]), "missing_record_id"),
-                                (pc.invert(known), "unknown_patient"),
+                                (pc.invert(found), "unknown_patient"),
                                 (pc.is_null(pids), "patient_invalid_nhs_number")]),
         }
         curated = set(CURATED[name].names)
@@ -170,6 +210,6 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
         if name == "medications":
             columns["authorisation_id"] = pseudo(table["authorisation_ref"], "record_id")
         if name == "appointments":
-            columns["staff_role"] = _lookup(practitioner, prac_ids, prac_roles)
+            columns["staff_role"] = staff_role
         staged[name] = _finish(name, columns, m, practice, pseudo.version)
     return staged, counts

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
 
-from gpdata import audit, release, store
+from gpdata import audit, release, storage, store
 from gpdata.errors import GpdataError
 from gpdata.model import PARTITION, TABLES
 
@@ -50,45 +49,44 @@ def present(store_root: Path, pids: pa.Array) -> pa.Array:
     found: set[str] = set()
     releases = [r["release_id"] for r in release.list_releases(store_root)]
     for name in _tables_with_patients():
-        tables = [DeltaTable(str(store.table_path(store_root, name)))]
+        tables = [storage.delta_table(store.table_path(store_root, name))]
         tables += [release.open_release_table(store_root, rid, name) for rid in releases]
         for table in tables:
-            held = table.to_pyarrow_dataset().to_table(columns=["patient_pid"],
-                                                       filter=pc.field("patient_pid").isin(pids))
-            found.update(held["patient_pid"].to_pylist())
+            dataset = table.to_pyarrow_dataset()
+            try:
+                held = dataset.to_table(columns=["patient_pid"], filter=pc.field("patient_pid").isin(pids))
+                found.update(held["patient_pid"].to_pylist())
+            except pa.ArrowNotImplementedError:  # files written by a Delta merge hold string_view columns
+                column = dataset.to_table(columns=["patient_pid"])["patient_pid"].cast(pa.string())
+                found.update(column.filter(pc.is_in(column, value_set=pids.cast(pa.string()))).to_pylist())
     return pa.array(sorted(found), pa.string())
 
 
 def _pending_path(store_root: Path) -> Path:
-    return Path(store_root) / "_erasures" / "pending.parquet"
+    return storage.root(store_root) / "_erasures" / "pending.parquet"
 
 
 def pending(store_root: Path) -> pa.Array:
     """Pseudonyms of an erasure that started but did not finish (a crash); the next erase completes it."""
-    import pyarrow.parquet as pq
-
     path = _pending_path(store_root)
-    return pq.read_table(path)["patient_pid"].combine_chunks() if path.exists() else pa.array([], pa.string())
+    return storage.read_parquet(path)["patient_pid"].combine_chunks() if path.exists() \
+        else pa.array([], pa.string())
 
 
 def erase(store_root: Path, pids: pa.Array) -> dict:
     """Remove every record of these pseudonyms (and of any unfinished erasure) from every table, release and
     retained file. The pseudonyms are recorded as pending first and cleared only when all is done."""
-    import pyarrow.parquet as pq
-
     pids = pa.array(sorted((set(pids.to_pylist()) | set(pending(store_root).to_pylist())) - {None}), pa.string())
     if len(pids) == 0:
         return {}
     if not all(_PID.match(p) for p in pids.to_pylist()):
         raise GpdataError("erasure takes patient pseudonyms only")
     marker = _pending_path(store_root)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"patient_pid": pids}), marker.with_suffix(".tmp"))
-    marker.with_suffix(".tmp").replace(marker)
+    storage.write_parquet(marker, pa.table({"patient_pid": pids}))
     in_list = ", ".join(f"'{p}'" for p in pids.to_pylist())
     deleted = {}
     for name in _tables_with_patients():
-        result = DeltaTable(str(store.table_path(store_root, name))).delete(f"patient_pid IN ({in_list})")
+        result = storage.delta_table(store.table_path(store_root, name)).delete(f"patient_pid IN ({in_list})")
         deleted[name] = result.get("num_deleted_rows", 0)
     reissued = []
     for r in release.list_releases(store_root):
@@ -98,9 +96,9 @@ def erase(store_root: Path, pids: pa.Array) -> dict:
             hit = _holds(held, pids)
             if pc.any(hit).as_py():
                 path = Path("tables") / name
-                write_deltalake(str(release.releases_dir(store_root) / r["release_id"] / path),
-                                held.filter(pc.invert(hit)), mode="overwrite", partition_by=[PARTITION])
-                DeltaTable(str(release.releases_dir(store_root) / r["release_id"] / path)).vacuum(
+                storage.write_delta(release.releases_dir(store_root) / r["release_id"] / str(path),
+                                    held.filter(pc.invert(hit)), mode="overwrite", partition_by=[PARTITION])
+                storage.delta_table(release.releases_dir(store_root) / r["release_id"] / str(path)).vacuum(
                     retention_hours=0, enforce_retention_duration=False, dry_run=False)
                 r["tables"][name].update({"path": str(path), "rows": held.num_rows - pc.sum(hit).as_py()})
                 changed = True
@@ -111,14 +109,12 @@ def erase(store_root: Path, pids: pa.Array) -> dict:
             store.write_json_atomic(release.releases_dir(store_root) / r["release_id"] / "release.json", r)
             reissued.append(r["release_id"])
     for name in TABLES:
-        DeltaTable(str(store.table_path(store_root, name))).vacuum(
+        storage.delta_table(store.table_path(store_root, name)).vacuum(
             retention_hours=0, enforce_retention_duration=False, dry_run=False,
             keep_versions=release.pinned_versions(store_root, name) or None)
     entry = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "patients": len(pids),
              "rows_deleted": deleted, "releases_reissued": reissued}
-    log_path = Path(store_root) / "_erasures" / "log.jsonl"
-    with open(log_path, "a") as fh:
-        fh.write(json.dumps(entry) + "\n")
+    storage.append_text(storage.root(store_root) / "_erasures" / "log.jsonl", json.dumps(entry) + "\n")
     audit.append(store_root, "erasure", requested_by="type 1 opt-out", patients=len(pids), rows=deleted,
                  releases_reissued=reissued)
     marker.unlink()

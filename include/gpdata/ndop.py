@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from gpdata import nhsnumber, store
+from gpdata import nhsnumber, storage, store
 from gpdata.deid import Pseudonymiser
 from gpdata.errors import ConfigError, GpdataError
 from gpdata.keys import MasterKey
@@ -24,7 +23,7 @@ MAX_AGE_DAYS = 35  # the list is refreshed monthly
 
 
 def ndop_dir(store_root: Path) -> Path:
-    return Path(store_root) / "_ndop"
+    return storage.root(store_root) / "_ndop"
 
 
 def ingest(path: Path, store_root: Path, key: MasterKey, received: dt.date | None = None) -> dict:
@@ -40,9 +39,7 @@ def ingest(path: Path, store_root: Path, key: MasterKey, received: dt.date | Non
     valid = nhsnumber.is_valid(normal)
     pids = Pseudonymiser(key)(normal.filter(valid), "nhs_number")
     folder = ndop_dir(store_root)
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"patient_pid": pids}), folder / "ndop.parquet.tmp")
-    (folder / "ndop.parquet.tmp").replace(folder / "ndop.parquet")
+    storage.write_parquet(folder / "ndop.parquet", pa.table({"patient_pid": pids}))
     meta = {"received": (received or dt.date.today()).isoformat(), "patients": len(pids),
             "invalid_rows_dropped": len(values) - len(pids), "key_version": key.version}
     store.write_json_atomic(folder / "ndop.json", meta)
@@ -59,4 +56,4 @@ def load(store_root: Path, today: dt.date, max_age_days: int = MAX_AGE_DAYS) -> 
     if age > max_age_days:
         raise GpdataError(f"the National Data Opt-out list is {age} days old (received {meta['received']}; "
                           f"at most {max_age_days} allowed): ingest a current list before disseminating")
-    return pq.read_table(folder / "ndop.parquet")["patient_pid"].combine_chunks(), meta
+    return storage.read_parquet(folder / "ndop.parquet")["patient_pid"].combine_chunks(), meta

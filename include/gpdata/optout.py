@@ -13,9 +13,9 @@ from gpdata.model import EVENT_TABLES
 _FAR_FUTURE = dt.date(9999, 12, 31)
 
 
-def dissenting_patients(observations: pa.Table, codes: OptOutCodes) -> tuple[set[str], int]:
-    """Patient refs whose latest type 1 code is a dissent, and how many patients were re-admitted by a
-    later withdrawal. Same-day dissent and withdrawal, or an undated dissent, count as dissent."""
+def type1_status(observations: pa.Table, codes: OptOutCodes) -> dict[str, bool]:
+    """Patient ref -> True when the latest type 1 code in these records is a dissent, False when it is a
+    withdrawal. Same-day dissent and withdrawal, or an undated dissent, count as dissent."""
     keys = code_keys(observations["code_system"], observations["code"])
     dissent = pc.fill_null(pc.is_in(keys, pa.array(sorted(codes.dissent))), False)
     withdrawn = pc.fill_null(pc.is_in(keys, pa.array(sorted(codes.withdrawn))), False)
@@ -28,9 +28,13 @@ def dissenting_patients(observations: pa.Table, codes: OptOutCodes) -> tuple[set
         when = date or (_FAR_FUTURE if is_dissent else dt.date.min)
         if ref not in latest or (when, is_dissent) > latest[ref]:
             latest[ref] = (when, is_dissent)
-    excluded = {ref for ref, (_, is_dissent) in latest.items() if is_dissent}
-    readmitted = sum(1 for _, is_dissent in latest.values() if not is_dissent)
-    return excluded, readmitted
+    return {ref: is_dissent for ref, (_, is_dissent) in latest.items()}
+
+
+def dissenting_patients(observations: pa.Table, codes: OptOutCodes) -> tuple[set[str], int]:
+    """Patient refs whose latest type 1 code is a dissent, and how many were re-admitted by a withdrawal."""
+    status = type1_status(observations, codes)
+    return {ref for ref, d in status.items() if d}, sum(1 for d in status.values() if not d)
 
 
 def apply_type1(tables: dict[str, pa.Table], codes: OptOutCodes) -> tuple[dict[str, pa.Table], dict]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 from pathlib import Path
 
-from gpdata import audit
+from gpdata import audit, csvsafe
 from gpdata.projects import Project
 
 COLUMNS = ["organisation", "project_id", "purpose", "legal_basis", "datasets", "national_data_optout",
@@ -34,12 +32,7 @@ def rows(projects: list[Project], store_root: Path) -> list[dict]:
 def write(projects: list[Project], store_root: Path, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     data = rows(projects, store_root)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    for row in data:  # neutralise spreadsheet formulas in a published CSV
-        writer.writerow({k: ("'" + v if isinstance(v, str) and v[:1] in "=+-@" else v) for k, v in row.items()})
-    (folder / "register.csv").write_text(buf.getvalue())
+    csvsafe.write(folder / "register.csv", COLUMNS, data)  # spreadsheet formulas neutralised
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>\n"
                     for r in data)
     head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in COLUMNS)

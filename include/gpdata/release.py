@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
-from gpdata import dictionary, store
+from gpdata import dictionary, storage, store
 from gpdata.errors import GpdataError
 from gpdata.model import PARTITION, TABLES
 
 
 def releases_dir(store_root: Path) -> Path:
-    return Path(store_root) / "_releases"
+    return storage.root(store_root) / "_releases"
 
 
 def _next_id(store_root: Path, today: dt.date) -> str:
@@ -44,15 +44,22 @@ def create_release(store_root: Path, today: dt.date | None = None, note: str = "
     release_id = _next_id(store_root, today or dt.date.today())
     tables = {}
     for name in TABLES:
-        dt_ = DeltaTable(str(store.table_path(store_root, name)))
+        dt_ = storage.delta_table(store.table_path(store_root, name))
         compaction = dt_.optimize.compact()
-        dt_ = DeltaTable(str(store.table_path(store_root, name)))
+        dt_ = storage.delta_table(store.table_path(store_root, name))
         data = dt_.to_pyarrow_table(columns=[PARTITION])
         per_practice = {p["values"]: p["counts"] for p in data[PARTITION].value_counts().to_pylist()}
         tables[name] = {"version": dt_.version(), "rows": data.num_rows, "rows_by_practice": dict(sorted(
             per_practice.items())), "files_compacted": compaction.get("numFilesRemoved", 0)}
     folder = releases_dir(store_root) / release_id
-    dictionary.write(folder)
+    if storage.is_remote(folder):  # the dictionary is written locally, then copied beside the release
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in dictionary.write(Path(tmp)):
+                storage.write_bytes_atomic(folder / path.name, path.read_bytes())
+    else:
+        dictionary.write(folder)
     manifest = {"release_id": release_id, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "note": note, "tables": tables, "status": "published", "data_dictionary": "data_dictionary.md"}
     store.write_json_atomic(folder / "release.json", manifest)
@@ -60,7 +67,7 @@ def create_release(store_root: Path, today: dt.date | None = None, note: str = "
 
 
 def list_releases(store_root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(releases_dir(store_root).glob("*/release.json"))]
+    return [json.loads(p.read_text()) for p in sorted(releases_dir(store_root).glob("*/release.json"), key=str)]
 
 
 def get_release(store_root: Path, release_id: str) -> dict:
@@ -75,8 +82,8 @@ def open_release_table(store_root: Path, release_id: str, table: str) -> DeltaTa
     """The Delta table (at its pinned version, or the corrected copy after an erasure) of a release."""
     entry = get_release(store_root, release_id)["tables"][table]
     if entry.get("path"):  # re-issued after an erasure: a corrected copy
-        return DeltaTable(str(releases_dir(store_root) / release_id / entry["path"]))
-    return DeltaTable(str(store.table_path(store_root, table)), version=entry["version"])
+        return storage.delta_table(releases_dir(store_root) / release_id / entry["path"])
+    return storage.delta_table(store.table_path(store_root, table), version=entry["version"])
 
 
 def read_release_table(store_root: Path, release_id: str, table: str) -> pa.Table:

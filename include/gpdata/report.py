@@ -37,5 +37,9 @@ def print_summary(cfg: Settings) -> int:
         print(f"no run manifests under {cfg.manifests}")
         return 1
     for ods, m in manifests.items():
+        if m.get("status") == "unchanged":
+            print(f"{ods}  unchanged  (run {m.get('run_id')}: nothing new delivered; the store holds run "
+                  f"{m.get('last_committed_run')}, below)")
+            m = store.last_committed(cfg.manifests, ods) or m
         print("\n".join(practice_lines(ods, m)))
-    return 0 if all(m.get("status") == "committed" for m in manifests.values()) else 1
+    return 0 if all(m.get("status") in ("committed", "unchanged") for m in manifests.values()) else 1

@@ -23,35 +23,28 @@ def _headline(counts: dict) -> str:
 
 
 class _PracticeOperator(BaseOperator):
-    ui_color = "#d5e8f7"
-    stage = ""
+    """Base of the per-practice stages. ``ods_code`` is templated, so the operators work mapped (the DAG maps
+    them over ODS codes) as well as on their own."""
 
-    def __init__(self, *, ods_code: str, feed_file: str, **kwargs) -> None:
+    ui_color = "#d5e8f7"
+    template_fields = ("ods_code",)
+
+    def __init__(self, *, ods_code: str, feeds_dir: str, **kwargs) -> None:
+        kwargs.setdefault("doc_md", " ".join((type(self).__doc__ or "").split()))  # task docs in the UI
         super().__init__(**kwargs)
         self.ods_code = ods_code
-        self.feed_file = feed_file
+        self.feeds_dir = feeds_dir
 
     def _feed(self):
         from gpdata import settings
-        from gpdata.errors import ConfigError
-        from gpdata.feeds import load_feed
+        from gpdata.feeds import find_feed
 
-        feed = load_feed(self.feed_file)
-        if feed.ods_code != self.ods_code:
-            raise ConfigError(f"feed file now names practice {feed.ods_code}", practice=self.ods_code,
-                              file=self.feed_file)
-        return feed, settings.load()
+        return find_feed(self.feeds_dir, self.ods_code), settings.load()
 
     def execute(self, context):
-        from gpdata.errors import GpdataError
-
+        # A failure is logged in one line by the DAG's failure callback (gpdata_airflow.alerts)
         feed, cfg = self._feed()
-        try:
-            return self.run_stage(feed, cfg, context)
-        except GpdataError as exc:
-            # One line an operator can act on; the traceback follows in the log.
-            log.error("gpdata failure: %s", exc)
-            raise
+        return self.run_stage(feed, cfg, context)
 
     def run_stage(self, feed, cfg, context):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -64,10 +57,26 @@ class PracticeExtractOperator(_PracticeOperator):
     ui_color = "#fde2c4"
 
     def run_stage(self, feed, cfg, context):
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from gpdata import pipeline
 
-        counts = pipeline.extract(feed, cfg, context["run_id"])
-        return {k: counts[k] for k in ("patients_read", "type1_optout", "staged_rows")}
+        uri = None
+        if feed.format == "sql":
+            from airflow.sdk import BaseHook
+
+            uri = BaseHook.get_connection(feed.connection_id).get_uri()
+        from gpdata import runparams
+
+        conf = runparams.validate(getattr(context.get("dag_run"), "conf", None) or {})
+        if conf.practices and feed.ods_code not in conf.practices:
+            raise AirflowSkipException(f"practice {feed.ods_code} not among this run's practices")
+        force = conf.force
+        counts = pipeline.extract(feed, cfg, context["run_id"], force=force, connection_uri=uri)
+        if counts.get("status") == "unchanged":
+            raise AirflowSkipException(f"practice {feed.ods_code}: nothing new delivered since run "
+                                       f"{counts.get('last_committed_run')}")
+        return {k: counts[k] for k in ("patients_read", "type1_optout", "staged_rows", "source")}
 
 
 class QualityGateOperator(_PracticeOperator):
@@ -139,6 +148,8 @@ class RunSummaryOperator(BaseOperator):
             m = manifests.get(ods)
             if m is None or m.get("run_id") != run_id:
                 out[ods] = "no manifest for this run (failed before the quality gate)"
+            elif m["status"] == "unchanged":
+                out[ods] = f"unchanged: nothing new since run {m.get('last_committed_run')}"
             else:
                 out[ods] = f"{m['status']}: {_headline(m)}"
             log.info("practice %s: %s", ods, out[ods])

@@ -74,7 +74,7 @@ def test_late_optout_is_erased_from_store_history_and_releases(committed, home):
     pseudo = Pseudonymiser(keys.load_master_key())
     pid = pseudo(pa.array(["9990000018"]), "nhs_number")[0].as_py()  # patient p1
     for _ in range(2):  # several versions on disk hold the patient
-        pipeline.run_practice(feed, cfg, "again")
+        pipeline.run_practice(feed, cfg, "again", force=True)
     made = release.create_release(cfg.store)
     assert pid in store.read_table(cfg.store, "observations")["patient_pid"].to_pylist()
 
@@ -109,7 +109,7 @@ def test_an_erasure_cut_short_is_finished_by_the_next_one(committed, monkeypatch
     from gpdata import erasure
 
     feed, cfg = committed
-    pipeline.run_practice(feed, cfg, "again")  # an older version on disk holds the patient
+    pipeline.run_practice(feed, cfg, "again", force=True)  # an older version on disk holds the patient
     pid = Pseudonymiser(keys.load_master_key())(pa.array(["9990000018"]), "nhs_number")[0].as_py()
 
     def crash(*args, **kwargs):

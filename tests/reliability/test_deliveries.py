@@ -1,0 +1,203 @@
+"""Hostile and broken deliveries: duplicates, corrupt files and schema drift fail or skip only what they must.
+
+Each broken delivery fails its own practice with an error naming practice, file (and row) and cause, is moved
+whole to the practice's quarantine folder, and leaves the curated store and the ledger untouched; another
+practice still commits. Identifiers never appear in the errors.
+"""
+
+import codecs
+import datetime as dt
+
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+
+from gpdata import ledger, pipeline, settings, store
+from gpdata.dialects import load_dialect
+from gpdata.errors import SourceError
+from gpdata.feeds import Feed
+from gpdata.leakscan import collect_identifiers, scan_text
+from gpdata.model import TABLES
+from gpdata.sources.flatfile import write_delivery
+from gpdata.synth import exports, generate
+
+TODAY = dt.date(2026, 1, 1)
+ODS, OTHER = "A81001", "B82002"
+DIALECT = load_dialect("emis_csv")
+
+
+@pytest.fixture(scope="module")
+def delivered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deliveries")
+    generate(root, n_practices=2, n_patients=40, seed=5, ods_codes=[ODS, OTHER])
+    return root, exports.canonical_of(root / "sources" / ODS, ODS)
+
+
+@pytest.fixture
+def practice(delivered, home):
+    root, canonical = delivered
+    (home / "reference" / "postcode_lsoa.csv").write_bytes((root / "reference" / "postcode_lsoa.csv").read_bytes())
+    inbox = home / "inbox"
+    write_delivery(canonical, inbox, ODS, DIALECT, exports.FIRST_STAMP)
+    feed = Feed(ods_code=ODS, name="Flat", format="flatfile", dialect="emis_csv", mode="incremental",
+                location=str(inbox))
+    cfg = settings.load()
+    assert pipeline.run_practice(feed, cfg, "base", today=TODAY)["status"] == "committed"
+    return feed, cfg, canonical, inbox
+
+
+def _versions(cfg) -> dict:
+    return {t: DeltaTable(str(store.table_path(cfg.store, t))).version() for t in (*TABLES, store.QUARANTINE)}
+
+
+def _delta(canonical, inbox, stamp: str) -> list:
+    obs = canonical["observations"].slice(0, 20)
+    amended = obs.set_column(obs.schema.get_field_index("value"), "value", pc.add(obs["value"], 2.0))
+    tables = {t: canonical[t].slice(0, 0) for t in TABLES}
+    tables["observations"] = amended
+    return write_delivery(tables, inbox, ODS, DIALECT, stamp)
+
+
+def _obs_file(paths):
+    return next(p for p in paths if "_Observation_" in p.name)
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[:-25])
+
+
+def _empty(p):
+    p.write_bytes(b"")
+
+
+def _bom(p):
+    p.write_bytes(codecs.BOM_UTF8 + p.read_bytes())
+
+
+def _nul(p):
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2] + b"\x00\x00" + data[len(data) // 2:])
+
+
+def _latin1(p):
+    lines = p.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b",", b",\xe9", 1)
+    p.write_bytes(b"\n".join(lines))
+
+
+def _ragged(p):
+    lines = p.read_bytes().split(b"\n")
+    lines[4] = lines[4].rsplit(b",", 2)[0]
+    p.write_bytes(b"\n".join(lines))
+
+
+def _drop_column(p):
+    rows = [r.split(",") for r in p.read_text().split("\n")]
+    p.write_text("\n".join(",".join(r[:5] + r[6:]) if len(r) > 5 else ",".join(r) for r in rows))
+
+
+def _extra_column(p):
+    rows = p.read_text().split("\n")
+    p.write_text("\n".join([rows[0] + ",PatientName"] + [r + ",Morwenna Quinlan" if r else r for r in rows[1:]]))
+
+
+def _retype(p):
+    rows = p.read_text().split("\n")
+    header = [h.strip('"') for h in rows[0].split(",")]
+    i = header.index("NumericValue")
+    out = [rows[0]]
+    for r in rows[1:]:
+        cells = r.split(",")
+        if len(cells) == len(header):
+            cells[i] = "high"
+        out.append(",".join(cells))
+    p.write_text("\n".join(out))
+
+
+UNREADABLE = {
+    "truncated": (_truncate, "truncated"),
+    "empty": (_empty, "empty file"),
+    "byte-order mark": (_bom, "byte-order mark"),
+    "NUL bytes": (_nul, "NUL bytes"),
+    "wrong encoding": (_latin1, "not valid utf-8"),
+    "ragged row": (_ragged, "wrong number of fields"),
+}
+DRIFT = {
+    "missing column": (_drop_column, "missing column(s) Code;"),
+    "extra column": (_extra_column, "1 unexpected column(s) 'PatientName'"),
+    "retyped column": (_retype, "column NumericValue: not a number"),
+}
+
+
+def test_unreadable_deliveries_quarantine_only_that_practice(practice, delivered):
+    _each_fails_alone(practice, delivered, UNREADABLE)
+
+
+def test_schema_drift_fails_the_batch(practice, delivered):
+    _each_fails_alone(practice, delivered, DRIFT)
+
+
+def _each_fails_alone(practice, delivered, cases):
+    feed, cfg, canonical, inbox = practice
+    before, state = _versions(cfg), ledger.PracticeState.load(cfg.state, ODS)
+    ids = collect_identifiers(delivered[0] / "sources")
+    for n, (case, (corrupt, cause)) in enumerate(cases.items(), start=2):
+        paths = _delta(canonical, inbox, f"202601{n:02d}020000")
+        corrupt(_obs_file(paths))
+        with pytest.raises(SourceError) as err:
+            pipeline.extract(feed, cfg, f"broken-{n}")
+        message = str(err.value)
+        assert message.startswith(f"practice {ODS}: stage extract: file {_obs_file(paths).name}"), case
+        assert cause in message, (case, message)
+        assert not any(p.exists() for p in paths), case            # the whole delivery left the inbox ...
+        moved = sorted((cfg.quarantined_deliveries / ODS).glob(f"*/{_obs_file(paths).name}"))
+        assert len(moved) == 1 and (moved[0].parent / "REASON.json").exists(), case   # ... into quarantine
+        assert scan_text(message, ids, "error") == [], case                 # the error names no identifier
+        assert _versions(cfg) == before, case                      # nothing stored changed
+        assert ledger.PracticeState.load(cfg.state, ODS).files == state.files, case
+    other = Feed(ods_code=OTHER, name="Other", location=str(delivered[0] / "sources" / OTHER))
+    assert pipeline.run_practice(other, cfg, "other", today=TODAY)["status"] == "committed"
+    assert store.read_table(cfg.store, "patients", OTHER).num_rows > 0
+
+
+def _delivered_twice(practice):
+    """A delta committed, then the same files again under a later stamp."""
+    feed, cfg, canonical, inbox = practice
+    first = _delta(canonical, inbox, "20260102020000")
+    assert pipeline.run_practice(feed, cfg, "d1", today=TODAY)["status"] == "committed"
+    after_first, versions = store.read_table(cfg.store, "observations", ODS), _versions(cfg)
+    # the same files again under another delivery stamp: skipped, nothing read or written
+    for p in first:
+        p.rename(p.with_name(p.name.replace("20260102020000", "20260103020000")))
+    again = pipeline.run_practice(feed, cfg, "d2", today=TODAY)
+    assert again["status"] == "unchanged"
+    assert {s["duplicate_of"] for s in again["duplicates_skipped"]} == {_obs_file(first).name}
+    assert _versions(cfg) == versions
+    return after_first
+
+
+def test_duplicate_and_renamed_deliveries_are_skipped(practice):
+    _delivered_twice(practice)
+    feed, cfg, _, _ = practice
+    assert pipeline.run_practice(feed, cfg, "d2-again", today=TODAY)["status"] == "unchanged"
+
+
+def test_a_corrected_resubmission_replaces_the_delivery(practice):
+    after_first = _delivered_twice(practice)
+    feed, cfg, canonical, inbox = practice
+    # a corrected resubmission (same name, new content) is read and replaces the earlier values
+    obs = canonical["observations"].slice(0, 20)
+    fixed = obs.set_column(obs.schema.get_field_index("value"), "value", pc.add(obs["value"], 5.0))
+    tables = {t: canonical[t].slice(0, 0) for t in TABLES}
+    tables["observations"] = fixed
+    write_delivery(tables, inbox, ODS, DIALECT, "20260103020000")
+    corrected = pipeline.run_practice(feed, cfg, "d3", today=TODAY)
+    assert corrected["status"] == "committed" and corrected["source"]["deliveries"] == ["20260103020000"]
+    now = store.read_table(cfg.store, "observations", ODS)
+    assert now.num_rows == after_first.num_rows
+    pairs = after_first.select(["record_id", "value"]).join(now.select(["record_id", "value"]), "record_id",
+                                                            right_suffix="_now")
+    changed = pairs.filter(pc.fill_null(pc.not_equal(pairs["value"], pairs["value_now"]), False))
+    assert changed.num_rows > 0
+    for before_value, now_value in zip(changed["value"].to_pylist(), changed["value_now"].to_pylist(), strict=True):
+        assert now_value - before_value == pytest.approx(3.0)  # +5 from the source values, not +2

@@ -1,0 +1,35 @@
+"""The README's Reliability table and this suite name the same tests."""
+
+import ast
+import re
+from pathlib import Path
+
+HERE = Path(__file__).parent
+README = HERE.parents[1] / "README.md"
+PENDING = {"test_deliveries.py"}  # the delivery scenarios of issue 3, listed ahead of their tests
+
+
+def _table() -> str:
+    text = README.read_text()
+    return text[text.index("## Reliability"):text.index("\n## ", text.index("## Reliability") + 5)]
+
+
+def _tests(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+
+
+def test_every_test_named_in_the_table_exists_and_every_test_is_named():
+    table = _table()
+    named = set(re.findall(r"`(test_\w+\.py)::(test_\w+)`", table))
+    whole_files = set(re.findall(r"`(test_\w+\.py)`", table))
+    files = {p.name: _tests(p) for p in HERE.glob("test_*.py") if p.name != Path(__file__).name}
+    for file, test in named:
+        if file in PENDING and file not in files:
+            continue
+        assert test in files.get(file, set()), f"README names {file}::{test}, which does not exist"
+    for file, tests in files.items():
+        if file in whole_files:
+            continue
+        missing = tests - {t for f, t in named if f == file}
+        assert not missing, f"{file}: {sorted(missing)} not in the README's Reliability table"
