@@ -1,0 +1,296 @@
+"""The GP data page in a real browser, on a real Airflow api-server.
+
+Two small synthetic practices and one whose delivery folder is missing run through `airflow dags test
+gpdata_extract`; a release and the example projects' extracts follow (library calls). Then the api-server
+starts with the FAB auth manager and the plugin, an operator (role Op) logs in through the login form in headless
+Chromium, and the page's numbers are checked against the run, release and extract manifests. The failing
+practice's cause must be on the page and in the failure callback's log line. Every plugin route must refuse
+requests without a login (401/403) and a user without the Plugins permission (403).
+
+Needs the Debian packages chromium and chromium-driver (`make browser-deps`, run by `make test`); without them
+the test fails. A screenshot is saved under test-artifacts/.
+"""
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gpdata import keys, ndop, release, settings, store
+from gpdata.airflow_env import REPO_ROOT, airflow_env
+from gpdata.disseminate import disseminate_all
+from gpdata.feeds import write_synthetic_feeds
+from gpdata.leakscan import collect_identifiers, scan_text
+from gpdata.model import TABLES
+from gpdata.synth import generate
+
+pytestmark = pytest.mark.system
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+FAILING = "Y99999"  # a practice whose delivery folder does not exist
+FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+
+def _airflow(env, *args, check=True):
+    proc = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    if check:
+        assert proc.returncode == 0, output[-5000:]
+    return output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _plugin_paths() -> list[str]:
+    """Every route of the plugin app, with sample path parameters, under its URL prefix."""
+    sys.path.insert(0, str(REPO_ROOT / "plugins"))
+    try:
+        from fastapi.routing import APIRoute
+        from gpdata_ui.ui_app import URL_PREFIX, create_app
+    finally:
+        sys.path.remove(str(REPO_ROOT / "plugins"))
+    paths = [re.sub(r"\{practice\}", "A81001", r.path) for r in create_app(dependencies=[]).routes
+             if isinstance(r, APIRoute)]
+    return [URL_PREFIX + re.sub(r"\{path:path\}", "index.html", p) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("gpdata_ui")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GPDATA"))}
+    env.update({"GPDATA_HOME": str(home), "GPDATA_FEEDS_DIR": str(home / "feeds")})
+    cfg = settings.load(env)
+    truths = generate(home, n_practices=2, n_patients=60, events_per_patient=20, dirty_fraction=0.02,
+                      optout_fraction=0.1, seed=21)
+    practices = sorted(t.ods_code for t in truths)
+    assert FAILING not in practices
+    write_synthetic_feeds(practices, cfg.sources, cfg.feeds_dir)
+    (cfg.feeds_dir / f"{FAILING}.yaml").write_text(
+        f"ods_code: {FAILING}\nname: Practice without a delivery\nlocation: ../sources/{FAILING}\n")
+    key_file = cfg.secrets / "dev.key"
+    keys.write_development_key(key_file)
+    env.update(airflow_env(cfg, key_file))
+    env.update({"AIRFLOW__CORE__AUTH_MANAGER": FAB, "AIRFLOW__API__EXPOSE_CONFIG": "False"})
+    env.pop("GPDATA_DEADLINE_MINUTES", None)
+
+    _airflow(env, "db", "migrate")
+    run_output = _airflow(env, "dags", "test", "gpdata_extract", check=False)
+    key = keys.load_master_key({keys.KEY_FILE_ENV: str(key_file)})
+    release.create_release(cfg.store)
+    ndop.ingest(cfg.reference / "ndop.csv", cfg.store, key)
+    disseminate_all(cfg, key, requested_by="browser test")
+
+    users = {}
+    for role in ("Op", "Viewer"):
+        name, password = f"{role.lower()}_user", secrets.token_urlsafe(16)
+        _airflow(env, "users", "create", "--username", name, f"--password={password}", "--role", role,
+                 "--firstname", role, "--lastname", "User", "--email", f"{name}@example.org")
+        users[role] = (name, password)
+
+    port = _free_port()
+    log = (home / "api-server.log").open("w")
+    server = subprocess.Popen([AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (home / "api-server.log").read_text()[-5000:]
+            try:
+                if httpx.get(f"{base}/api/v2/version", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "api-server did not answer in 180 s"
+            time.sleep(1)
+        yield {"cfg": cfg, "base": base, "users": users, "run_output": run_output, "practices": practices}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the process group this fixture started, nothing else
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), \
+        "headless Chromium is needed: run `make browser-deps` (Debian packages chromium, chromium-driver)"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--window-size=1600,1200"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(condition, timeout=60, what="the page"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _int(text: str) -> int:
+    return int(text.strip().replace(",", ""))
+
+
+def _find(driver, css):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, css)
+
+
+def _login(driver, base, username, password):
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/")
+    _wait(lambda: _find(driver, "input[name=username]"), what="the login form")
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
+    _wait(lambda: "/auth/login" not in driver.current_url and driver.get_cookie("_token"), what="the login")
+
+
+def test_the_page_shows_the_manifests_counts_in_a_logged_in_browser(stack, browser):
+    from selenium.webdriver.common.by import By
+
+    cfg, base = stack["cfg"], stack["base"]
+    _login(browser, base, *stack["users"]["Op"])
+    # The navigation entry opens the page embedded in the Airflow UI.
+    browser.get(f"{base}/")
+    link = _wait(lambda: [a for a in _find(browser, "a, button") if a.text.strip() == "GP data"],
+                 what="the GP data navigation entry")
+    link[0].click()
+    frame = _wait(lambda: _find(browser, "iframe"), what="the embedded page")[0]
+    assert frame.get_attribute("src").rstrip("/").endswith("/gpdata")
+    browser.switch_to.frame(frame)
+    _wait(lambda: _find(browser, "#practice-table"), what="the practice table")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.switch_to.default_content()
+    browser.save_screenshot(str(ARTIFACTS / "gp-data-in-airflow.png"))
+    browser.switch_to.frame(frame)
+    html = browser.page_source
+
+    manifests = store.latest_manifests(cfg.manifests)
+    assert sorted(manifests) == sorted([*stack["practices"], FAILING])
+    shown = {tr.get_attribute("data-practice") for tr in _find(browser, "tr.practice")}
+    assert shown == set(manifests)
+    for ods in stack["practices"]:
+        m = manifests[ods]
+        assert m["status"] == "committed"
+        row = browser.find_element(By.CSS_SELECTOR, f'tr.practice[data-practice="{ods}"]')
+        cell = lambda field, row=row: row.find_element(By.CSS_SELECTOR, f'[data-field="{field}"]').text  # noqa: E731
+        assert cell("status").split()[0] == "committed" and m["run_id"] in cell("status")
+        assert _int(cell("patients_read")) == m["patients_read"]
+        assert _int(cell("type1_excluded")) == m["type1_optout"]["patients_excluded"] > 0
+        reasons = {}
+        for by_reason in m["quality"]["quarantined"].values():
+            for reason, n in by_reason.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        assert reasons, "the synthetic data is dirty on purpose"
+        assert _int(cell("quarantined_total")) == sum(reasons.values())
+        page_reasons = {li.get_attribute("data-reason"): _int(li.find_element(By.CSS_SELECTOR, ".n").text)
+                        for li in row.find_elements(By.CSS_SELECTOR, "li[data-reason]")}
+        assert page_reasons == reasons
+        assert cell("quality").startswith("passed") and m["quality"]["passed"]
+        assert row.find_element(By.CSS_SELECTOR, "a.data-docs").get_attribute("href").endswith(
+            f"/gpdata/data-docs/{ods}/index.html")
+        rows = browser.find_element(By.CSS_SELECTOR, f'tr.practice-rows[data-practice="{ods}"]')
+        page_rows = {t: _int(rows.find_element(By.CSS_SELECTOR, f'td[data-table="{t}"]').text) for t in TABLES}
+        assert page_rows == m["committed_rows"]
+
+    # The failing practice: its cause on the page, and in the failure callback's one log line.
+    failed = manifests[FAILING]
+    assert failed["status"] == "failed" and failed["error"]["stage"] == "extract"
+    row = browser.find_element(By.CSS_SELECTOR, f'tr.practice[data-practice="{FAILING}"]')
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="status"]').text.split()[0] == "failed"
+    cause = row.find_element(By.CSS_SELECTOR, '[data-field="cause"]').text
+    assert cause == f"extract: {failed['error']['cause']}" and "does not exist" in cause
+    line = f"gpdata failure: practice={FAILING} stage=extract cause={failed['error']['cause']}"
+    assert line in stack["run_output"], stack["run_output"][-3000:]
+
+    # Releases: every table's pinned version and rows.
+    [rel] = release.list_releases(cfg.store)
+    tr = browser.find_element(By.CSS_SELECTOR, f'tr.release[data-release="{rel["release_id"]}"]')
+    for t in TABLES:
+        td = tr.find_element(By.CSS_SELECTOR, f'td[data-table="{t}"]')
+        assert _int(td.find_element(By.CSS_SELECTOR, ".rows").text) == rel["tables"][t]["rows"]
+        assert _int(td.find_element(By.CSS_SELECTOR, ".version").text) == rel["tables"][t]["version"]
+
+    # Projects: the last extract of each.
+    extracts = {p.parent.parent.name: json.loads(p.read_text()) for p in cfg.extracts.glob("*/*/manifest.json")}
+    assert len(extracts) == 2
+    for project, m in extracts.items():
+        tr = browser.find_element(By.CSS_SELECTOR, f'tr.project[data-project="{project}"]')
+        assert tr.find_element(By.CSS_SELECTOR, '[data-field="release"]').text == rel["release_id"]
+        page_rows = {li.get_attribute("data-table"): _int(li.find_element(By.CSS_SELECTOR, ".n").text)
+                     for li in tr.find_elements(By.CSS_SELECTOR, "li[data-table]")}
+        assert page_rows == {t: e["rows"] for t, e in m["tables"].items()}
+
+    # The page, seen whole, holds no identifier from the sources.
+    browser.switch_to.default_content()
+    browser.get(f"{base}/gpdata/")
+    _wait(lambda: _find(browser, "#practice-table"))
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1600, max(1200, height + 100))
+    browser.save_screenshot(str(ARTIFACTS / "gp-data-page.png"))
+    (ARTIFACTS / "gp-data-page.html").write_text(html)
+    ids = collect_identifiers(cfg.sources)
+    assert ids.counts["nhs_number"] > 100
+    assert scan_text(html, ids, "page") == [] and scan_text(browser.page_source, ids, "page") == []
+
+    # The Data Docs link opens the practice's Data Docs for the logged-in user.
+    browser.get(f"{base}/gpdata/data-docs/{stack['practices'][0]}/index.html")
+    assert "Data Docs" in browser.page_source or "Validation" in browser.page_source
+
+
+def test_every_plugin_route_refuses_requests_without_a_permitted_login(stack):
+    base, users = stack["base"], stack["users"]
+    paths = _plugin_paths()
+    assert len(paths) >= 3
+    ods = stack["practices"][0]
+    paths = [p.replace("A81001", ods) for p in paths]
+
+    def token(role):
+        name, password = users[role]
+        r = httpx.post(f"{base}/auth/token", json={"username": name, "password": password}, timeout=30)
+        assert r.status_code in (200, 201), r.text
+        return r.json()["access_token"]
+
+    op, viewer = token("Op"), token("Viewer")
+    for path in paths:
+        assert httpx.get(base + path, timeout=30).status_code in (401, 403), path
+        assert httpx.get(base + path, cookies={"_token": "forged"}, timeout=30).status_code in (401, 403), path
+        assert httpx.get(base + path, headers={"Authorization": "Bearer forged"}, timeout=30).status_code \
+            in (401, 403), path
+        assert httpx.get(base + path, headers={"Authorization": f"Bearer {viewer}"}, timeout=30).status_code \
+            == 403, path
+        assert httpx.get(base + path, headers={"Authorization": f"Bearer {op}"}, timeout=30).status_code \
+            == 200, path
