@@ -1,4 +1,5 @@
-"""Where things live. Everything hangs off GPDATA_HOME (default ./var)."""
+"""Where things live. Everything hangs off GPDATA_HOME (default ./var), except the curated store when
+GPDATA_STORE names one elsewhere: a folder, or an ``s3://bucket/prefix`` URI (see gpdata.storage)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ DEFAULT_PROJECTS_DIR = CONFIG_DIR / "projects"
 class Settings:
     home: Path
     feeds_dir: Path
-    store: Path
+    store: Path  # a Path, or a gpdata.storage.StorePath for an s3:// store
     projects_dir: Path = DEFAULT_PROJECTS_DIR
 
     @property
@@ -42,14 +43,34 @@ class Settings:
         return self.store / "_manifests"
 
     @property
+    def state(self) -> Path:
+        """Per-practice extraction state: the delivery ledger (SHA-256 of every file), the watermark and the
+        pseudonymous maps of incremental feeds. Kept out of the store: it holds the pseudonyms of patients who
+        opted out (to drop their later records), which no reader of the store may see."""
+        return self.home / "state"
+
+    @property
+    def quarantined_deliveries(self) -> Path:
+        """Delivered files that could not be read, moved aside per practice (identifiable: kept out of the
+        store, with the sources' access rules)."""
+        return self.home / "quarantine"
+
+    @property
+    def store_is_remote(self) -> bool:
+        from gpdata import storage
+
+        return storage.is_remote(self.store)
+
+    @property
     def quality(self) -> Path:
-        """Great Expectations file contexts and persisted (count-only) results, per practice."""
-        return self.store / "_quality"
+        """Great Expectations file contexts and persisted (count-only) results, per practice. GX needs a
+        local folder: with an s3:// store they stay under GPDATA_HOME."""
+        return self.home / "quality" if self.store_is_remote else self.store / "_quality"
 
     @property
     def data_docs(self) -> Path:
-        """Great Expectations Data Docs, one site per practice."""
-        return self.store / "_docs" / "quality"
+        """Great Expectations Data Docs, one site per practice (under GPDATA_HOME with an s3:// store)."""
+        return self.home / "docs" / "quality" if self.store_is_remote else self.store / "_docs" / "quality"
 
     @property
     def extracts(self) -> Path:
@@ -74,6 +95,15 @@ def load(env: dict[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     home = Path(env.get("GPDATA_HOME") or "var").resolve()
     feeds = Path(env["GPDATA_FEEDS_DIR"]).resolve() if env.get("GPDATA_FEEDS_DIR") else DEFAULT_FEEDS_DIR
-    store = Path(env["GPDATA_STORE"]).resolve() if env.get("GPDATA_STORE") else home / "store"
+    store = _store(env["GPDATA_STORE"], env) if env.get("GPDATA_STORE") else home / "store"
     projects = Path(env["GPDATA_PROJECTS_DIR"]).resolve() if env.get("GPDATA_PROJECTS_DIR") else DEFAULT_PROJECTS_DIR
     return Settings(home=home, feeds_dir=feeds, store=store, projects_dir=projects)
+
+
+def _store(value: str, env) -> Path:
+    """A folder (resolved) or, for an s3:// URI, a gpdata.storage.StorePath with credentials from ``env``."""
+    if "://" not in value:
+        return Path(value).resolve()
+    from gpdata import storage
+
+    return storage.root(value, env=dict(env))

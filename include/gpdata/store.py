@@ -7,23 +7,25 @@ are never touched. Run manifests record the counts of every stage and the table 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
+from gpdata import storage
 from gpdata.errors import GpdataError
 from gpdata.model import CURATED, PARTITION, TABLES
 from gpdata.quality import QUARANTINE_SCHEMA
 
 ODS_RE = re.compile(r"^[A-Z][0-9A-Z]{2,5}$")
 QUARANTINE = "_quarantine"
+# The key of a record within a practice's partition: what an amendment or a deletion refers to.
+KEYS = {name: "patient_pid" if name == "patients" else "practitioner_pid" if name == "practitioners"
+        else "record_id" for name in TABLES}
 
 
 def _predicate(practice: str) -> str:
@@ -33,7 +35,8 @@ def _predicate(practice: str) -> str:
 
 
 def table_path(store: Path, name: str) -> Path:
-    return Path(store) / name
+    """A table's location: a folder, or a ``storage.StorePath`` under an ``s3://`` store root."""
+    return storage.root(store) / name
 
 
 def _schemas() -> dict[str, pa.Schema]:
@@ -46,10 +49,11 @@ def ensure_tables(store: Path) -> list[str]:
     for name, schema in _schemas().items():
         path = table_path(store, name)
         try:
-            DeltaTable(str(path))
+            storage.delta_table(path)
         except TableNotFoundError:
-            path.mkdir(parents=True, exist_ok=True)
-            write_deltalake(str(path), schema.empty_table(), partition_by=[PARTITION], mode="ignore",
+            if not storage.is_remote(path):
+                path.mkdir(parents=True, exist_ok=True)
+            storage.write_delta(path, schema.empty_table(), partition_by=[PARTITION], mode="ignore",
                             description=f"gpdata curated table {name}" if name in CURATED else "quarantined rows")
             created.append(name)
     return created
@@ -58,23 +62,27 @@ def ensure_tables(store: Path) -> list[str]:
 def replace_partition(store: Path, name: str, practice: str, table: pa.Table) -> int:
     """Atomically replace one practice's rows in one table. Returns the new table version."""
     schema = _schemas()[name]
-    path = str(table_path(store, name))
-    write_deltalake(path, table.select(schema.names).cast(schema), mode="overwrite",
-                    predicate=_predicate(practice), partition_by=[PARTITION])
-    return DeltaTable(path).version()
+    path = table_path(store, name)
+    storage.write_delta(path, table.select(schema.names).cast(schema), mode="overwrite",
+                        predicate=_predicate(practice), partition_by=[PARTITION])
+    return storage.delta_table(path).version()
 
 
 def key_versions(store: Path, name: str, exclude_practice: str | None = None) -> set[str]:
     """The key versions present in a table (optionally ignoring one practice's partition)."""
-    dataset = DeltaTable(str(table_path(store, name))).to_pyarrow_dataset()
+    dataset = storage.delta_table(table_path(store, name)).to_pyarrow_dataset()
     expr = (pc.field(PARTITION) != exclude_practice) if exclude_practice else None
     column = dataset.to_table(columns=["key_version"], filter=expr)["key_version"]
     return set(pc.unique(column).to_pylist()) - {None}
 
 
 def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], quarantine: pa.Table,
-                    key_version: str) -> dict:
+                    key_version: str, deleted: dict[str, pa.Array] | None = None) -> dict:
     """Write a practice's validated batch into every curated table and its quarantined rows.
+
+    A baseline batch (``deleted`` is None) replaces the practice's partition of each table. An incremental
+    batch is merged: records with a known key replace their earlier version, new ones are inserted, the keys in
+    ``deleted`` are removed, and its quarantined rows are added to the earlier ones.
 
     Refuses, before writing anything, a batch not at the key ring's current ``key_version`` or a table whose
     other practices are at another version, so no table ever mixes versions: a batch pseudonymised before a
@@ -83,65 +91,107 @@ def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], qua
     ensure_tables(store)
     for name in TABLES:
         found = set(pc.unique(tables[name]["key_version"]).to_pylist()) if tables[name].num_rows else set()
-        found |= key_versions(store, name, exclude_practice=practice)
+        found |= key_versions(store, name, exclude_practice=practice if deleted is None else None)
         if found - {key_version}:
             raise GpdataError(f"table {name} would hold pseudonyms of key version "
                               f"{', '.join(sorted(found | {key_version}))}: the key was rotated during the run; "
                               "run the practice again", practice=practice, stage="commit")
     # Delta commits are atomic per table; the journal makes the practice's set of tables one unit for
     # readers of releases: while it exists, the practice's commit is unfinished and no release is made.
+    with practice_lock(store, practice):
+        return _commit_locked(store, practice, tables, quarantine, deleted)
+
+
+@contextlib.contextmanager
+def practice_lock(store: Path, practice: str):
+    """One commit of a practice at a time on this store: a second waits, then replaces the first whole
+    (an exclusive lock on ``_journal/<ODS>.lock``; on an object store one scheduler runs a practice at a time)."""
+    import fcntl
+
+    if storage.is_remote(store):  # no file locks on an object store: Airflow runs one extraction at a time
+        yield
+        return
+    path = journal_path(store, practice).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _commit_locked(store: Path, practice: str, tables: dict[str, pa.Table], quarantine: pa.Table,
+                   deleted: dict[str, pa.Array] | None) -> dict:
     journal = journal_path(store, practice)
     write_json_atomic(journal, {"practice": practice, "tables": list(TABLES)})
-    versions = {name: replace_partition(store, name, practice, tables[name]) for name in TABLES}
-    versions[QUARANTINE] = replace_partition(store, QUARANTINE, practice, quarantine)
+    if deleted is None:
+        versions = {name: replace_partition(store, name, practice, tables[name]) for name in TABLES}
+        versions[QUARANTINE] = replace_partition(store, QUARANTINE, practice, quarantine)
+    else:
+        none = pa.array([], pa.string())
+        versions = {name: merge_practice(store, name, practice, tables[name], deleted.get(name, none))
+                    for name in TABLES}
+        path = table_path(store, QUARANTINE)
+        if quarantine.num_rows:
+            storage.write_delta(path, quarantine.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA),
+                                mode="append", partition_by=[PARTITION])
+        versions[QUARANTINE] = storage.delta_table(path).version()
     journal.unlink()
     return versions
 
 
 def journal_path(store: Path, practice: str) -> Path:
-    return Path(store) / "_journal" / f"{practice}.json"
+    return storage.root(store) / "_journal" / f"{practice}.json"
 
 
 def unfinished_commits(store: Path) -> list[str]:
     """Practices whose last commit stopped between tables (rerun them to finish)."""
-    return sorted(p.stem for p in (Path(store) / "_journal").glob("*.json"))
+    return sorted(p.stem for p in (storage.root(store) / "_journal").glob("*.json"))
 
 
-def merge_practice(store: Path, name: str, practice: str, batch: pa.Table, deleted_ids: list[str]) -> int:
-    """An incremental batch in one commit: amended records (same ``record_id``) replace their earlier
-    version, new ones are inserted, and records the source marks deleted disappear. Returns the version."""
+def merge_practice(store: Path, name: str, practice: str, batch: pa.Table, deleted_keys) -> int:
+    """An incremental batch in one commit: records whose key (``KEYS[name]``) is known replace their earlier
+    version, new ones are inserted, and the keys the source marks deleted disappear. Returns the version."""
     schema = _schemas()[name]
+    key = KEYS[name]
     _predicate(practice)
+    gone_keys = pc.unique(pa.array(deleted_keys, pa.string()).drop_null())
+    if batch.num_rows:  # a record amended and deleted in one batch: the batch's version (newest) stays
+        gone_keys = gone_keys.filter(pc.invert(pc.is_in(gone_keys, value_set=batch[key].combine_chunks())))
+    if batch.num_rows == 0 and len(gone_keys) == 0:
+        return storage.delta_table(table_path(store, name)).version()
     loose = pa.schema([f.with_nullable(True) for f in schema])  # deletion markers carry only their key
-    gone = pa.table({c: [practice] * len(deleted_ids) if c == PARTITION else list(deleted_ids)
-                     if c == "record_id" else pa.nulls(len(deleted_ids), loose.field(c).type)
-                     for c in schema.names}, schema=loose)
+    n = len(gone_keys)
+    gone = pa.table({c: pa.array([practice] * n, pa.string()) if c == PARTITION else gone_keys if c == key
+                     else pa.nulls(n, loose.field(c).type) for c in schema.names}, schema=loose)
     source = pa.concat_tables([batch.select(schema.names).cast(loose), gone])
-    source = source.append_column("_deleted", pa.array([False] * batch.num_rows + [True] * len(deleted_ids)))
+    source = source.append_column("_deleted", pa.array([False] * batch.num_rows + [True] * n))
     columns = {c: f"s.{c}" for c in schema.names}
-    dt = DeltaTable(str(table_path(store, name)))
-    (dt.merge(source, predicate=f"t.{PARTITION} = s.{PARTITION} AND t.record_id = s.record_id",
+    dt = storage.delta_table(table_path(store, name))
+    (dt.merge(source, predicate=f"t.{PARTITION} = '{practice}' AND t.{PARTITION} = s.{PARTITION} "
+                                f"AND t.{key} = s.{key}",
               source_alias="s", target_alias="t")
        .when_matched_delete(predicate="s._deleted")
        .when_matched_update(updates=columns, predicate="NOT s._deleted")
        .when_not_matched_insert(updates=columns, predicate="NOT s._deleted")
        .execute())
-    return DeltaTable(str(table_path(store, name))).version()
+    return storage.delta_table(table_path(store, name)).version()
 
 
 def replace_table(store: Path, name: str, table: pa.Table) -> int:
     """Replace a whole table in one commit, then vacuum the files no version needs any more beyond it
     (used by key rotation, where old files hold superseded pseudonyms). Returns the new version."""
     schema = _schemas()[name]
-    path = str(table_path(store, name))
-    write_deltalake(path, table.select(schema.names).cast(schema), mode="overwrite", partition_by=[PARTITION])
-    dt = DeltaTable(path)
+    path = table_path(store, name)
+    storage.write_delta(path, table.select(schema.names).cast(schema), mode="overwrite", partition_by=[PARTITION])
+    dt = storage.delta_table(path)
     dt.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
     return dt.version()
 
 
 def read_table(store: Path, name: str, practice: str | None = None) -> pa.Table:
-    dt = DeltaTable(str(table_path(store, name)))
+    dt = storage.delta_table(table_path(store, name))
     filters = [(PARTITION, "=", practice)] if practice else None
     return dt.to_pyarrow_table(filters=filters)
 
@@ -151,12 +201,9 @@ def row_counts(store: Path, practice: str | None = None) -> dict[str, int]:
 
 
 def write_json_atomic(path: Path, doc: dict) -> None:
-    """Write JSON by rename, so a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    """Write JSON atomically (by rename locally, one PUT on S3): a reader sees the old file or the new one,
+    never half of one."""
+    storage.write_bytes_atomic(storage.root(path), json.dumps(doc, indent=2, sort_keys=True, default=str).encode())
 
 
 def safe_name(run_id: str) -> str:
@@ -165,6 +212,7 @@ def safe_name(run_id: str) -> str:
 
 def write_manifest(manifests: Path, practice: str, run_id: str, doc: dict) -> Path:
     """The run's manifest, plus ``latest.json`` (any outcome) and ``committed.json`` (last commit)."""
+    manifests = storage.root(manifests)
     path = manifests / practice / f"{safe_name(run_id)}.json"
     write_json_atomic(path, doc)
     write_json_atomic(manifests / practice / "latest.json", doc)
@@ -173,13 +221,18 @@ def write_manifest(manifests: Path, practice: str, run_id: str, doc: dict) -> Pa
     return path
 
 
-def last_committed(manifests: Path, practice: str) -> dict | None:
-    path = Path(manifests) / practice / "committed.json"
+def read_json(path: Path) -> dict | None:
+    """A JSON document written by write_json_atomic, or None if there is none."""
+    path = storage.root(path)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def last_committed(manifests: Path, practice: str) -> dict | None:
+    return read_json(storage.root(manifests) / practice / "committed.json")
 
 
 def latest_manifests(manifests: Path) -> dict[str, dict]:
     out = {}
-    for path in sorted(Path(manifests).glob("*/latest.json")):
+    for path in sorted(storage.root(manifests).glob("*/latest.json"), key=str):
         out[path.parent.name] = json.loads(path.read_text())
     return out
