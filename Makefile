@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export GPDATA_HOME ?= $(CURDIR)/var
 
-.PHONY: install demo airflow test lint scan bench clean lock
+.PHONY: install demo airflow test lint scan bench clean lock browser-deps
 
 # Installs what is missing: the venv, the pinned requirements, then this package (editable).
 $(STAMP): requirements.txt pyproject.toml
@@ -24,9 +24,18 @@ demo: $(STAMP)
 airflow: $(STAMP)
 	$(BIN)/python -m gpdata.demo --airflow-standalone
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Headless Chromium for the browser test of the GP data page (Debian packages; needs root or sudo). If it cannot
+# be installed, make test stops here rather than skipping the test.
+browser-deps:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; } \
+	  || { echo "could not install chromium and chromium-driver (Debian packages) for the browser test" >&2; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,7 +45,7 @@ scan: $(STAMP)
 	GPDATA_MASTER_KEY_FILE=$${GPDATA_MASTER_KEY_FILE:-$(GPDATA_HOME)/secrets/dev-master.key} $(BIN)/gpdata scan
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf var
@@ -44,7 +53,7 @@ clean:
 # Re-resolve the pinned environment from pyproject's direct dependencies (needs the package registry).
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/pip install --quiet -e '.[analysis]' pytest pytest-timeout ruff setuptools
+	.lockenv/bin/pip install --quiet -e '.[analysis]' pytest pytest-timeout pytest-xdist ruff selenium setuptools 'moto[server]'
 	{ sed -n '1,2p' requirements.txt; .lockenv/bin/pip freeze --exclude-editable | grep -v '^-e'; \
 	  echo "setuptools==$$(.lockenv/bin/python -c 'import setuptools; print(setuptools.__version__)')"; } > requirements.new
 	mv requirements.new requirements.txt && rm -rf .lockenv

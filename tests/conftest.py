@@ -6,6 +6,14 @@ import pytest
 from tests import factory as f
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: two test processes per core, at most 4. The slow tests mostly wait on Airflow processes
+    they started (polling, start-up), so one process per core leaves the cores half idle."""
+    return min(4, 2 * (os.cpu_count() or 1))
+
+
 TEST_KEY = "5a" * 32
 
 
