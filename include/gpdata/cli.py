@@ -81,7 +81,7 @@ def _scan(args) -> int:
     except GpdataError as exc:
         print(f"note: per-patient date-of-birth check skipped ({exc.cause})")
     default = [p for p in (cfg.store, cfg.extracts, cfg.register, cfg.airflow_home) if p.exists()]
-    findings = scan_tree([Path(p) for p in args.paths] or default, ids)
+    findings = scan_tree(args.paths or default, ids)
     for f in findings[:50]:
         print(f)
     print(f"{len(findings)} finding(s) for {ids.describe()}")
@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
     c.add_argument("paths", nargs="*",
-                   help="files or folders (default: the store, project extracts, register and Airflow's folder)")
+                   help="files, folders or s3:// store paths (default: the store, wherever it is, project extracts, "
+                        "register and Airflow's folder)")
     c.set_defaults(func=_scan)
     return p
 

@@ -11,6 +11,9 @@ Dates in Parquet are checked per patient: given the pseudonymiser, a row whose `
 patient and which holds that patient's full date of birth in any date column is a leak. (An event on some
 other patient's birthday is not.) A surname alone is searched only in Parquet string cells (codes and
 pseudonyms), where no word should be; in free text such as logs only full names are searched.
+
+A root may be a local folder or the store on S3 (a ``gpdata.storage.StorePath``): objects are read through
+the same path interface, and a finding names the ``s3://`` object.
 """
 
 from __future__ import annotations
@@ -147,7 +150,8 @@ class Finding:
 
 def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
     findings = []
-    table = pq.read_table(path)
+    with path.open("rb") as fh:  # a local file or an S3 object alike
+        table = pq.read_table(fh)
     dobs = None
     if ids.dob_by_pid and "patient_pid" in table.column_names:
         pid_keys = pa.array(list(ids.dob_by_pid), pa.string())
@@ -198,10 +202,12 @@ def scan_file(path: Path, ids: Identifiers) -> list[Finding]:
 
 
 def scan_tree(paths: Iterable[Path], ids: Identifiers) -> list[Finding]:
-    """Scan every file under each path (or the file itself)."""
+    """Scan every file under each path (or the file itself): local paths or ``s3://`` store paths."""
+    from gpdata import storage
+
     findings: list[Finding] = []
-    for root in paths:
-        files = [root] if root.is_file() else sorted(p for p in Path(root).rglob("*") if p.is_file())
+    for root in map(storage.root, paths):
+        files = [root] if root.is_file() else sorted((p for p in root.rglob("*") if p.is_file()), key=str)
         for path in files:
             findings.extend(scan_file(path, ids))
     return findings

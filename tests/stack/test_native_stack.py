@@ -1,6 +1,7 @@
 """The compose stack, proven natively: the Airflow settings of docker-compose.yaml (CeleryExecutor, PostgreSQL,
 Redis, FAB auth, shared JWT secret and Fernet key) start a scheduler, dag-processor, api-server and Celery
-worker here; the extraction DAG is triggered through the authenticated REST API and lands curated rows.
+worker here; the extraction DAG is triggered through the authenticated REST API and lands curated rows, and
+the leak scanner finds no identifier in the S3 store or anything the stack wrote.
 A deliberately broken copy of the compose file (executor, broker or database) must stop the startup."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import yaml
 
 from gpdata import settings, store
 from gpdata.feeds import write_synthetic_feeds
+from gpdata.leakscan import collect_identifiers, dump_findings, scan_tree
 from gpdata.synth import generate
 from tests.stack import compose, stack
 from tests.stack.compose import COMPOSE_FILE, REPO, StackStartupError
@@ -119,6 +121,9 @@ def test_the_compose_stack_runs_the_extraction_dag_on_celery(tmp_path, database,
         finally:
             if started is not None:
                 started.stack.stop()
+        # nothing identifying in the store on S3, the stack's logs (every component, every task) or its folders
+        findings = scan_tree([cfg.store, cfg.extracts, cfg.register, work], collect_identifiers(cfg.sources))
+        assert findings == [], dump_findings(findings)
     print(f"native compose stack: startup to curated rows on S3 in {time.monotonic() - began:.0f}s")
 
 

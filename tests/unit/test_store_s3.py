@@ -162,3 +162,30 @@ def test_opt_out_list_audit_log_and_erasure_work_on_s3(s3_env, tmp_path):
     assert result["patients"] == 2 and len(erasure.pending(root)) == 0
     assert audit.verify(root) == 3
     assert any(k == "store/_erasures/log.jsonl" for k in _keys(s3_env))
+
+
+def test_the_leak_scanner_reads_a_store_on_s3(s3_env, tmp_path):
+    """`gpdata scan` covers the store wherever it lives: a clean S3 store passes, and an identifier planted
+    in a Parquet object or a JSON object on S3 is found and named by its s3:// path."""
+    import pyarrow.parquet as pq
+
+    from gpdata.leakscan import collect_identifiers, scan_tree
+    from tests import factory as f
+    from tests.conftest import practice_resources
+
+    f.write_bundle(tmp_path / "sources" / "A81001", practice_resources())
+    ids = collect_identifiers(tmp_path / "sources")
+    root = storage.root(s3_env["uri"])
+    store.ensure_tables(root)
+    store.commit_practice(root, "A81001", _batch("A81001", 3), QUARANTINE_SCHEMA.empty_table(), "v1")
+    store.write_manifest(root / "_manifests", "A81001", "manual__2026-01-01T00:00:00", {"status": "committed"})
+    assert scan_tree([s3_env["uri"]], ids) == []
+
+    client, bucket = s3_env["client"], s3_env["bucket"]
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"note": ["seen 999 000 0018 today"]}), sink)
+    client.put_object(Bucket=bucket, Key="store/stray/leak.parquet", Body=sink.getvalue().to_pybytes())
+    client.put_object(Bucket=bucket, Key="store/_manifests/A81001/stray.json", Body=b'{"who": "Morwenna Quinlan"}')
+    found = sorted((str(x).split(": ")[0], x.kind) for x in scan_tree([root], ids))
+    assert found == [(f"{s3_env['uri']}/_manifests/A81001/stray.json", "name"),
+                     (f"{s3_env['uri']}/stray/leak.parquet", "nhs_number")]
