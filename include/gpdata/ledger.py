@@ -60,6 +60,14 @@ class PracticeState:
     def seen(self, sha256: str) -> dict | None:
         return self.files.get(sha256)
 
+    def deliveries(self) -> set[str]:
+        """Every delivery (flat-file stamp) of which a file was committed."""
+        return {f["delivery"] for f in self.files.values()}
+
+    def applied_through(self) -> str | None:
+        """A flat-file practice's newest committed delivery stamp (stamps sort in time order)."""
+        return max(self.deliveries(), default=None)
+
     def patient_map(self) -> pa.Table:
         path = self.folder / "patients.parquet"
         return pq.read_table(path).cast(PATIENT_MAP) if path.exists() else PATIENT_MAP.empty_table()

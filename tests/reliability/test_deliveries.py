@@ -50,9 +50,10 @@ def _versions(cfg) -> dict:
     return {t: DeltaTable(str(store.table_path(cfg.store, t))).version() for t in (*TABLES, store.QUARANTINE)}
 
 
-def _delta(canonical, inbox, stamp: str) -> list:
+def _delta(canonical, inbox, stamp: str, add: float = 2.0) -> list:
+    """A delivery amending the first 20 observations: each value plus ``add``."""
     obs = canonical["observations"].slice(0, 20)
-    amended = obs.set_column(obs.schema.get_field_index("value"), "value", pc.add(obs["value"], 2.0))
+    amended = obs.set_column(obs.schema.get_field_index("value"), "value", pc.add(obs["value"], add))
     tables = {t: canonical[t].slice(0, 0) for t in TABLES}
     tables["observations"] = amended
     return write_delivery(tables, inbox, ODS, DIALECT, stamp)
@@ -201,3 +202,72 @@ def test_a_corrected_resubmission_replaces_the_delivery(practice):
     assert changed.num_rows > 0
     for before_value, now_value in zip(changed["value"].to_pylist(), changed["value_now"].to_pylist(), strict=True):
         assert now_value - before_value == pytest.approx(3.0)  # +5 from the source values, not +2
+
+
+
+def _offsets(cfg, baseline) -> dict[float, int]:
+    """How the store's observation values differ from the baseline's: offset -> number of records."""
+    now = store.read_table(cfg.store, "observations", ODS).select(["record_id", "value"])
+    pairs = baseline.select(["record_id", "value"]).join(now, "record_id", right_suffix="_now")
+    out: dict[float, int] = {}
+    for before, after in zip(pairs["value"].to_pylist(), pairs["value_now"].to_pylist(), strict=True):
+        if before is not None and after is not None:
+            offset = round(after - before, 6)
+            out[offset] = out.get(offset, 0) + 1
+    return {k: v for k, v in out.items() if k}
+
+
+def _amended(canonical) -> int:
+    """How many of the observations a delta amends carry a value."""
+    return pc.count(canonical["observations"].slice(0, 20)["value"]).as_py()
+
+
+def test_later_deliveries_are_held_while_a_quarantined_one_is_missing(practice, delivered):
+    """Incremental deliveries apply in order with no gap: were the newer one applied first, the corrected
+    older one would later overwrite its newer versions."""
+    feed, cfg, canonical, inbox = practice
+    baseline, versions = store.read_table(cfg.store, "observations", ODS), _versions(cfg)
+    state = ledger.PracticeState.load(cfg.state, ODS)
+    _truncate(_obs_file(_delta(canonical, inbox, "20260102020000", add=2.0)))
+    with pytest.raises(SourceError, match="truncated"):
+        pipeline.extract(feed, cfg, "broken")
+    newer = _delta(canonical, inbox, "20260103020000", add=7.0)
+    with pytest.raises(SourceError) as held:
+        pipeline.run_practice(feed, cfg, "held", today=TODAY)
+    message = str(held.value)
+    assert message.startswith(f"practice {ODS}: stage extract: delivery 20260102020000 was quarantined ("), message
+    assert "1 later delivery (20260103020000) held" in message and '{"force": true}' in message
+    assert scan_text(message, collect_identifiers(delivered[0] / "sources"), "error") == []
+    assert all(p.exists() for p in newer)                            # held in the inbox, not quarantined
+    assert _versions(cfg) == versions and ledger.PracticeState.load(cfg.state, ODS).files == state.files
+    _delta(canonical, inbox, "20260102020000", add=2.0)              # the corrected delivery, same stamp
+    done = pipeline.run_practice(feed, cfg, "in-order", today=TODAY)
+    assert done["status"] == "committed" and done["source"]["deliveries"] == ["20260102020000", "20260103020000"]
+    assert _offsets(cfg, baseline) == {7.0: _amended(canonical)}     # the newest version of each record
+
+
+def test_a_delivery_older_than_one_applied_is_quarantined_as_late(practice):
+    feed, cfg, canonical, inbox = practice
+    baseline = store.read_table(cfg.store, "observations", ODS)
+    _delta(canonical, inbox, "20260103020000", add=7.0)
+    assert pipeline.run_practice(feed, cfg, "newer", today=TODAY)["status"] == "committed"
+    versions, state = _versions(cfg), ledger.PracticeState.load(cfg.state, ODS)
+    late = _delta(canonical, inbox, "20260102020000", add=2.0)
+    with pytest.raises(SourceError) as err:
+        pipeline.extract(feed, cfg, "late")
+    assert "delivery 20260102020000 older than delivery 20260103020000, which was applied already" in str(err.value)
+    assert not any(p.exists() for p in late)
+    moved = sorted((cfg.quarantined_deliveries / ODS).glob("*/REASON.json"))
+    assert len(moved) == 1 and '"delivery": "20260102020000"' in moved[0].read_text()
+    assert _versions(cfg) == versions and ledger.PracticeState.load(cfg.state, ODS).files == state.files
+    assert _offsets(cfg, baseline) == {7.0: _amended(canonical)}
+    # the late delivery is not a gap: the next delivery applies
+    _delta(canonical, inbox, "20260104020000", add=9.0)
+    assert pipeline.run_practice(feed, cfg, "next", today=TODAY)["status"] == "committed"
+    assert _offsets(cfg, baseline) == {9.0: _amended(canonical)}
+    # put back, it is applied in its place by a forced rebuild from every delivery in the inbox
+    for path in moved[0].parent.glob("*.csv"):
+        path.rename(inbox / path.name)
+    rebuilt = pipeline.run_practice(feed, cfg, "rebuild", today=TODAY, force=True)
+    assert rebuilt["status"] == "committed" and rebuilt["source"]["mode"] == "baseline"
+    assert _offsets(cfg, baseline) == {9.0: _amended(canonical)}

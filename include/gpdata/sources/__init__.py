@@ -7,7 +7,11 @@
 * **flatfile**: files grouped into deliveries by their stamp. In *baseline* mode each delivery is a full
   snapshot and the newest new one is read; in *incremental* mode every new delivery is read in stamp order and
   the newest version of each record wins. A file whose exact content was processed before, under any name, is
-  skipped.
+  skipped. Incremental deliveries are applied in stamp order with no gap, since a record's older version must
+  never replace a newer one: a delivery older than one already applied is quarantined as late (the run fails
+  saying so), and while a quarantined delivery has not been delivered again, later deliveries are held (read
+  and checked, not applied) until the corrected one arrives under the same stamp. ``force`` rebuilds the
+  practice from every delivery in its inbox instead.
 * **sql**: rows changed since the last committed watermark (all rows for a baseline).
 
 A delivery that cannot be read is moved, whole, to ``$GPDATA_HOME/quarantine/<ODS>/`` with a note of why, and
@@ -52,8 +56,9 @@ def _empty_deleted() -> dict[str, pa.Table]:
     return {name: CANONICAL[name].empty_table() for name in TABLES}
 
 
-def quarantine_files(paths: list[Path], target: Path, error: SourceError) -> Path:
-    """Move a failed delivery's files aside with a note of the cause (no values: the error names none)."""
+def quarantine_files(paths: list[Path], target: Path, error: SourceError, delivery: str | None = None) -> Path:
+    """Move a failed delivery's files aside with a note of the cause (no values: the error names none) and,
+    for a flat-file delivery, its stamp."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = target / stamp
     n = 1
@@ -66,12 +71,22 @@ def quarantine_files(paths: list[Path], target: Path, error: SourceError) -> Pat
             shutil.move(str(path), folder / path.name)
     (folder / "REASON.json").write_text(json.dumps({
         "practice": error.practice, "file": error.file, "row": error.row, "cause": error.cause,
-        "files": [p.name for p in paths], "quarantined_at": stamp}, indent=2))
+        "files": [p.name for p in paths], "quarantined_at": stamp, "delivery": delivery}, indent=2))
     return folder
 
 
-def _fail(exc: SourceError, paths: list[Path], quarantine_dir: Path) -> SourceError:
-    folder = quarantine_files(paths, quarantine_dir, exc)
+def quarantined(target: Path) -> dict[str, dict]:
+    """A practice's quarantined flat-file deliveries: stamp -> the latest REASON.json for it."""
+    out: dict[str, dict] = {}
+    for reason in sorted(Path(target).glob("*/REASON.json")):
+        note = json.loads(reason.read_text())
+        if note.get("delivery"):
+            out[note["delivery"]] = note
+    return out
+
+
+def _fail(exc: SourceError, paths: list[Path], quarantine_dir: Path, delivery: str | None = None) -> SourceError:
+    folder = quarantine_files(paths, quarantine_dir, exc, delivery)
     return SourceError(f"{exc.cause}; the delivery ({len(paths)} file(s)) was moved to {folder}",
                        practice=exc.practice, file=exc.file, row=exc.row, stage="extract")
 
@@ -153,6 +168,8 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> 
     if not new:
         return None if not skipped else Batch(tables={}, deleted={}, full=False, skipped=skipped)
     stamps = sorted(new)
+    if incremental:
+        _refuse_late(practice, stamps, by_stamp, state, quarantine_dir)
     if feed.mode == "baseline" or not incremental:
         # a snapshot: the newest; or the first incremental run: every delivery so far, newest version wins
         stamps = stamps[-1:] if feed.mode == "baseline" else stamps
@@ -163,8 +180,10 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> 
             try:
                 per_table[f.table].append(read_file(f, dialect, practice))
             except SourceError as exc:
-                raise _fail(exc, [g.path for g in by_stamp[stamp]], quarantine_dir) from None
+                raise _fail(exc, [g.path for g in by_stamp[stamp]], quarantine_dir, stamp) from None
             files.append({"name": f.path.name, "sha256": digest, "delivery": stamp})
+    if incremental:
+        _hold_after_a_gap(practice, stamps, state, quarantine_dir)
     tables, deleted = {}, {}
     for name in TABLES:
         parts = per_table[name]
@@ -175,6 +194,40 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> 
             tables[name], deleted[name] = split_deleted(combined)
     return Batch(tables=tables, deleted=deleted, full=not incremental, files=files, skipped=skipped,
                  deliveries=stamps)
+
+
+def _refuse_late(practice: str, stamps: list[str], by_stamp: dict, state: PracticeState,
+                 quarantine_dir: Path) -> None:
+    """An incremental delivery older than one already applied would replace newer versions of its records:
+    each such delivery is moved to quarantine and the run fails saying so (the others wait for the next run)."""
+    applied = state.applied_through()
+    late = [s for s in stamps if applied and s < applied]
+    if not late:
+        return
+    names = ", ".join(late)
+    exc = SourceError(f"deliver{'y' if len(late) == 1 else 'ies'} {names} older than delivery {applied}, which "
+                      "was applied already: applied now, their records would replace newer versions. To include "
+                      'them, put them back in the inbox and run with {"force": true}, which rebuilds the practice '
+                      "from every delivery there", practice=practice, file=by_stamp[late[0]][0].path.name)
+    folders = [quarantine_files([f.path for f in by_stamp[stamp]], quarantine_dir, exc, stamp) for stamp in late]
+    raise SourceError(f"{exc.cause}; moved to {', '.join(map(str, folders))}", practice=practice,
+                      file=exc.file, stage="extract")
+
+
+def _hold_after_a_gap(practice: str, stamps: list[str], state: PracticeState, quarantine_dir: Path) -> None:
+    """Refuse to apply deliveries that follow a quarantined one not yet delivered again (a gap): applied
+    first, they would be overwritten by the older versions in the corrected delivery when it comes."""
+    applied = state.applied_through() or ""
+    committed = state.deliveries()
+    notes = quarantined(quarantine_dir)
+    gaps = sorted(stamp for stamp in notes if stamp > applied and stamp not in committed and stamp not in stamps)
+    held = [s for s in stamps if gaps and s > gaps[0]]
+    if held:
+        raise SourceError(
+            f"delivery {gaps[0]} was quarantined ({notes[gaps[0]].get('cause')}) and has not been delivered again, so "
+            f"{len(held)} later deliver{'y' if len(held) == 1 else 'ies'} ({', '.join(held)}) "
+            "held in the inbox, unapplied: send the corrected delivery under the same stamp, or run with "
+            '{"force": true} to rebuild the practice from every delivery in the inbox', practice=practice)
 
 
 def _sql(feed, state: PracticeState, uri: str | None, force: bool) -> Batch | None:
