@@ -236,7 +236,7 @@ def test_later_deliveries_are_held_while_a_quarantined_one_is_missing(practice, 
         pipeline.run_practice(feed, cfg, "held", today=TODAY)
     message = str(held.value)
     assert message.startswith(f"practice {ODS}: stage extract: delivery 20260102020000 was quarantined ("), message
-    assert "1 later delivery (20260103020000) held" in message and '{"force": true}' in message
+    assert "1 later delivery (20260103020000) is held" in message and '{"force": true}' in message
     assert scan_text(message, collect_identifiers(delivered[0] / "sources"), "error") == []
     assert all(p.exists() for p in newer)                            # held in the inbox, not quarantined
     assert _versions(cfg) == versions and ledger.PracticeState.load(cfg.state, ODS).files == state.files
@@ -255,7 +255,7 @@ def test_a_delivery_older_than_one_applied_is_quarantined_as_late(practice):
     late = _delta(canonical, inbox, "20260102020000", add=2.0)
     with pytest.raises(SourceError) as err:
         pipeline.extract(feed, cfg, "late")
-    assert "delivery 20260102020000 older than delivery 20260103020000, which was applied already" in str(err.value)
+    assert "delivery 20260102020000 is older than delivery 20260103020000, which was applied already" in str(err.value)
     assert not any(p.exists() for p in late)
     moved = sorted((cfg.quarantined_deliveries / ODS).glob("*/REASON.json"))
     assert len(moved) == 1 and '"delivery": "20260102020000"' in moved[0].read_text()

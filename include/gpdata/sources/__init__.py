@@ -204,11 +204,12 @@ def _refuse_late(practice: str, stamps: list[str], by_stamp: dict, state: Practi
     late = [s for s in stamps if applied and s < applied]
     if not late:
         return
-    names = ", ".join(late)
-    exc = SourceError(f"deliver{'y' if len(late) == 1 else 'ies'} {names} older than delivery {applied}, which "
-                      "was applied already: applied now, their records would replace newer versions. To include "
-                      'them, put them back in the inbox and run with {"force": true}, which rebuilds the practice '
-                      "from every delivery there", practice=practice, file=by_stamp[late[0]][0].path.name)
+    one = len(late) == 1
+    exc = SourceError(f"deliver{'y' if one else 'ies'} {', '.join(late)} {'is' if one else 'are'} older than "
+                      f"delivery {applied}, which was applied already: applied now, {'its' if one else 'their'} "
+                      "records would replace newer versions. To include them, put them back in the inbox and run "
+                      'with {"force": true}, which rebuilds the practice from every delivery there',
+                      practice=practice, file=by_stamp[late[0]][0].path.name)
     folders = [quarantine_files([f.path for f in by_stamp[stamp]], quarantine_dir, exc, stamp) for stamp in late]
     raise SourceError(f"{exc.cause}; moved to {', '.join(map(str, folders))}", practice=practice,
                       file=exc.file, stage="extract")
@@ -223,11 +224,13 @@ def _hold_after_a_gap(practice: str, stamps: list[str], state: PracticeState, qu
     gaps = sorted(stamp for stamp in notes if stamp > applied and stamp not in committed and stamp not in stamps)
     held = [s for s in stamps if gaps and s > gaps[0]]
     if held:
+        one = len(held) == 1
         raise SourceError(
-            f"delivery {gaps[0]} was quarantined ({notes[gaps[0]].get('cause')}) and has not been delivered again, so "
-            f"{len(held)} later deliver{'y' if len(held) == 1 else 'ies'} ({', '.join(held)}) "
-            "held in the inbox, unapplied: send the corrected delivery under the same stamp, or run with "
-            '{"force": true} to rebuild the practice from every delivery in the inbox', practice=practice)
+            f"delivery {gaps[0]} was quarantined ({notes[gaps[0]].get('cause')}) and has not been delivered "
+            f"again, so {len(held)} later deliver{'y' if one else 'ies'} ({', '.join(held)}) "
+            f"{'is' if one else 'are'} held in the inbox, unapplied: send the corrected delivery under the same "
+            'stamp, or run with {"force": true} to rebuild the practice from every delivery in the inbox',
+            practice=practice)
 
 
 def _sql(feed, state: PracticeState, uri: str | None, force: bool) -> Batch | None:
