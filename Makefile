@@ -8,12 +8,13 @@ export GPDATA_HOME ?= $(CURDIR)/var
 
 .PHONY: install demo airflow test lint scan bench clean lock browser-deps
 
-# Installs what is missing: the venv, the pinned requirements, then this package (editable). --no-compile: Python
-# compiles each module on first import instead of pip compiling all 223 packages up front (half the install time).
+# Installs what is missing: the venv, the pinned requirements, then this package (editable). pip compiles the
+# packages' bytecode on one core; compileall does it on every core (install 3.3 min -> about 2.5 on two cores).
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "gpdata needs $(PYTHON) (Python 3.11) on PATH" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
