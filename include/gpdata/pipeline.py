@@ -65,10 +65,11 @@ def _nhs_pids(patients: pa.Table, pseudo: deid.Pseudonymiser) -> tuple[pa.Array,
     return patients["source_id"].combine_chunks(), pids
 
 
-def _refs_to_pids(refs: list[str], patients: pa.Table, pseudo: deid.Pseudonymiser, known: pa.Table) -> pa.Array:
-    """Patient pseudonyms of source patient refs: from this batch's patients, else from the patient map."""
+def _refs_to_pids(refs: list[str], ids: pa.Array, pids: pa.Array, pseudo: deid.Pseudonymiser,
+                  known: pa.Table) -> pa.Array:
+    """Patient pseudonyms of source patient refs: from this batch's patients (``_nhs_pids``), else from the
+    patient map."""
     arr = pa.array(refs, pa.string())
-    ids, pids = _nhs_pids(patients, pseudo)
     found = pc.take(pids, pc.index_in(arr, value_set=ids))
     if known.num_rows:
         earlier = pc.take(known["patient_pid"].combine_chunks(),
@@ -80,13 +81,14 @@ def _refs_to_pids(refs: list[str], patients: pa.Table, pseudo: deid.Pseudonymise
 def _deletion_keys(deleted: dict[str, pa.Table], pseudo: deid.Pseudonymiser, known: pa.Table) -> pa.Table:
     """(table, key) of every record the source marks deleted, keyed as in the store (gpdata.store.KEYS)."""
     parts = []
+    none = pa.array([], pa.string())  # deleted patients are not in the batch's patients: the map alone
     for name, table in deleted.items():
         if not table.num_rows:
             continue
         if name == "patients":
             keys = pc.unique(pa.concat_arrays([
                 _nhs_pids(table, pseudo)[1].drop_null(),
-                _refs_to_pids(table["source_id"].to_pylist(), table.slice(0, 0), pseudo, known)]))
+                _refs_to_pids(table["source_id"].to_pylist(), none, none, pseudo, known)]))
         elif name == "practitioners":
             keys = pseudo(pc.coalesce(table["sds_user_id"].combine_chunks(), table["source_id"].combine_chunks()),
                           "practitioner")
@@ -146,8 +148,9 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     known_prac = ledger.PRACTITIONER_MAP.empty_table() if batch.full else state.practitioner_map()
     status = optout.type1_status(canonical["observations"], optout_codes)
     filtered, type1 = optout.apply_type1(canonical, optout_codes)
-    new_optouts = _refs_to_pids([r for r, d in status.items() if d], canonical["patients"], pseudo, known)
-    readmitted = _refs_to_pids([r for r, d in status.items() if not d], canonical["patients"], pseudo, known)
+    every_id, every_pid = _nhs_pids(canonical["patients"], pseudo)  # once: both look-ups below use it
+    new_optouts = _refs_to_pids([r for r, d in status.items() if d], every_id, every_pid, pseudo, known)
+    readmitted = _refs_to_pids([r for r, d in status.items() if not d], every_id, every_pid, pseudo, known)
     earlier = pa.array([], pa.string()) if batch.full else state.optouts()
     earlier = earlier.filter(pc.invert(pc.is_in(earlier, value_set=readmitted)))
     optout_state = pc.unique(pa.concat_arrays([earlier, new_optouts]))
