@@ -152,13 +152,16 @@ def _validate(path: Path, doc, model: type[M], what: str) -> M:
         raise ConfigError(_explain(exc), file=str(path)) from None
 
 
-def load_model(path: Path, model: type[M], what: str) -> M:
-    """One YAML configuration file validated into a pydantic model; errors name the file and the field."""
+def _parse(path: Path):
     try:
-        doc = yaml.load(Path(path).read_text(), Loader=_LOADER)  # noqa: S506 - a safe loader (C or pure)
+        return yaml.load(Path(path).read_text(), Loader=_LOADER)  # noqa: S506 - a safe loader (C or pure)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
-    return _validate(Path(path).resolve(), doc, model, what)
+
+
+def load_model(path: Path, model: type[M], what: str) -> M:
+    """One YAML configuration file validated into a pydantic model; errors name the file and the field."""
+    return _validate(Path(path).resolve(), _parse(path), model, what)
 
 
 def _docs_cache(folder: Path) -> Path | None:
@@ -193,10 +196,7 @@ def _read_docs(folder: Path, paths: list[Path]) -> dict[Path, object]:
         if entry and entry[0] == stamp:
             docs[path] = entry[1]
         else:
-            try:
-                docs[path] = yaml.load(path.read_text(), Loader=_LOADER)  # noqa: S506 - a safe loader
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
+            docs[path] = _parse(path)
             changed = True
         fresh[path.name] = [stamp, docs[path]]
     if cache_path and (changed or len(fresh) != len(cached)):
