@@ -57,22 +57,17 @@ class PracticeExtractOperator(_PracticeOperator):
     ui_color = "#fde2c4"
 
     def run_stage(self, feed, cfg, context):
+        from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowSkipException
 
         from gpdata import pipeline
+        from gpdata_airflow.params import run_conf
 
-        uri = None
-        if feed.format == "sql":
-            from airflow.sdk import BaseHook
-
-            uri = BaseHook.get_connection(feed.connection_id).get_uri()
-        from gpdata import runparams
-
-        conf = runparams.validate(getattr(context.get("dag_run"), "conf", None) or {})
+        conf = run_conf(context)
         if conf.practices and feed.ods_code not in conf.practices:
             raise AirflowSkipException(f"practice {feed.ods_code} not among this run's practices")
-        force = conf.force
-        counts = pipeline.extract(feed, cfg, context["run_id"], force=force, connection_uri=uri)
+        uri = BaseHook.get_connection(feed.connection_id).get_uri() if feed.format == "sql" else None
+        counts = pipeline.extract(feed, cfg, context["run_id"], force=conf.force, connection_uri=uri)
         if counts.get("status") == "unchanged":
             raise AirflowSkipException(f"practice {feed.ods_code}: nothing new delivered since run "
                                        f"{counts.get('last_committed_run')}")

@@ -29,6 +29,13 @@ def extraction_params() -> dict[str, Param]:
     return params
 
 
+def run_conf(context) -> RunConf:
+    """The run's validated ``dag_run.conf`` (gpdata.runparams.validate)."""
+    from gpdata import runparams
+
+    return runparams.validate(getattr(context.get("dag_run"), "conf", None) or {})
+
+
 class ValidateRunConfOperator(BaseOperator):
     """Fail the run, before any practice task, if ``dag_run.conf`` breaks the run parameters' contract.
     Returns the validated parameters (a JSON document of ODS codes and flags)."""
@@ -36,9 +43,6 @@ class ValidateRunConfOperator(BaseOperator):
     ui_color = "#f4d6d6"
 
     def execute(self, context):
-        from gpdata import runparams
-
-        dag_run = context.get("dag_run")
-        conf = runparams.validate(getattr(dag_run, "conf", None) or {})
+        conf = run_conf(context)
         log.info("run parameters accepted: %d practice(s) requested, force=%s", len(conf.practices), conf.force)
         return conf.model_dump(mode="json")
