@@ -21,13 +21,14 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m gpdata.demo
+	$(BIN)/python -m gpdata.ops.demo
 
 airflow: $(STAMP)
-	$(BIN)/python -m gpdata.demo --airflow-standalone
+	$(BIN)/python -m gpdata.ops.demo --airflow-standalone
 
 test: $(STAMP) browser-deps
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 # Headless Chromium for the browser test of the GP data page (Debian packages; needs root or sudo). If it cannot
@@ -39,8 +40,11 @@ browser-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; } \
 	  || { echo "could not install chromium and chromium-driver (Debian packages) for the browser test" >&2; exit 1; }
 
+# ruff, and import-linter: imports follow the flow (ops -> pipeline -> share -> store -> quality -> privacy ->
+# ingest -> core) and only the CLI's synth command reaches the synthetic generator (contracts in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 # Leak scan of everything the demo wrote (store, all table versions, manifests, extracts, register, Airflow output).
 scan: $(STAMP)
@@ -55,7 +59,7 @@ clean:
 # Re-resolve the pinned environment from pyproject's direct dependencies (needs the package registry).
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/pip install --quiet -e '.[analysis]' pytest pytest-timeout pytest-xdist ruff selenium setuptools 'moto[server]'
+	.lockenv/bin/pip install --quiet -e '.[analysis]' pytest pytest-timeout pytest-xdist ruff import-linter hypothesis selenium setuptools 'moto[server]'
 	{ sed -n '1,2p' requirements.txt; .lockenv/bin/pip freeze --exclude-editable | grep -v '^-e'; \
 	  echo "setuptools==$$(.lockenv/bin/python -c 'import setuptools; print(setuptools.__version__)')"; } > requirements.new
 	mv requirements.new requirements.txt && rm -rf .lockenv

@@ -19,7 +19,7 @@ from pathlib import Path
 _DIRECT = """
 import sys
 from gpdata import pipeline, settings
-from gpdata.feeds import load_feeds
+from gpdata.ingest.feeds import load_feeds
 cfg = settings.load()
 for feed in load_feeds(cfg.feeds_dir):
     pipeline.run_practice(feed, cfg, "direct")
@@ -36,10 +36,11 @@ def _run(cmd: list[str], env: dict) -> float:
 
 
 def _home(base: Path, name: str, patients: int):
-    from gpdata import keys, settings
-    from gpdata.airflow_env import airflow_env
-    from gpdata.feeds import write_synthetic_feeds
+    from gpdata import settings
+    from gpdata.ops.airflow_env import airflow_env
+    from gpdata.privacy import keys
     from gpdata.synth import generate
+    from gpdata.synth.feeds import write_synthetic_feeds
 
     home = base / name
     shutil.rmtree(home, ignore_errors=True)

@@ -3,7 +3,7 @@
 Measured as the DAG processor sees it: in a fresh process with Airflow already imported, the time DagBag
 takes to process dags/gpdata_extract.py (Airflow's per-file parse timeout, 30 s by default, applies to
 this), next to the same with 3 feeds, as a baseline in the same run. The first parse reads every feed file;
-later ones reuse the parsed YAML of unchanged files (gpdata.feeds caches it under GPDATA_HOME).
+later ones reuse the parsed YAML of unchanged files (gpdata.ingest.feeds caches it under GPDATA_HOME).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class PracticeSet:
         return self.home / "sources" / (ods if fmt == "fhir" else f"{ods}-{fmt}")
 
     def feed(self, ods: str, fmt: str):
-        from gpdata.feeds import Feed
+        from gpdata.ingest.feeds import Feed
 
         fields = {"format": "fhir"} if fmt == "fhir" else {"format": "flatfile", "dialect": fmt,
                                                              "mode": "baseline"}

@@ -2,7 +2,7 @@
 
 pandas reads each file of a flat-file delivery, drops type 1 opt-outs, computes every pseudonym with a
 row-wise ``DataFrame.apply`` (one HMAC per row and field, no reuse), validates each whole frame with the same
-Great Expectations suites as gpdata (gpdata.suites), and writes it with ``to_parquet`` (zstd). No quarantine
+Great Expectations suites as gpdata (gpdata.quality.suites), and writes it with ``to_parquet`` (zstd). No quarantine
 of single rows, no commit to Delta: it does less than the pipeline.
 """
 
@@ -29,10 +29,11 @@ def _nhs_ok(value) -> str | None:
 def run_naive(folder: Path, ods: str, fmt: str, work: Path) -> dict:
     import pandas as pd
 
-    from gpdata import codes, quality, suites
-    from gpdata.dialects import load_dialect
-    from gpdata.keys import load_master_key
+    from gpdata import codes
+    from gpdata.ingest.dialects import load_dialect
     from gpdata.model import CURATED, EVENT_TABLES, PARTITION, TABLES
+    from gpdata.privacy.keys import load_master_key
+    from gpdata.quality import rules, suites
     from gpdata.synth.exports import FIRST_STAMP
 
     dialect = load_dialect(fmt)
@@ -53,7 +54,7 @@ def run_naive(folder: Path, ods: str, fmt: str, work: Path) -> dict:
     import great_expectations as gx
 
     t0 = time.perf_counter()
-    ctx = quality._gx_context(None, None)
+    ctx = rules._gx_context(None, None)
     source = ctx.data_sources.add_pandas("naive")
     frames, rows = {}, 0
     for name in TABLES:

@@ -36,7 +36,7 @@ def _environment(work: Path, input_home: Path) -> None:
                        "GX_ANALYTICS_ENABLED": "False", "GPDATA_MAX_FILE_BYTES": str(MAX_FILE_BYTES)})
     for name in ("GPDATA_MASTER_KEY", "GPDATA_STORE", "GPDATA_MODE"):
         os.environ.pop(name, None)
-    from gpdata.keys import write_development_key
+    from gpdata.privacy.keys import write_development_key
 
     write_development_key(work / "dev.key")
 
@@ -48,7 +48,7 @@ def limit_flatfile(folder: Path, out: Path) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from gpdata.dialects import load_dialect
+    from gpdata.ingest.dialects import load_dialect
 
     rows = 0
     for path in sorted(folder.iterdir()):

@@ -1,9 +1,10 @@
 """Shared test helpers that need the library (kept out of conftest so they can be imported)."""
 
-from gpdata import codes, keys
-from gpdata.deid import PostcodeLookup, Pseudonymiser, deidentify
-from gpdata.optout import apply_type1
-from gpdata.sources.fhir import read_bundles
+from gpdata import codes
+from gpdata.ingest.sources.fhir import read_bundles
+from gpdata.privacy import keys
+from gpdata.privacy.deid import PostcodeLookup, Pseudonymiser, deidentify
+from gpdata.privacy.type1 import apply_type1
 from tests import factory as f
 from tests.conftest import TEST_KEY, practice_resources
 

@@ -151,3 +151,13 @@ def staged_schema(table: str) -> pa.Schema:
     for name in (*POSITION, ISSUE):
         schema = schema.append(pa.field(name, pa.int32() if name == "_src_entry" else pa.string()))
     return schema
+
+# A quarantined row: where it came from and why, never its values.
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field(PARTITION, pa.string(), nullable=False),
+    pa.field("table_name", pa.string(), nullable=False),
+    pa.field("source_file", pa.string()),
+    pa.field("source_entry", pa.int32()),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+])

@@ -21,12 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gpdata import codes, deid, erasure, ledger, limits, nhsnumber, optout, quality, sources, store
+from gpdata import codes, quality, store
 from gpdata.errors import GpdataError, QualityGateError
-from gpdata.feeds import Feed
-from gpdata.keys import load_master_key
+from gpdata.ingest import ledger, limits, sources
+from gpdata.ingest.feeds import Feed
 from gpdata.model import TABLES
+from gpdata.privacy import deid, nhsnumber, type1
+from gpdata.privacy.keys import load_master_key
 from gpdata.settings import Settings
+from gpdata.store import erasure
 
 log = logging.getLogger("gpdata.pipeline")
 DELETIONS = pa.schema([("table", pa.string()), ("key", pa.string())])
@@ -79,7 +82,7 @@ def _refs_to_pids(refs: list[str], ids: pa.Array, pids: pa.Array, pseudo: deid.P
 
 
 def _deletion_keys(deleted: dict[str, pa.Table], pseudo: deid.Pseudonymiser, known: pa.Table) -> pa.Table:
-    """(table, key) of every record the source marks deleted, keyed as in the store (gpdata.store.KEYS)."""
+    """(table, key) of every record the source marks deleted, keyed as in the store (gpdata.store.tables.KEYS)."""
     parts = []
     none = pa.array([], pa.string())  # deleted patients are not in the batch's patients: the map alone
     for name, table in deleted.items():
@@ -146,8 +149,8 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     pseudo = deid.Pseudonymiser(key)
     known = ledger.PATIENT_MAP.empty_table() if batch.full else state.patient_map()
     known_prac = ledger.PRACTITIONER_MAP.empty_table() if batch.full else state.practitioner_map()
-    status = optout.type1_status(canonical["observations"], optout_codes)
-    filtered, type1 = optout.apply_type1(canonical, optout_codes)
+    status = type1.type1_status(canonical["observations"], optout_codes)
+    filtered, type1_counts = type1.apply_type1(canonical, optout_codes)
     every_id, every_pid = _nhs_pids(canonical["patients"], pseudo)  # once: both look-ups below use it
     new_optouts = _refs_to_pids([r for r, d in status.items() if d], every_id, every_pid, pseudo, known)
     readmitted = _refs_to_pids([r for r, d in status.items() if not d], every_id, every_pid, pseudo, known)
@@ -177,7 +180,7 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
             if dropped:
                 staged[name] = table.filter(pc.invert(drop))
                 if name != "patients":
-                    type1["records_excluded"][name] = type1["records_excluded"].get(name, 0) + dropped
+                    type1_counts["records_excluded"][name] = type1_counts["records_excluded"].get(name, 0) + dropped
     staged["optout_pids"] = pa.table({"patient_pid": new_optouts})
     staged["optout_state"] = pa.table({"patient_pid": optout_state})
     staged["patient_map"] = patient_map
@@ -189,7 +192,7 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
         "source": {"format": feed.format, **batch.summary()},
         "records_read": read_counts, "patients_read": read_counts["patients"],
         "deleted_by_source": {n: t.num_rows for n, t in batch.deleted.items() if t.num_rows},
-        "type1_optout": type1, **deid_counts,
+        "type1_optout": type1_counts, **deid_counts,
         "staged_rows": {name: staged[name].num_rows for name in TABLES},
         "seconds": {"extract_read": round(read_at - started, 3), "extract_type1": round(type1_at - read_at, 3),
                     "extract_deidentify": round(deid_at - type1_at, 3),
@@ -200,7 +203,7 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     _write_tables(staging_dir(settings, run_id, practice) / "extracted", staged, counts)
     counts["seconds"]["extract_write"] = round(time.monotonic() - deid_at, 3)  # after the manifest's copy
     log.info("practice %s: %d patients excluded by type 1 opt-out; staged %s", practice,
-             type1["patients_excluded"], counts["staged_rows"])
+             type1_counts["patients_excluded"], counts["staged_rows"])
     return counts
 
 

@@ -20,6 +20,7 @@ MinIO, and moto's server do).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,15 @@ def read_parquet(path: Any):
         with path.open("rb") as fh:
             return pq.read_table(fh)
     return pq.read_table(path)
+
+
+def write_json_atomic(path: Path, doc: dict) -> None:
+    """Write JSON atomically (by rename locally, one PUT on S3): a reader sees the old file or the new one,
+    never half of one."""
+    write_bytes_atomic(root(path), json.dumps(doc, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON document written by write_json_atomic, or None if there is none."""
+    path = root(path)
+    return json.loads(path.read_text()) if path.exists() else None

@@ -35,7 +35,7 @@ log = logging.getLogger("gpdata.airflow.alerts")
 NOTIFIER_ENV = "GPDATA_ALERT_NOTIFIER"
 NOTIFIER_KWARGS_ENV = "GPDATA_ALERT_NOTIFIER_KWARGS"
 DEADLINE_ENV = "GPDATA_DEADLINE_MINUTES"
-ODS_RE = re.compile(r"^[A-Z][0-9A-Z]{2,5}$")  # as gpdata.store.ODS_RE (kept here: no heavy import)
+ODS_RE = re.compile(r"^[A-Z][0-9A-Z]{2,5}$")  # as gpdata.store.tables.ODS_RE (kept here: no heavy import)
 STAGES = ("extract", "quality", "commit")
 
 

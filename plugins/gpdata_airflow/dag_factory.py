@@ -13,7 +13,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, task_group
 
 from gpdata import settings
-from gpdata.feeds import DEFAULT_SCHEDULE, load_feeds
+from gpdata.ingest.feeds import DEFAULT_SCHEDULE, load_feeds
 from gpdata_airflow.alerts import deadline_alert, failure_callback
 from gpdata_airflow.operators import (
     EXTRACTION_RUN,
@@ -150,7 +150,7 @@ log and rewrites the public register.
 
 
 def build_dissemination_dag(dag_id: str = "gpdata_disseminate") -> DAG:
-    from gpdata.projects import load_projects
+    from gpdata.share.projects import load_projects
 
     projects = [p for p in load_projects(settings.load().projects_dir) if p.active]
     with DAG(dag_id=dag_id, schedule=[RELEASES], start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),

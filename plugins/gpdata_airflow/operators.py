@@ -37,7 +37,7 @@ class _PracticeOperator(BaseOperator):
 
     def _feed(self):
         from gpdata import settings
-        from gpdata.feeds import find_feed
+        from gpdata.ingest.feeds import find_feed
 
         return find_feed(self.feeds_dir, self.ods_code), settings.load()
 
@@ -163,7 +163,8 @@ class ReleaseOperator(BaseOperator):
         super().__init__(**kwargs)
 
     def execute(self, context):
-        from gpdata import release, settings
+        from gpdata import settings
+        from gpdata.store import release
 
         manifest = release.create_release(settings.load().store, note=f"run {context['run_id']}")
         summary = {"release_id": manifest["release_id"],
@@ -183,9 +184,9 @@ class DisseminateOperator(BaseOperator):
 
     def execute(self, context):
         from gpdata import settings
-        from gpdata.disseminate import disseminate_all
-        from gpdata.keys import load_master_key
-        from gpdata.projects import load_project
+        from gpdata.privacy.keys import load_master_key
+        from gpdata.share.disseminate import disseminate_all
+        from gpdata.share.projects import load_project
 
         project = load_project(self.project_file)
         m = disseminate_all(settings.load(), load_master_key(), projects=[project],

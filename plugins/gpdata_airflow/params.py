@@ -3,7 +3,7 @@
 Airflow validates a triggered run's ``conf`` against these JSON schemas before it creates the run (the
 trigger form, the REST API and ``create_dagrun`` refuse it). Airflow lets keys it does not know through,
 so ``ValidateRunConfOperator``, the first task of a run, validates the whole ``dag_run.conf`` with the
-library's strict model (``gpdata.runparams``): an unknown key, a path or a shell metacharacter fails the
+library's strict model (``gpdata.ops.runparams``): an unknown key, a path or a shell metacharacter fails the
 run before any practice task starts. The schemas come from the library, so both checks are one contract.
 """
 
@@ -13,7 +13,7 @@ import logging
 
 from airflow.sdk import BaseOperator, Param
 
-from gpdata.runparams import JSON_SCHEMA, RunConf
+from gpdata.ops.runparams import JSON_SCHEMA, RunConf
 
 log = logging.getLogger("gpdata.airflow")
 DEFAULTS = {name: getattr(RunConf(), name) for name in JSON_SCHEMA}
@@ -30,8 +30,8 @@ def extraction_params() -> dict[str, Param]:
 
 
 def run_conf(context) -> RunConf:
-    """The run's validated ``dag_run.conf`` (gpdata.runparams.validate)."""
-    from gpdata import runparams
+    """The run's validated ``dag_run.conf`` (gpdata.ops.runparams.validate)."""
+    from gpdata.ops import runparams
 
     return runparams.validate(getattr(context.get("dag_run"), "conf", None) or {})
 

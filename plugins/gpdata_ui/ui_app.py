@@ -1,4 +1,4 @@
-"""The GP data page: a small FastAPI app, rendered on the server from ``gpdata.status`` (JSON documents only).
+"""The GP data page: a small FastAPI app, rendered on the server from ``gpdata.ops.status`` (JSON documents only).
 
 Routes, all under ``/gpdata`` and all behind Airflow's authentication and the Plugins view permission
 (an app-level dependency, so a route added later is covered too; FastAPI's own /docs, /redoc and
@@ -35,7 +35,7 @@ def _environment():
 
 
 def render_page(doc: dict, base: str = f"{URL_PREFIX}/") -> str:
-    """The page's HTML (autoescaped) from a ``gpdata.status.overview`` document."""
+    """The page's HTML (autoescaped) from a ``gpdata.ops.status.overview`` document."""
     practices = doc["practices"]
     summary = {kind: sum(1 for p in practices if p["kind"] == kind) for kind in ("ok", "failed", "unknown", "none")}
     return _environment().get_template("gp_data.html").render(doc=doc, base=base, summary=summary)
@@ -61,14 +61,14 @@ def create_app(dependencies: list | None = None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request) -> HTMLResponse:
-        from gpdata import status
+        from gpdata.ops import status
 
         base = request.scope.get("root_path", "").rstrip("/") + "/"
         return HTMLResponse(render_page(status.overview(_settings()), base=base), headers=HEADERS)
 
     @app.get("/status.json")
     def status_json() -> JSONResponse:
-        from gpdata import status
+        from gpdata.ops import status
 
         return JSONResponse(status.overview(_settings()), headers=HEADERS)
 

@@ -25,13 +25,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gpdata import keys, ndop, release, settings, store
-from gpdata.airflow_env import REPO_ROOT, airflow_env
-from gpdata.disseminate import disseminate_all
-from gpdata.feeds import write_synthetic_feeds
-from gpdata.leakscan import collect_identifiers, scan_text
+from gpdata import settings, store
 from gpdata.model import TABLES
+from gpdata.ops.airflow_env import REPO_ROOT, airflow_env
+from gpdata.ops.leakscan import collect_identifiers, scan_text
+from gpdata.privacy import keys, ndop
+from gpdata.share.disseminate import disseminate_all
+from gpdata.store import release
 from gpdata.synth import generate
+from gpdata.synth.feeds import write_synthetic_feeds
 
 pytestmark = pytest.mark.system
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from gpdata.airflow_env import REPO_ROOT
+from gpdata.ops.airflow_env import REPO_ROOT
 
 
 @pytest.fixture

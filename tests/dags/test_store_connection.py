@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from gpdata.airflow_env import REPO_ROOT
+from gpdata.ops.airflow_env import REPO_ROOT
 
 CONN = {"conn_type": "aws", "login": "AKIDSTORETEST", "password": "store-secret-value",
         "extra": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-2"}}

@@ -30,12 +30,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from gpdata import keys, pipeline, settings, store
-from gpdata.deid import Pseudonymiser
-from gpdata.feeds import Feed, load_feeds, write_synthetic_feeds
-from gpdata.leakscan import collect_identifiers, scan_text, scan_tree
+from gpdata import pipeline, settings, store
+from gpdata.ingest.feeds import Feed, load_feeds
 from gpdata.model import TABLES
+from gpdata.ops.leakscan import collect_identifiers, scan_text, scan_tree
+from gpdata.privacy import keys
+from gpdata.privacy.deid import Pseudonymiser
 from gpdata.synth import generate
+from gpdata.synth.feeds import write_synthetic_feeds
 from tests.conftest import TEST_KEY
 from tests.reliability import worker
 

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from gpdata import pipeline, release, store
+from gpdata import pipeline, store
 from gpdata.errors import GpdataError
+from gpdata.store import release
 from tests.reliability.conftest import (
     RUN,
     assert_no_leaks,

@@ -12,13 +12,14 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
-from gpdata import ledger, pipeline, settings, store
-from gpdata.dialects import load_dialect
+from gpdata import pipeline, settings, store
 from gpdata.errors import SourceError
-from gpdata.feeds import Feed
-from gpdata.leakscan import collect_identifiers, scan_text
+from gpdata.ingest import ledger
+from gpdata.ingest.dialects import load_dialect
+from gpdata.ingest.feeds import Feed
+from gpdata.ingest.sources.flatfile import write_delivery
 from gpdata.model import TABLES
-from gpdata.sources.flatfile import write_delivery
+from gpdata.ops.leakscan import collect_identifiers, scan_text
 from gpdata.synth import exports, generate
 
 TODAY = dt.date(2026, 1, 1)

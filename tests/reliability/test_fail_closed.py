@@ -10,9 +10,12 @@ import logging
 
 import pytest
 
-from gpdata import disseminate, keys, ndop, pipeline, release, settings, store
+from gpdata import pipeline, settings, store
 from gpdata.errors import GpdataError, KeyConfigError, QualityGateError
-from gpdata.projects import load_project
+from gpdata.privacy import keys, ndop
+from gpdata.share import disseminate
+from gpdata.share.projects import load_project
+from gpdata.store import release
 from tests.reliability.conftest import assert_no_leaks, digest, table_digests
 
 PROJECT = settings.DEFAULT_PROJECTS_DIR / "DARS-DEMO-HTN.yaml"  # applies the National Data Opt-out

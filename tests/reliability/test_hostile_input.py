@@ -15,8 +15,12 @@ import tracemalloc
 import pytest
 import yaml
 
-from gpdata import csvsafe, disseminate, keys, limits, pipeline, release, settings, store
+from gpdata import pipeline, settings, store
 from gpdata.errors import SourceError
+from gpdata.ingest import limits
+from gpdata.privacy import keys
+from gpdata.share import csvsafe, disseminate
+from gpdata.store import release
 from tests.reliability.conftest import FORMULAS, assert_no_leaks, digest
 
 FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")

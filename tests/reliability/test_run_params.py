@@ -16,9 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpdata import runparams, settings
-from gpdata.airflow_env import REPO_ROOT, airflow_env
+from gpdata import settings
 from gpdata.errors import ConfigError
+from gpdata.ops import runparams
+from gpdata.ops.airflow_env import REPO_ROOT, airflow_env
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 HOSTILE_VALUES = [

@@ -38,7 +38,8 @@ def _pause(go: str | None) -> None:
 
 
 def _install_pause(point: str, go: str | None) -> None:
-    from gpdata import deid, store
+    from gpdata import store
+    from gpdata.privacy import deid
 
     if point == "deidentify":
         real_deid = deid.deidentify
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from gpdata import pipeline, settings, store
-    from gpdata.feeds import load_feed
+    from gpdata.ingest.feeds import load_feed
 
     cfg = settings.load()
     if args.pause_at:

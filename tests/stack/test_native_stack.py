@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from gpdata import settings, store
-from gpdata.feeds import write_synthetic_feeds
-from gpdata.leakscan import collect_identifiers, dump_findings, scan_tree
+from gpdata.ops.leakscan import collect_identifiers, dump_findings, scan_tree
 from gpdata.synth import generate
+from gpdata.synth.feeds import write_synthetic_feeds
 from tests.stack import compose, stack
 from tests.stack.compose import COMPOSE_FILE, REPO, StackStartupError
 from tests.support.s3 import create_bucket, moto_server

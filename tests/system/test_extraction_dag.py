@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from gpdata import audit, keys, ndop, release, settings, store
-from gpdata.airflow_env import airflow_env
-from gpdata.deid import Pseudonymiser
-from gpdata.feeds import write_synthetic_feeds
-from gpdata.leakscan import collect_identifiers, scan_text, scan_tree
+from gpdata import audit, settings, store
 from gpdata.model import TABLES
+from gpdata.ops.airflow_env import airflow_env
+from gpdata.ops.leakscan import collect_identifiers, scan_text, scan_tree
+from gpdata.privacy import keys, ndop
+from gpdata.privacy.deid import Pseudonymiser
+from gpdata.store import release
 from gpdata.synth import generate
+from gpdata.synth.feeds import write_synthetic_feeds
 
 pytestmark = pytest.mark.system
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))

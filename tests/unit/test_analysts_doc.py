@@ -4,9 +4,10 @@ import re
 
 import pytest
 
-from gpdata import pipeline, release, settings
-from gpdata.airflow_env import REPO_ROOT
-from gpdata.feeds import Feed
+from gpdata import pipeline, settings
+from gpdata.ingest.feeds import Feed
+from gpdata.ops.airflow_env import REPO_ROOT
+from gpdata.store import release
 from gpdata.synth import generate
 
 DOC = REPO_ROOT / "docs" / "analysts.md"

@@ -6,7 +6,7 @@ import pytest
 
 from gpdata import pipeline, settings, store
 from gpdata.errors import QualityGateError
-from gpdata.feeds import Feed
+from gpdata.ingest.feeds import Feed
 from gpdata.synth import generate
 
 

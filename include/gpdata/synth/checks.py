@@ -1,6 +1,6 @@
 """Check digits for the generator and its tests, from the library (one implementation of each).
 
-* NHS numbers: Modulus 11 over the first nine digits, weights 10..2 (gpdata.nhsnumber).
+* NHS numbers: Modulus 11 over the first nine digits, weights 10..2 (gpdata.privacy.nhsnumber).
 * SNOMED CT / dm+d identifiers: Verhoeff check digit on the whole identifier (gpdata.codes).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gpdata.codes import verhoeff_check_digit
 from gpdata.codes import verhoeff_ok as verhoeff_valid
-from gpdata.nhsnumber import check_digit as nhs_check_digit
+from gpdata.privacy.nhsnumber import check_digit as nhs_check_digit
 
 __all__ = ["nhs_check_digit", "nhs_number_in_test_range", "nhs_number_valid", "verhoeff_check_digit",
            "verhoeff_valid"]

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from gpdata.dialects import Dialect, load_dialect
+from gpdata.ingest.dialects import Dialect, load_dialect
+from gpdata.ingest.sources.fhir import read_bundles
+from gpdata.ingest.sources.flatfile import write_delivery
 from gpdata.model import CANONICAL, POSITION, TABLES
-from gpdata.sources.fhir import read_bundles
-from gpdata.sources.flatfile import write_delivery
 
 FLATFILE_DIALECTS = ("emis_csv", "tpp_pipe")
 DISSENT = ("snomed", "827241000000103")
@@ -81,7 +81,7 @@ def make_increment(tables: dict[str, pa.Table], *, seed: int = 7, fraction: floa
     dissent_codes = {"827241000000103", "9Nu0.", "XaZ89", "827261000000102", "9Nu1.", "XaZ8A"}
     coded = set(obs.filter(pc.is_in(obs["code"], pa.array(sorted(dissent_codes))))["patient_ref"].to_pylist())
     patients = tables["patients"]
-    from gpdata import nhsnumber
+    from gpdata.privacy import nhsnumber
 
     valid = nhsnumber.is_valid(nhsnumber.normalise(patients["nhs_number"].combine_chunks())).to_pylist()
     candidates = [p for p, ok in zip(patients["source_id"].to_pylist(), valid, strict=True)

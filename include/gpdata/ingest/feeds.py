@@ -1,0 +1,174 @@
+"""Practice feeds: one YAML file per practice, validated. Adding a file adds the practice."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gpdata.config import explain, load_folder, load_model
+from gpdata.errors import ConfigError
+from gpdata.settings import CONFIG_DIR
+
+ODS_PRACTICE_RE = re.compile(r"^[A-Z][0-9]{5}$")
+CONN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$")
+SCHEDULE_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@once")
+DEFAULT_SCHEDULE = "@daily"
+
+
+@cache
+def _dialects() -> dict[str, str]:
+    """Dialect name -> kind, read cheaply (DAG parsing must not import the data libraries); the full dialect
+    is validated when a task reads it and by ``gpdata feeds validate``."""
+    out = {}
+    for path in sorted((CONFIG_DIR / "dialects").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text()) or {}
+        out[path.stem] = doc.get("kind")
+    return out
+
+
+class Feed(BaseModel):
+    """One practice's source of records."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ods_code: str = Field(description="ODS code of the practice, one letter and five digits (e.g. A81001)")
+    name: str = Field(min_length=1, description="Practice name, for operators")
+    supplier: str = Field(default="unknown", min_length=1,
+                          description="Clinical system supplier (e.g. EMIS, TPP, synthetic)")
+    format: Literal["fhir", "flatfile", "sql"] = Field(
+        default="fhir", description="fhir (GP Connect / UK Core bundles), flatfile (a supplier export in a "
+                                    "dialect) or sql (a supplier database)")
+    location: str | None = Field(default=None, min_length=1,
+                                 description="Delivery folder (fhir, flatfile); relative paths are from the YAML "
+                                             "file")
+    connection_id: str | None = Field(default=None, description="Airflow connection id of the supplier database "
+                                                                "(sql)")
+    dialect: str | None = Field(default=None, description="Dialect in include/config/dialects (flatfile: required; "
+                                                           "sql: default supplier_sql)")
+    mode: Literal["baseline", "incremental"] = Field(
+        default="baseline", description="baseline: every delivery is a full extract that replaces the practice's "
+                                        "data; incremental: a baseline, then only changes (amendments and "
+                                        "deletions) merged in (flatfile, sql)")
+    schedule: str = Field(default=DEFAULT_SCHEDULE, description="When to extract: a preset (@hourly, @daily, "
+                                                                "@weekly, @monthly) or a cron expression")
+    active: bool = True
+    max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0,
+                                           description="Share of a table's rows that may be quarantined "
+                                                       "before the whole batch fails")
+    quarantine_allowance: int = Field(default=10, ge=0,
+                                      description="Quarantined rows per table that never fail the batch, "
+                                                  "so one bad row in a small table is not a failed feed")
+    volume_tolerance: float | None = Field(default=0.5, ge=0.0,
+                                           description="Largest relative change in a table's delivered rows "
+                                                       "against the previous committed run (null: no check)")
+    source_file: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("ods_code")
+    @classmethod
+    def _ods(cls, value: str) -> str:
+        if not ODS_PRACTICE_RE.match(value):
+            raise ValueError("must be an ODS practice code: one capital letter then five digits, e.g. A81001")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        if value in SCHEDULE_PRESETS:
+            return value
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"must be one of {', '.join(SCHEDULE_PRESETS)} or a cron expression like '0 2 * * *'")
+        return value
+
+    @field_validator("connection_id")
+    @classmethod
+    def _conn(cls, value: str | None) -> str | None:
+        if value is not None and not CONN_ID_RE.match(value):
+            raise ValueError("must be an Airflow connection id (letters, digits, _ . -)")
+        return value
+
+    @model_validator(mode="after")
+    def _by_format(self) -> Feed:
+        if self.format in ("fhir", "flatfile") and not self.location:
+            raise ValueError(f"format {self.format} needs a location (the delivery folder)")
+        if self.format == "sql":
+            if not self.connection_id:
+                raise ValueError("format sql needs connection_id (an Airflow connection)")
+            if self.location:
+                raise ValueError("format sql reads a database: remove location")
+        elif self.connection_id:
+            raise ValueError(f"format {self.format} reads files: remove connection_id")
+        if self.format == "fhir":
+            if self.dialect:
+                raise ValueError("format fhir has no dialect: remove it")
+            if self.mode != "baseline":
+                raise ValueError("format fhir delivers full snapshots: mode must be baseline")
+        if self.format == "flatfile" and not self.dialect:
+            raise ValueError(f"format flatfile needs a dialect (one of {', '.join(_dialects())})")
+        if self.dialect:
+            kind = _dialects().get(self.dialect)
+            if kind is None:
+                raise ValueError(f"unknown dialect {self.dialect!r} (known: {', '.join(_dialects())})")
+            if kind != self.format:
+                raise ValueError(f"dialect {self.dialect} is for format {kind}, not {self.format}")
+        return self
+
+    def location_path(self) -> Path:
+        path = Path(self.location or ".")
+        if not path.is_absolute() and self.source_file is not None:
+            path = self.source_file.parent / path
+        return path.resolve()
+
+
+def load_feed(path: Path) -> Feed:
+    return load_model(path, Feed, "feed")
+
+
+def find_feed(folder: Path, ods_code: str) -> Feed:
+    """The feed of one practice: ``<ODS>.yaml`` (as ``gpdata feeds add`` writes it), else a search of the
+    folder. The file's ODS code must match."""
+    if not ODS_PRACTICE_RE.match(ods_code or ""):
+        raise ConfigError(f"not an ODS practice code: {ods_code!r}")
+    for name in (f"{ods_code}.yaml", f"{ods_code}.yml"):
+        path = Path(folder) / name
+        if path.exists():
+            feed = load_feed(path)
+            if feed.ods_code == ods_code:
+                return feed
+    for feed in load_feeds(folder):
+        if feed.ods_code == ods_code:
+            return feed
+    raise ConfigError(f"no feed for practice {ods_code} in {folder}", practice=ods_code)
+
+
+def load_feeds(folder: Path, *, active_only: bool = False) -> list[Feed]:
+    """Every feed in a folder, sorted by ODS code; duplicates are an error."""
+    feeds = load_folder(folder, load_feed, "ods_code", "feed", "ODS code", model=Feed)
+    return [f for f in feeds if f.active] if active_only else feeds
+
+
+def feed_yaml(feed: Feed) -> str:
+    return yaml.safe_dump(feed.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def add_feed(folder: Path, fields: dict) -> Path:
+    """Validate a feed from its fields and write ``<ODS>.yaml``; refuses a practice that already has a feed."""
+    folder = Path(folder)
+    try:
+        feed = Feed(**fields)
+    except ValidationError as exc:
+        raise ConfigError(explain(exc)) from None
+    existing = {f.ods_code: f.source_file for f in load_feeds(folder)} if folder.is_dir() else {}
+    if feed.ods_code in existing:
+        raise ConfigError(f"practice {feed.ods_code} already has a feed: {existing[feed.ods_code]}")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{feed.ods_code}.yaml"
+    path.write_text(f"# Feed of {feed.name}, written by gpdata feeds add\n" + feed_yaml(feed))
+    load_feed(path)  # what was written reads back valid
+    return path

@@ -1,0 +1,269 @@
+"""Source adapters: each turns a practice's new deliveries into canonical Arrow tables (gpdata.model).
+
+``collect`` is the one entry point. It decides, from the practice's ledger (gpdata.ingest.ledger), what is new:
+
+* **fhir** (baseline): the folder of bundles is one full snapshot. Unchanged since the last commit (every file
+  hash seen before, same set) means nothing to do; a renamed copy of a bundle inside a snapshot is skipped.
+* **flatfile**: files grouped into deliveries by their stamp. In *baseline* mode each delivery is a full
+  snapshot and the newest new one is read; in *incremental* mode every new delivery is read in stamp order and
+  the newest version of each record wins. A file whose exact content was processed before, under any name, is
+  skipped. Incremental deliveries are applied in stamp order with no gap, since a record's older version must
+  never replace a newer one: a delivery older than one already applied is quarantined as late (the run fails
+  saying so), and while a quarantined delivery has not been delivered again, later deliveries are held (read
+  and checked, not applied) until the corrected one arrives under the same stamp. ``force`` rebuilds the
+  practice from every delivery in its inbox instead.
+* **sql**: rows changed since the last committed watermark (all rows for a baseline).
+
+A delivery that cannot be read is moved, whole, to ``$GPDATA_HOME/quarantine/<ODS>/`` with a note of why, and
+the practice's task fails naming the file, row and cause. Nothing is recorded in the ledger until the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from gpdata.errors import ConfigError, SourceError
+from gpdata.ingest.ledger import PracticeState, sha256_file
+from gpdata.model import CANONICAL, TABLES
+
+
+@dataclass
+class Batch:
+    """What one run extracts for a practice."""
+
+    tables: dict[str, pa.Table]                 # canonical rows (identifiable; memory only)
+    deleted: dict[str, pa.Table]                # canonical rows the source marks deleted
+    full: bool                                  # True: replaces the practice's data; False: merged into it
+    files: list[dict] = field(default_factory=list)    # consumed: name, sha256, delivery
+    skipped: list[dict] = field(default_factory=list)  # duplicates: name, duplicate_of
+    deliveries: list[str] = field(default_factory=list)
+    watermark: str | None = None
+    snapshot: str | None = None
+
+    def summary(self) -> dict:
+        return {"mode": "baseline" if self.full else "incremental", "deliveries": self.deliveries,
+                "files": len(self.files), "duplicates_skipped": self.skipped, "watermark": self.watermark}
+
+
+def _empty_deleted() -> dict[str, pa.Table]:
+    return {name: CANONICAL[name].empty_table() for name in TABLES}
+
+
+def quarantine_files(paths: list[Path], target: Path, error: SourceError, delivery: str | None = None) -> Path:
+    """Move a failed delivery's files aside with a note of the cause (no values: the error names none) and,
+    for a flat-file delivery, its stamp."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = target / stamp
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = target / f"{stamp}-{n}"
+    folder.mkdir(parents=True)
+    for path in paths:
+        if path.exists():
+            shutil.move(str(path), folder / path.name)
+    (folder / "REASON.json").write_text(json.dumps({
+        "practice": error.practice, "file": error.file, "row": error.row, "cause": error.cause,
+        "files": [p.name for p in paths], "quarantined_at": stamp, "delivery": delivery}, indent=2))
+    return folder
+
+
+def quarantined(target: Path) -> dict[str, dict]:
+    """A practice's quarantined flat-file deliveries: stamp -> the latest REASON.json for it."""
+    out: dict[str, dict] = {}
+    for reason in sorted(Path(target).glob("*/REASON.json")):
+        note = json.loads(reason.read_text())
+        if note.get("delivery"):
+            out[note["delivery"]] = note
+    return out
+
+
+def _fail(exc: SourceError, paths: list[Path], quarantine_dir: Path, delivery: str | None = None) -> SourceError:
+    folder = quarantine_files(paths, quarantine_dir, exc, delivery)
+    return SourceError(f"{exc.cause}; the delivery ({len(paths)} file(s)) was moved to {folder}",
+                       practice=exc.practice, file=exc.file, row=exc.row, stage="extract")
+
+
+def _has_rows(path: Path) -> bool:
+    """False only for a file holding exactly one line (a header): nothing in it to apply. An empty file counts as
+    having rows, so it is read and refused as truncated."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    return not (head.endswith(b"\n") and head.count(b"\n") == 1)
+
+
+def _fhir(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> Batch | None:
+    from gpdata.ingest.sources.fhir import bundle_files, read_bundles
+
+    location = feed.location_path()
+    if not location.is_dir():
+        raise SourceError(f"delivery folder {location} does not exist", practice=feed.ods_code)
+    files, skipped, hashes = [], [], {}
+    for path in bundle_files(location):
+        digest = sha256_file(path)
+        if digest in hashes:
+            skipped.append({"name": path.name, "duplicate_of": hashes[digest]})
+            continue
+        hashes[digest] = path.name
+        files.append({"name": path.name, "sha256": digest, "delivery": "snapshot"})
+    if not files:
+        raise SourceError(f"no FHIR bundles (*.json) in {location}", practice=feed.ods_code)
+    snapshot = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
+    if snapshot == state.snapshot and not force:
+        return None
+    try:
+        tables = read_bundles(location, feed.ods_code, only=[f["name"] for f in files])
+    except SourceError as exc:
+        raise _fail(exc, bundle_files(location), quarantine_dir) from None
+    return Batch(tables=tables, deleted=_empty_deleted(), full=True, files=files, skipped=skipped,
+                 deliveries=[f"snapshot {snapshot[:12]}"], snapshot=snapshot)
+
+
+def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> Batch | None:
+    from gpdata.ingest.dialects import load_dialect
+    from gpdata.ingest.sources.convert import latest_versions, split_deleted
+    from gpdata.ingest.sources.flatfile import list_files, read_file
+
+    dialect = load_dialect(feed.dialect)
+    practice = feed.ods_code
+    by_stamp: dict[str, list] = {}
+    for f in list_files(feed.location_path(), dialect, practice):
+        by_stamp.setdefault(f.stamp, []).append(f)
+    incremental = feed.mode == "incremental" and state.baselined and not force
+    new, skipped, seen_now = {}, [], {}
+    for stamp, group in by_stamp.items():
+        tables = [f.table for f in group]
+        if len(set(tables)) != len(tables):
+            raise SourceError(f"delivery {stamp} has two files for one record type", practice=practice)
+        missing = [t for t in TABLES if t not in tables]
+        if missing:
+            raise SourceError(f"delivery {stamp} is incomplete: no file for {', '.join(missing)} (a delivery "
+                              "has one file per record type, with only a header when it has no rows)",
+                              practice=practice, file=group[0].path.name)
+        fresh = []
+        for f in group:
+            digest = sha256_file(f.path)
+            earlier = state.seen(digest)
+            if earlier and incremental and earlier["name"] == f.path.name:
+                continue  # processed before: deliveries stay in the inbox until the supplier clears them
+            duplicate_of = seen_now.get(digest) or (earlier["name"] if earlier and incremental else None)
+            if feed.mode == "incremental" and duplicate_of and _has_rows(f.path):
+                skipped.append({"name": f.path.name, "duplicate_of": duplicate_of})
+                continue
+            seen_now.setdefault(digest, f.path.name)
+            fresh.append((f, digest, earlier))
+        if feed.mode == "baseline" and all(e for _, _, e in fresh) and not force:
+            continue  # this snapshot was committed before (perhaps under other names)
+        if feed.mode == "incremental" and not any(_has_rows(f.path) for f, _, _ in fresh):
+            continue  # only duplicates and header-only files: nothing new in this delivery
+        if fresh:
+            new[stamp] = fresh
+    if not new:
+        return None if not skipped else Batch(tables={}, deleted={}, full=False, skipped=skipped)
+    stamps = sorted(new)
+    if incremental:
+        _refuse_late(practice, stamps, by_stamp, state, quarantine_dir)
+    if feed.mode == "baseline" or not incremental:
+        # a snapshot: the newest; or the first incremental run: every delivery so far, newest version wins
+        stamps = stamps[-1:] if feed.mode == "baseline" else stamps
+    per_table: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+    files = []
+    for stamp in stamps:
+        for f, digest, _ in new[stamp]:
+            try:
+                per_table[f.table].append(read_file(f, dialect, practice))
+            except SourceError as exc:
+                raise _fail(exc, [g.path for g in by_stamp[stamp]], quarantine_dir, stamp) from None
+            files.append({"name": f.path.name, "sha256": digest, "delivery": stamp})
+    if incremental:
+        _hold_after_a_gap(practice, stamps, state, quarantine_dir)
+    tables, deleted = {}, {}
+    for name in TABLES:
+        parts = per_table[name]
+        combined = latest_versions(parts) if parts else None
+        if combined is None:
+            tables[name], deleted[name] = CANONICAL[name].empty_table(), CANONICAL[name].empty_table()
+        else:
+            tables[name], deleted[name] = split_deleted(combined)
+    return Batch(tables=tables, deleted=deleted, full=not incremental, files=files, skipped=skipped,
+                 deliveries=stamps)
+
+
+def _refuse_late(practice: str, stamps: list[str], by_stamp: dict, state: PracticeState,
+                 quarantine_dir: Path) -> None:
+    """An incremental delivery older than one already applied would replace newer versions of its records:
+    each such delivery is moved to quarantine and the run fails saying so (the others wait for the next run)."""
+    applied = state.applied_through()
+    late = [s for s in stamps if applied and s < applied]
+    if not late:
+        return
+    one = len(late) == 1
+    exc = SourceError(f"deliver{'y' if one else 'ies'} {', '.join(late)} {'is' if one else 'are'} older than "
+                      f"delivery {applied}, which was applied already: applied now, {'its' if one else 'their'} "
+                      "records would replace newer versions. To include them, put them back in the inbox and run "
+                      'with {"force": true}, which rebuilds the practice from every delivery there',
+                      practice=practice, file=by_stamp[late[0]][0].path.name)
+    folders = [quarantine_files([f.path for f in by_stamp[stamp]], quarantine_dir, exc, stamp) for stamp in late]
+    raise SourceError(f"{exc.cause}; moved to {', '.join(map(str, folders))}", practice=practice,
+                      file=exc.file, stage="extract")
+
+
+def _hold_after_a_gap(practice: str, stamps: list[str], state: PracticeState, quarantine_dir: Path) -> None:
+    """Refuse to apply deliveries that follow a quarantined one not yet delivered again (a gap): applied
+    first, they would be overwritten by the older versions in the corrected delivery when it comes."""
+    applied = state.applied_through() or ""
+    committed = state.deliveries()
+    notes = quarantined(quarantine_dir)
+    gaps = sorted(stamp for stamp in notes if stamp > applied and stamp not in committed and stamp not in stamps)
+    held = [s for s in stamps if gaps and s > gaps[0]]
+    if held:
+        one = len(held) == 1
+        raise SourceError(
+            f"delivery {gaps[0]} was quarantined ({notes[gaps[0]].get('cause')}) and has not been delivered "
+            f"again, so {len(held)} later deliver{'y' if one else 'ies'} ({', '.join(held)}) "
+            f"{'is' if one else 'are'} held in the inbox, unapplied: send the corrected delivery under the same "
+            'stamp, or run with {"force": true} to rebuild the practice from every delivery in the inbox',
+            practice=practice)
+
+
+def _sql(feed, state: PracticeState, uri: str | None, force: bool) -> Batch | None:
+    from gpdata.ingest.dialects import load_dialect
+    from gpdata.ingest.sources.convert import split_deleted
+    from gpdata.ingest.sources.sql import connection_uri, read_changes
+
+    dialect = load_dialect(feed.dialect or "supplier_sql")
+    incremental = feed.mode == "incremental" and state.baselined and not force
+    since = state.watermark if incremental else None
+    raw, watermark = read_changes(uri or connection_uri(feed.connection_id), dialect, feed.ods_code, since)
+    if incremental and not any(t.num_rows for t in raw.values()):
+        return None
+    tables, deleted = {}, {}
+    for name in TABLES:
+        tables[name], deleted[name] = split_deleted(raw[name])
+    return Batch(tables=tables, deleted=deleted, full=not incremental, watermark=watermark,
+                 deliveries=[f"changes since {since}" if since else "all rows"])
+
+
+def collect(feed, state: PracticeState, quarantine_dir: Path, *, force: bool = False,
+            connection_uri: str | None = None) -> Batch | None:
+    """The practice's new data, or None when nothing changed since the last commit."""
+    if feed.format in ("fhir", "flatfile"):
+        from gpdata.ingest import limits
+
+        location = feed.location_path()
+        if location.is_dir():  # every file within the size limit before any is read
+            limits.check_files(limits.delivered_files(location), feed.ods_code)
+    if feed.format == "fhir":
+        return _fhir(feed, state, quarantine_dir / feed.ods_code, force)
+    if feed.format == "flatfile":
+        return _flatfile(feed, state, quarantine_dir / feed.ods_code, force)
+    if feed.format == "sql":
+        return _sql(feed, state, connection_uri, force)
+    raise ConfigError(f"unknown source format {feed.format!r}", practice=feed.ods_code)

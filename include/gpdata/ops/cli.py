@@ -1,0 +1,278 @@
+"""The `gpdata` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gpdata import settings
+from gpdata.errors import GpdataError
+
+
+def _synth(args) -> int:
+    from gpdata.synth import generate
+    from gpdata.synth.feeds import write_synthetic_feeds
+
+    root = Path(args.out).resolve()
+    truths = generate(root, n_practices=args.practices, n_patients=args.patients, seed=args.seed,
+                      events_per_patient=args.events_per_patient, dirty_fraction=args.dirty_fraction,
+                      optout_fraction=args.optout_fraction, progress=lambda msg: print(msg, flush=True))
+    if args.feeds_dir:
+        write_synthetic_feeds([t.ods_code for t in truths], root / "sources", Path(args.feeds_dir).resolve(),
+                              formats=args.formats.split(","))
+        print(f"feed files: {args.feeds_dir}")
+    print(f"wrote {len(truths)} practices under {root / 'sources'}; lookups under {root / 'reference'}")
+    return 0
+
+
+def _feeds(args) -> int:
+    from gpdata.ingest.feeds import add_feed, load_feeds
+
+    folder = Path(args.dir) if args.dir else settings.load().feeds_dir
+    if args.action == "add":
+        fields = {k: getattr(args, k) for k in ("ods_code", "name", "supplier", "format", "location",
+                                                "connection_id", "dialect", "mode", "schedule")
+                  if getattr(args, k) is not None}
+        if args.inactive:
+            fields["active"] = False
+        path = add_feed(folder, fields)
+        print(f"wrote {path}; the practice joins the extraction DAG at its next parse")
+        return 0
+    feeds = load_feeds(folder)
+    if args.action == "validate":
+        from gpdata.ingest.dialects import load_dialect
+
+        for dialect in sorted({f.dialect for f in feeds if f.dialect}):
+            load_dialect(dialect)  # the full dialect check (DAG parsing only checks its name and kind)
+        print(f"{len(feeds)} feed(s) valid in {folder}")
+        return 0
+    print(f"{'ODS':8} {'active':6} {'format':8} {'mode':11} {'schedule':10} {'supplier':10} name")
+    for f in feeds:
+        print(f"{f.ods_code:8} {str(f.active).lower():6} {f.format:8} {f.mode:11} {f.schedule:10} "
+              f"{f.supplier:10} {f.name}")
+    return 0
+
+
+def _summary(args) -> int:
+    from gpdata.ops.report import print_summary
+
+    return print_summary(settings.load())
+
+
+def _dev_key(args) -> int:
+    from gpdata.privacy.keys import write_development_key
+
+    path = Path(args.path) if args.path else settings.load().secrets / "dev-master.key"
+    print(("wrote " if write_development_key(path) else "kept existing ") + f"development key {path}")
+    return 0
+
+
+def _scan(args) -> int:
+    from gpdata.ops.leakscan import collect_identifiers, scan_tree
+    from gpdata.privacy.deid import Pseudonymiser
+    from gpdata.privacy.keys import load_master_key
+
+    cfg = settings.load()
+    ids = collect_identifiers(cfg.sources)
+    try:  # with the key, a patient's own full date of birth in their row is checked too
+        pseudo = Pseudonymiser(load_master_key())
+        ids.link(lambda nhs: pseudo(nhs, "nhs_number"))
+    except GpdataError as exc:
+        print(f"note: per-patient date-of-birth check skipped ({exc.cause})")
+    default = [p for p in (cfg.store, cfg.extracts, cfg.register, cfg.airflow_home) if p.exists()]
+    findings = scan_tree(args.paths or default, ids)
+    for f in findings[:50]:
+        print(f)
+    print(f"{len(findings)} finding(s) for {ids.describe()}")
+    return 1 if findings else 0
+
+
+def _keys(args) -> int:
+    import os
+
+    from gpdata.privacy.keys import KEY_FILE_ENV, add_key_version, load_master_key
+    from gpdata.store.rotation import rotate_store
+
+    if args.action == "show":
+        key = load_master_key()
+        print(f"key versions {', '.join(key.versions)} (current {key.version}); "
+              f"{'development' if key.development else 'production'} key")
+        return 0
+    path = args.key_file or os.environ.get(KEY_FILE_ENV)
+    if args.action == "rotate":
+        if not path:
+            print(f"gpdata: error: rotation needs a key file (--key-file or {KEY_FILE_ENV}); with keys in the "
+                  "environment, add the new version there (v1:<hex>,v2:<hex>) and run `gpdata keys rekey`",
+                  file=sys.stderr)
+            return 2
+        print(f"added key version {add_key_version(Path(path))} to {path}")
+    key = load_master_key({**os.environ, KEY_FILE_ENV: path, "GPDATA_MASTER_KEY": ""} if path else None)
+    for table, what in rotate_store(settings.load().store, key).items():
+        print(f"{table}: {what}")
+    return 0
+
+
+def _release(args) -> int:
+    import json
+
+    from gpdata.store import release
+
+    root = settings.load().store
+    if args.action == "create":
+        m = release.create_release(root, note=args.note or "")
+        print(f"release {m['release_id']}: " + ", ".join(f"{t} v{e['version']} ({e['rows']} rows)"
+                                                          for t, e in m["tables"].items()))
+    elif args.action == "list":
+        rows = release.list_releases(root)
+        if not rows:
+            print(f"no releases under {release.releases_dir(root)}")
+        for m in rows:
+            total = sum(e["rows"] for e in m["tables"].values())
+            print(f"{m['release_id']:14} {m['status']:10} {m['created_at']}  {total} rows in {len(m['tables'])} tables"
+                  + (f"  ({m['note']})" if m.get("note") else ""))
+    elif args.action == "show":
+        if not args.id:
+            raise GpdataError("gpdata release show needs a release id (see gpdata release list)")
+        print(json.dumps(release.get_release(root, args.id), indent=2))
+    elif args.action == "export":
+        if not (args.id and args.out):
+            raise GpdataError("gpdata release export needs a release id and --out DIR")
+        for path in release.export_snapshot(root, args.id, Path(args.out)):
+            print(path)
+    return 0
+
+
+def _projects(args) -> int:
+    from gpdata.share.projects import load_projects
+
+    cfg = settings.load()
+    projects = load_projects(Path(args.dir) if args.dir else cfg.projects_dir)
+    for p in projects:
+        print(f"{p.project_id:16} {'active' if p.active else 'inactive':8} expires {p.expires}  NDOP "
+              f"{p.national_data_optout:6} {p.organisation}: {', '.join(p.tables)}")
+    print(f"{len(projects)} project(s) valid")
+    return 0
+
+
+def _ndop(args) -> int:
+    from gpdata.privacy import ndop
+    from gpdata.privacy.keys import load_master_key
+
+    meta = ndop.ingest(Path(args.file), settings.load().store, load_master_key())
+    print(f"National Data Opt-out list ingested: {meta['patients']} patients pseudonymised "
+          f"({meta['invalid_rows_dropped']} invalid rows dropped); the identifiable file was deleted")
+    return 0
+
+
+def _disseminate(args) -> int:
+    import getpass
+
+    from gpdata.privacy.keys import load_master_key
+    from gpdata.share.disseminate import disseminate_all
+
+    cfg = settings.load()
+    done = disseminate_all(cfg, load_master_key(), requested_by=args.requested_by or getpass.getuser(),
+                           release_id=args.release)
+    for project, m in done.items():
+        print(f"{project}: release {m['release']} -> {cfg.extracts / project / m['release']} "
+              + ", ".join(f"{t} {e['rows']}" for t, e in m["tables"].items()))
+    print(f"register: {cfg.register}/register.html")
+    return 0
+
+
+def _audit(args) -> int:
+    from gpdata import audit
+
+    print(f"audit log intact: {audit.verify(settings.load().store)} entries")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpdata", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate synthetic GP practices (FHIR bundles, lookups)")
+    s.add_argument("--out", default=str(settings.load().home), help="output root (default $GPDATA_HOME)")
+    s.add_argument("--practices", type=int, default=3)
+    s.add_argument("--patients", type=int, default=10_000, help="registered patients per practice")
+    s.add_argument("--events-per-patient", type=float, default=100.0)
+    s.add_argument("--dirty-fraction", type=float, default=0.01, help="share of records made dirty")
+    s.add_argument("--optout-fraction", type=float, default=0.03, help="share of patients with a type 1 dissent")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--feeds-dir", help="also write one feed YAML per practice here")
+    s.add_argument("--formats", default="fhir",
+                   help="with --feeds-dir: formats the practices deliver in, in turn (fhir, emis_csv, tpp_pipe)")
+    s.set_defaults(func=_synth)
+
+    f = sub.add_parser("feeds", help="list, validate or add practice feeds")
+    f.add_argument("action", choices=["list", "validate", "add"])
+    f.add_argument("--dir", help="feed folder (default $GPDATA_FEEDS_DIR or include/config/feeds)")
+    f.add_argument("--ods-code", dest="ods_code", help="add: ODS code of the practice (e.g. A81001)")
+    f.add_argument("--name", help="add: practice name")
+    f.add_argument("--supplier", help="add: clinical system supplier")
+    f.add_argument("--format", choices=["fhir", "flatfile", "sql"], help="add: source format")
+    f.add_argument("--location", help="add: delivery folder (fhir, flatfile)")
+    f.add_argument("--connection-id", dest="connection_id", help="add: Airflow connection id (sql)")
+    f.add_argument("--dialect", help="add: dialect name (flatfile, sql)")
+    f.add_argument("--mode", choices=["baseline", "incremental"], help="add: extraction mode")
+    f.add_argument("--schedule", help="add: @daily (default), @hourly, @weekly, @monthly or cron")
+    f.add_argument("--inactive", action="store_true", help="add: write the feed switched off")
+    f.set_defaults(func=_feeds)
+
+    sub.add_parser("summary", help="per-practice counts from the latest run manifests").set_defaults(func=_summary)
+
+    k = sub.add_parser("dev-key", help="write a development pseudonymisation key (synthetic data only)")
+    k.add_argument("--path")
+    k.set_defaults(func=_dev_key)
+
+    ks = sub.add_parser("keys", help="show the key ring; rotate to a new key version and re-key the store")
+    ks.add_argument("action", choices=["show", "rotate", "rekey"],
+                    help="rotate: add a version and re-key the store; rekey: finish an interrupted rotation")
+    ks.add_argument("--key-file", help=f"key file (default ${'{'}GPDATA_MASTER_KEY_FILE{'}'})")
+    ks.set_defaults(func=_keys)
+
+    r = sub.add_parser("release", help="create, list, show or export releases of the curated store")
+    r.add_argument("action", choices=["create", "list", "show", "export"])
+    r.add_argument("id", nargs="?", help="release id (show, export)")
+    r.add_argument("--out", help="export: folder for plain Parquet files")
+    r.add_argument("--note", help="create: a note kept in the release manifest")
+    r.set_defaults(func=_release)
+
+    pj = sub.add_parser("projects", help="list and validate approved projects")
+    pj.add_argument("--dir", help="project folder (default $GPDATA_PROJECTS_DIR or include/config/projects)")
+    pj.set_defaults(func=_projects)
+
+    nd = sub.add_parser("ndop", help="ingest a National Data Opt-out list (pseudonymised; the file is deleted)")
+    nd.add_argument("action", choices=["ingest"])
+    nd.add_argument("file")
+    nd.set_defaults(func=_ndop)
+
+    ds = sub.add_parser("disseminate", help="extract a release for every active project, then the register")
+    ds.add_argument("--release", help="release id (default: the latest)")
+    ds.add_argument("--requested-by", help="who asked (for the audit log; default: the user)")
+    ds.set_defaults(func=_disseminate)
+
+    au = sub.add_parser("audit", help="verify the hash-chained audit log")
+    au.add_argument("action", choices=["verify"])
+    au.set_defaults(func=_audit)
+
+    c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
+    c.add_argument("paths", nargs="*",
+                   help="files, folders or s3:// store paths (default: the store, wherever it is, project extracts, "
+                        "register and Airflow's folder)")
+    c.set_defaults(func=_scan)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GpdataError as exc:
+        print(f"gpdata: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

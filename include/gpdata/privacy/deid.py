@@ -1,0 +1,215 @@
+"""De-identification at source: canonical (identifiable) tables in, staged (pseudonymised) tables out.
+
+* NHS numbers are normalised and Modulus-11 checked, then replaced by a keyed HMAC-SHA256 pseudonym;
+  invalid ones are marked for quarantine without their value.
+* Date of birth and postcode become linkage pseudonyms; for analysis the date of birth is generalised to
+  its month and the postcode to its LSOA and outward code.
+* Names, addresses, telecoms and free text are dropped, as is every record whose code is on a restricted
+  list. Output columns come only from the curated allow-list, so an unexpected source field never passes.
+* HMACs are computed once per distinct value (dictionary encode, HMAC the dictionary, take).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpdata.arrowutil import const, first_reason
+from gpdata.codes import code_keys
+from gpdata.errors import ConfigError
+from gpdata.model import CURATED, EVENT_TABLES, ISSUE, PARTITION, POSITION, staged_schema
+from gpdata.privacy import nhsnumber
+from gpdata.privacy.keys import MasterKey
+
+
+def _hmac_states(key: bytes):
+    """HMAC-SHA256 (RFC 2104) with the key's inner and outer hash states computed once: per value, two
+    copies of a hash state instead of the key schedule again (``hmac.digest`` redoes it on every call)."""
+    if len(key) > 64:  # the SHA-256 block size
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner.copy, outer.copy
+
+
+def hmac_hex(key: bytes, values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Hex HMAC-SHA256 of each value under ``key``, computed once per distinct value; nulls stay null."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    enc = pc.dictionary_encode(values)
+    dictionary = enc.dictionary
+    if pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type):
+        dictionary = dictionary.cast(pa.binary() if pa.types.is_string(dictionary.type) else pa.large_binary())
+    inner, outer = _hmac_states(key)
+    digests = []
+    append = digests.append
+    for value in dictionary.to_pylist():
+        h = inner()
+        h.update(value if isinstance(value, bytes) else str(value).encode())
+        o = outer()
+        o.update(h.digest())
+        append(o.hexdigest())
+    return pc.take(pa.array(digests, pa.string()), enc.indices)
+
+
+class Pseudonymiser:
+    """Keyed pseudonyms per field, each under its own HKDF-derived key, chained over the key ring."""
+
+    def __init__(self, master: MasterKey) -> None:
+        self.version = master.version
+        self._master = master
+        self._chains: dict[tuple[str, str | None], list[bytes]] = {}
+
+    def __call__(self, values: pa.Array | pa.ChunkedArray, field: str, after: str | None = None) -> pa.Array:
+        """Pseudonyms of ``values`` at the current version. With ``after``, ``values`` are already pseudonyms
+        of that version and only the later versions are applied (re-keying)."""
+        if (field, after) not in self._chains:
+            self._chains[field, after] = self._master.chain(field, after)
+        for key in self._chains[field, after]:
+            values = hmac_hex(key, values)
+        return values
+
+
+def normalise_postcode(values: pa.Array) -> pa.Array:
+    """Upper case with no spaces ("ls1 4ab" -> "LS14AB")."""
+    return pc.utf8_upper(pc.replace_substring_regex(values, r"\s+", ""))
+
+
+@dataclass(frozen=True)
+class PostcodeLookup:
+    postcodes: pa.Array  # normalised
+    lsoas: pa.Array
+
+    @classmethod
+    def load(cls, path: Path) -> PostcodeLookup:
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                if not {"postcode", "lsoa_code"} <= set(reader.fieldnames or ()):
+                    raise ConfigError(f"postcode lookup {path} needs columns postcode and lsoa_code")
+                rows = [(r["postcode"], r["lsoa_code"]) for r in reader]
+        except FileNotFoundError:
+            raise ConfigError(f"postcode lookup {path} does not exist") from None
+        pcs = normalise_postcode(pa.array([r[0] for r in rows], pa.string()))
+        return cls(postcodes=pcs, lsoas=pa.array([r[1] for r in rows], pa.string()))
+
+    def lsoa(self, normalised: pa.Array) -> pa.Array:
+        return pc.take(self.lsoas, pc.index_in(normalised, value_set=self.postcodes))
+
+
+def _month(dates: pa.Array) -> pa.Array:
+    return pc.cast(pc.floor_temporal(pc.cast(dates, pa.timestamp("s")), unit="month"), pa.date32())
+
+
+def _lookup(refs: pa.Array, keys: pa.Array, values: pa.Array) -> pa.Array:
+    return pc.take(values, pc.index_in(refs, value_set=keys))
+
+
+def _finish(name: str, columns: dict[str, pa.Array], n: int, practice: str, version: str) -> pa.Table:
+    columns[PARTITION] = const(practice, n)
+    columns["key_version"] = const(version, n)
+    schema = staged_schema(name)
+    return pa.Table.from_arrays([pc.cast(columns[f.name], f.type) if f.name in columns
+                                 else pa.nulls(n, f.type) for f in schema], schema=schema)
+
+
+def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymiser,
+               postcodes: PostcodeLookup, restricted: frozenset[str],
+               known: pa.Table | None = None,
+               known_practitioners: pa.Table | None = None) -> tuple[dict[str, pa.Table], dict]:
+    """Turn canonical tables into staged, pseudonymised tables plus counts of what was dropped.
+
+    ``known`` (incremental deliveries): the practice's patient map (``ref_pid`` -> ``patient_pid``), so events of
+    patients delivered in an earlier batch are linked to them; ``known_practitioners`` likewise (``ref_pid`` ->
+    ``practitioner_pid``, ``role_code``) for their clinicians."""
+    counts: dict = {"restricted_code_records": {}, "unmatched_postcodes": 0}
+    staged: dict[str, pa.Table] = {}
+
+    # Patients
+    pat = canonical["patients"]
+    n = pat.num_rows
+    nhs = nhsnumber.normalise(pat["nhs_number"].combine_chunks())
+    valid = nhsnumber.is_valid(nhs)
+    patient_pid = pseudo(pc.if_else(valid, nhs, pa.nulls(n, pa.string())), "nhs_number")
+    postcode = normalise_postcode(pat["postcode"].combine_chunks())
+    lsoa = postcodes.lsoa(postcode)
+    counts["unmatched_postcodes"] = pc.sum(pc.and_(pc.is_valid(postcode), pc.is_null(lsoa))).as_py() or 0
+    dob = pat["birth_date"].combine_chunks()
+    staged["patients"] = _finish("patients", {
+        "patient_pid": patient_pid,
+        "dob_pid": pseudo(pc.strftime(dob, format="%Y-%m-%d"), "date_of_birth"),
+        "postcode_pid": pseudo(postcode, "postcode"),
+        "birth_month": _month(dob),
+        "sex": pat["gender"],
+        "ethnic_category": pat["ethnic_category"],
+        "lsoa_code": lsoa,
+        "postcode_district": pc.utf8_slice_codeunits(postcode, 0, -3),
+        "registration_date": pat["registration_date"],
+        "death_month": _month(pat["deceased_date"].combine_chunks()),
+        POSITION[0]: pat["_src_file"], POSITION[1]: pat["_src_entry"],
+        ISSUE: first_reason(n, [(pc.is_null(pat["nhs_number"]), "missing_nhs_number"),
+                            (pc.invert(valid), "invalid_nhs_number")]),
+    }, n, practice, pseudo.version)
+    patient_refs = pat["source_id"].combine_chunks()
+
+    # Practitioners: pseudonym of the SDS user id, or of the source id where there is none
+    prac = canonical["practitioners"]
+    prac_ids = prac["source_id"].combine_chunks()
+    prac_pids = pseudo(pc.coalesce(prac["sds_user_id"].combine_chunks(), prac_ids), "practitioner")
+    staged["practitioners"] = _finish("practitioners", {
+        "practitioner_pid": prac_pids, "role_code": prac["role_code"], "role_name": prac["role_name"],
+        POSITION[0]: prac["_src_file"], POSITION[1]: prac["_src_entry"],
+        ISSUE: first_reason(prac.num_rows, [(pc.is_null(prac_ids), "missing_record_id")]),
+    }, prac.num_rows, practice, pseudo.version)
+    prac_roles = prac["role_code"].combine_chunks()
+
+    restricted_set = pa.array(sorted(restricted), pa.string())
+    for name in EVENT_TABLES:
+        table = canonical[name]
+        if table.num_rows and table.schema.get_field_index("code") >= 0:
+            hit = pc.fill_null(pc.is_in(code_keys(table["code_system"], table["code"]), restricted_set), False)
+            counts["restricted_code_records"][name] = pc.sum(hit).as_py() or 0
+            table = table.filter(pc.invert(hit))
+        m = table.num_rows
+        refs = table["patient_ref"].combine_chunks()
+        in_batch = pc.is_in(refs, value_set=patient_refs)
+        pids = _lookup(refs, patient_refs, patient_pid)
+        found = in_batch
+        if known is not None and known.num_rows:
+            earlier = _lookup(pseudo(refs, "record_id"), known["ref_pid"].combine_chunks(),
+                              known["patient_pid"].combine_chunks())
+            pids = pc.if_else(in_batch, pids, earlier)
+            found = pc.or_(in_batch, pc.is_valid(earlier))
+        practitioner = table["practitioner_ref"].combine_chunks()
+        practitioner_pid = _lookup(practitioner, prac_ids, prac_pids)
+        staff_role = _lookup(practitioner, prac_ids, prac_roles)
+        if known_practitioners is not None and known_practitioners.num_rows:
+            kp = known_practitioners
+            at = pc.index_in(pseudo(practitioner, "record_id"), value_set=kp["ref_pid"].combine_chunks())
+            practitioner_pid = pc.coalesce(practitioner_pid, pc.take(kp["practitioner_pid"], at))
+            staff_role = pc.coalesce(staff_role, pc.take(kp["role_code"], at))
+        columns = {
+            "record_id": pseudo(table["source_id"], "record_id"),
+            "patient_pid": pids,
+            "practitioner_pid": practitioner_pid,
+            POSITION[0]: table["_src_file"], POSITION[1]: table["_src_entry"],
+            ISSUE: first_reason(m, [(pc.is_null(table["source_id"]), "missing_record_id"),
+                                (pc.invert(found), "unknown_patient"),
+                                (pc.is_null(pids), "patient_invalid_nhs_number")]),
+        }
+        curated = set(CURATED[name].names)
+        for col in table.column_names:
+            if col in curated and col not in columns:
+                columns[col] = table[col]
+        if name == "medications":
+            columns["authorisation_id"] = pseudo(table["authorisation_ref"], "record_id")
+        if name == "appointments":
+            columns["staff_role"] = staff_role
+        staged[name] = _finish(name, columns, m, practice, pseudo.version)
+    return staged, counts

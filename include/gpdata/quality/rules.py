@@ -1,0 +1,283 @@
+"""The quality gate for one practice's staged batch.
+
+Two layers:
+
+1. **Row rules** (pyarrow, vectorised): each row that breaks a rule goes to quarantine with a reason
+   code and its position (file, entry), never its values. Reasons: ``_issue`` flags set before
+   pseudonymisation (invalid NHS number, unknown patient...), missing keys or dates, future dates, dates
+   before 1900 or before the patient's birth month, malformed SNOMED CT / dm+d / Read codes, implausible
+   measurement values or units, duplicate records and events whose patient is not in the batch.
+2. **Great Expectations suites** (gpdata.quality.suites) per curated table, run on the rows that passed. A failed
+   expectation fails the batch. Results keep counts only (SUMMARY, ``partial_unexpected_count`` 0).
+
+The batch fails as a whole (nothing is committed for the practice) when an expectation fails, when a
+table's quarantined rows exceed both the feed's fraction and its allowance, or when the delivery's volume
+moved too far from the practice's previous committed run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpdata.arrowutil import const, first_reason
+from gpdata.codes import codes_valid
+from gpdata.model import CURATED, EVENT_TABLES, ISSUE, POSITION, QUARANTINE_SCHEMA, TABLES
+from gpdata.quality import suites
+
+# Tables whose (system, code) must be well formed. Appointments carry no code.
+_CODED = {t for t in EVENT_TABLES if t != "appointments"}
+
+@dataclass
+class GateResult:
+    passed: dict[str, pa.Table]
+    quarantine: pa.Table
+    counts: dict = field(default_factory=dict)
+    expectations: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)  # row rules and Great Expectations, for the manifest
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _duplicates(keys: pa.Array) -> pa.Array:
+    """True for the second and later occurrence of each non-null key (the first is kept)."""
+    n = len(keys)
+    if n == 0:
+        return pa.array([], pa.bool_())
+    idx = pa.table({"k": keys, "i": pa.array(range(n), pa.int64())})
+    firsts = idx.group_by("k", use_threads=False).aggregate([("i", "min")])["i_min"]
+    first = pc.is_in(pa.array(range(n), pa.int64()), value_set=firsts)
+    return pc.and_(pc.invert(first), pc.is_valid(keys))
+
+
+def _measurement_rules(table: pa.Table) -> list[tuple[pa.Array, str]]:
+    ms = suites.measurements()
+    codes = [c for m in ms for c in m.codes]
+    if not codes:
+        return []
+    mins = pa.array([m.min for m in ms for _ in m.codes], pa.float64())
+    maxs = pa.array([m.max for m in ms for _ in m.codes], pa.float64())
+    allowed = pa.array(sorted({f"{c}|{u}" for m in ms for c in m.codes for u in m.units}), pa.string())
+    idx = pc.index_in(table["code"], value_set=pa.array(codes, pa.string()))
+    is_measure = pc.is_valid(idx)
+    value = table["value"]
+    with_value = pc.and_(is_measure, pc.is_valid(value))
+    unit_ok = pc.is_in(pc.binary_join_element_wise(table["code"], pc.fill_null(table["unit"], ""), "|"),
+                       value_set=allowed)
+    out_of_range = pc.or_(pc.less(value, pc.take(mins, idx)), pc.greater(value, pc.take(maxs, idx)))
+    return [(pc.and_(with_value, pc.invert(unit_ok)), "unexpected_unit"),
+            (pc.and_(with_value, out_of_range), "implausible_value")]
+
+
+def row_reasons(table_name: str, table: pa.Table, today: dt.date,
+                birth_month: tuple[pa.Array, pa.Array] | None = None,
+                known_patients: pa.Array | None = None) -> pa.Array:
+    """The first rule each row breaks (a reason code), or null where the row is clean. A reason found
+    before pseudonymisation (``_issue``) comes first."""
+    rules: list[tuple[pa.Array, str]] = []
+    if table_name == "patients":
+        rules += [(pc.is_null(table["patient_pid"]), "missing_key"),
+                  (pc.greater(table["birth_month"], pa.scalar(today)), "future_date"),
+                  (pc.less(table["birth_month"], pa.scalar(suites.EARLIEST)), "date_before_1900"),
+                  (_duplicates(table["patient_pid"].combine_chunks()), "duplicate_record")]
+    elif table_name == "practitioners":
+        rules += [(_duplicates(table["practitioner_pid"].combine_chunks()), "duplicate_record")]
+    else:
+        date = table["event_date"]
+        rules += [(pc.or_(pc.is_null(table["record_id"]), pc.is_null(table["patient_pid"])), "missing_key"),
+                  (pc.is_null(date), "missing_date"),
+                  (pc.greater(date, pa.scalar(suites.latest_allowed(table_name, today))), "future_date"),
+                  (pc.less(date, pa.scalar(suites.EARLIEST)), "date_before_1900")]
+        if birth_month is not None:
+            pids, months = birth_month
+            born = pc.take(months, pc.index_in(table["patient_pid"], value_set=pids))
+            rules.append((pc.less(date, born), "before_birth"))
+        if table_name in _CODED:
+            rules.append((pc.invert(codes_valid(table["code_system"].combine_chunks(),
+                                                table["code"].combine_chunks())), "invalid_code"))
+        if table_name == "observations":
+            rules += _measurement_rules(table)
+        rules.append((_duplicates(table["record_id"].combine_chunks()), "duplicate_record"))
+        if known_patients is not None:
+            rules.append((pc.invert(pc.is_in(table["patient_pid"], value_set=known_patients)), "unknown_patient"))
+    return pc.coalesce(table[ISSUE].combine_chunks(), first_reason(table.num_rows, rules))
+
+
+def _gx_context(root: Path | None, docs: Path | None):
+    """An in-memory context, or a file context under ``root`` whose Data Docs site is ``docs``."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    if root is None:
+        config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(),
+                                   progress_bars=ProgressBarsConfig(globally=False))
+        return gx.get_context(mode="ephemeral", project_config=config)
+    ctx = gx.get_context(mode="file", project_root_dir=str(root))
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs is not None:
+        site = {"class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs)}}
+        sites = ctx.variables.data_docs_sites or {}
+        if sites.get("gpdata") != site:
+            ctx.variables.data_docs_sites = {"gpdata": site}
+    ctx.variables.save()
+    return ctx
+
+
+def _batches(tables: dict[str, pa.Table], practice: str, today: dt.date):
+    """(asset, table, rows, expectations) to validate. The measurement expectations of observations (each
+    with a row condition on the code) run on the measurement rows only, where they cost least."""
+    for name, table in tables.items():
+        empty = frozenset(c for c in table.column_names if table[c].null_count == table.num_rows)
+        apart = name == "observations" and set(suites.MEASURED_COLUMNS) <= set(table.column_names)
+        yield name, name, table, suites.suite(name, practice, today, empty, with_measurements=not apart)
+        if apart and suites.measurements():
+            codes = pa.array(suites.measurement_codes(), pa.string())
+            rows = table.select(list(suites.MEASURED_COLUMNS)).filter(
+                pc.fill_null(pc.is_in(table["code"], value_set=codes), False))
+            yield f"{name}_measurements", name, rows, suites.measurement_suite()
+
+
+def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date, *, gx_root: Path | None = None,
+               docs_dir: Path | None = None) -> list[dict]:
+    """Validate each table with its suite. With ``gx_root``, a file context keeps the suites and results
+    and builds Data Docs into ``docs_dir`` (only this run's pages and the index: the cost does not grow with
+    the practice's history). What is returned keeps counts only: no row values, ever."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    ctx = _gx_context(gx_root, docs_dir)
+    try:
+        source = ctx.data_sources.get("gpdata")
+    except (KeyError, ValueError):
+        source = ctx.data_sources.add_pandas("gpdata")
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
+    run_id = RunIdentifier(run_time=dt.datetime.now(dt.UTC))
+    results, built = [], []
+    for asset_name, name, table, expectations in _batches(tables, practice, today):
+        try:
+            asset = source.get_asset(asset_name)
+        except LookupError:
+            asset = source.add_dataframe_asset(name=asset_name)
+        try:
+            batch = asset.get_batch_definition("batch")
+        except KeyError:
+            batch = asset.add_batch_definition_whole_dataframe("batch")
+        suite = ctx.suites.add_or_update(gx.ExpectationSuite(name=f"gpdata_{asset_name}", expectations=expectations))
+        vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=f"gpdata_{asset_name}",
+                                                                              data=batch, suite=suite))
+        # The validation definition stores its result in the context's results store (a file context's
+        # uncommitted/validations/), which the Data Docs are built from: no checkpoint is needed for that.
+        outcome = vd.run(batch_parameters={"dataframe": table.to_pandas(date_as_object=False)},
+                         result_format=result_format, run_id=run_id)
+        suite_id = ExpectationSuiteIdentifier(name=suite.name)
+        built += [suite_id, ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=run_id,
+                                                       batch_identifier=outcome.batch_id)]
+        for er in outcome.results:
+            results.append({
+                "table": name,
+                "expectation": er.expectation_config.type,
+                "column": er.expectation_config.kwargs.get("column"),
+                "success": bool(er.success),
+                "unexpected_count": (er.result or {}).get("unexpected_count"),
+                "element_count": (er.result or {}).get("element_count"),
+            })
+    if gx_root is not None and docs_dir is not None:
+        ctx.build_data_docs(site_names=["gpdata"], resource_identifiers=built)
+    return results
+
+
+def volume_failures(records: dict[str, int], previous: dict[str, int] | None, tolerance: float,
+                    min_rows: int = 100) -> list[str]:
+    """Tables whose delivered rows moved more than ``tolerance`` (a fraction) from the previous committed
+    run. Tables with fewer than ``min_rows`` before are not judged."""
+    failures = []
+    for name, before in (previous or {}).items():
+        now = records.get(name, 0)
+        if before >= min_rows and abs(now - before) > tolerance * before:
+            failures.append(f"{name}: volume {now} rows against {before} in the previous run "
+                            f"({(now - before) / before:+.0%}, tolerance ±{tolerance:.0%})")
+    return failures
+
+
+def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.date,
+         max_quarantine_fraction: float = 0.05, quarantine_allowance: int = 10,
+         gx_root: Path | None = None, docs_dir: Path | None = None,
+         known_patients: tuple[pa.Array, pa.Array] | None = None) -> GateResult:
+    """Quarantine failing rows, validate the rest with Great Expectations, decide the batch.
+
+    ``known_patients`` (incremental batches): (patient_pid, birth_month) of the patients committed earlier,
+    which this batch's events may refer to.
+
+    A table fails the batch when its quarantined rows exceed both ``max_quarantine_fraction`` of its rows
+    and ``quarantine_allowance`` rows."""
+    quarantined: list[pa.Table] = []
+    passed: dict[str, pa.Table] = {}
+    counts: dict = {"rows_in": {}, "rows_passed": {}, "quarantined": {}}
+    failures: list[str] = []
+    patient_pids = birth = None
+    started = time.monotonic()
+    for name in TABLES:  # patients first: events are checked against the patients that passed
+        table = staged[name]
+        reasons = row_reasons(name, table, today, birth_month=birth, known_patients=patient_pids)
+        bad = pc.is_valid(reasons)
+        clean = table.filter(pc.invert(bad))
+        passed[name] = clean.select(CURATED[name].names).cast(CURATED[name])
+        if name == "patients":
+            patient_pids = clean["patient_pid"].combine_chunks()
+            months = clean["birth_month"].combine_chunks()
+            if known_patients is not None:
+                older = pc.invert(pc.is_in(known_patients[0], value_set=patient_pids))
+                patient_pids = pa.concat_arrays([patient_pids, known_patients[0].filter(older)])
+                months = pa.concat_arrays([months, known_patients[1].filter(older)])
+            birth = (patient_pids, months)
+        rejected = table.filter(bad)
+        rej_reasons = reasons.filter(bad)
+        n_bad = rejected.num_rows
+        counts["rows_in"][name] = table.num_rows
+        counts["rows_passed"][name] = clean.num_rows
+        by_reason = {}
+        if n_bad:
+            by_reason = {v["values"]: v["counts"] for v in pc.value_counts(rej_reasons).to_pylist()}
+            quarantined.append(pa.Table.from_arrays(
+                [const(practice, n_bad), const(name, n_bad), rejected[POSITION[0]], rejected[POSITION[1]],
+                 rej_reasons, const(run_id, n_bad)], schema=QUARANTINE_SCHEMA))
+        counts["quarantined"][name] = dict(sorted(by_reason.items()))
+        if n_bad > quarantine_allowance and n_bad / table.num_rows > max_quarantine_fraction:
+            failures.append(f"{name}: {n_bad} of {table.num_rows} rows quarantined "
+                            f"({n_bad / table.num_rows:.1%} > threshold {max_quarantine_fraction:.1%}): "
+                            + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))
+    rules_done = time.monotonic()
+    expectations = run_suites(passed, practice, today, gx_root=gx_root, docs_dir=docs_dir)
+    seconds = {"quality_rules": round(rules_done - started, 3),
+               "quality_expectations": round(time.monotonic() - rules_done, 3)}
+    for r in expectations:
+        if not r["success"]:
+            failures.append(f"{r['table']}: expectation {r['expectation']}"
+                            f"{' on ' + r['column'] if r['column'] else ''} failed"
+                            f"{'' if r['unexpected_count'] is None else ' (' + str(r['unexpected_count']) + ' rows)'}")
+    counts["expectations"] = {"evaluated": len(expectations),
+                              "failed": sum(1 for r in expectations if not r["success"])}
+    quarantine = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
+    return GateResult(passed=passed, quarantine=quarantine, counts=counts, expectations=expectations,
+                      failures=failures, seconds=seconds)

@@ -1,0 +1,122 @@
+"""The Great Expectations suites, one per curated table, and the measurement rules they share with the
+row checks. Kept here and in include/config/quality.yaml, and reviewed like code.
+
+Families: required columns (exactly the allow-list), non-null keys, pseudonym format, unique record ids,
+date bounds (not before 1900, not in the future), value sets, and plausible values and units of common
+measurements. Malformed codes, dates before birth and referential integrity are row rules
+(gpdata.quality.rules), because they need the patients table or per-code checks GX does not offer.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+import yaml
+
+from gpdata.errors import ConfigError
+from gpdata.model import CURATED, PARTITION, PSEUDONYM_FIELDS
+from gpdata.settings import CONFIG_DIR
+
+PSEUDONYM_REGEX = r"^[0-9a-f]{64}$"
+EARLIEST = dt.date(1900, 1, 1)
+# Appointments may be booked ahead; everything else must have happened by the day of the check.
+FUTURE_ALLOWANCE_DAYS = {"appointments": 366}
+VALUE_SETS = {
+    "sex": ["male", "female", "other", "unknown"],
+    "medication_type": ["authorisation", "issue"],
+    "category": ["condition", "observation"],
+}
+UNIQUE_KEY = {"patients": "patient_pid", "practitioners": "practitioner_pid"}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    codes: tuple[str, ...]
+    units: tuple[str, ...]
+    min: float
+    max: float
+
+
+@lru_cache(maxsize=4)
+def measurements(path: Path = CONFIG_DIR / "quality.yaml") -> tuple[Measurement, ...]:
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (FileNotFoundError, yaml.YAMLError) as exc:
+        raise ConfigError(f"quality configuration {path}: {exc}") from None
+    out = []
+    for name, spec in (doc.get("measurements") or {}).items():
+        try:
+            codes: set[str] = set()
+            for rel in spec["code_lists"]:
+                with open(path.parent / rel, newline="", encoding="utf-8-sig") as fh:
+                    codes.update(row["code"].strip() for row in csv.DictReader(fh) if row.get("code"))
+            out.append(Measurement(name, tuple(sorted(codes)), tuple(spec["units"]), float(spec["min"]),
+                                   float(spec["max"])))
+        except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"quality configuration {path}: measurement {name!r} is incomplete or wrong "
+                              f"({exc.__class__.__name__}: {exc})") from None
+    return tuple(out)
+
+
+def latest_allowed(table: str, today: dt.date) -> dt.date:
+    return today + dt.timedelta(days=FUTURE_ALLOWANCE_DAYS.get(table, 0))
+
+
+def suite(table: str, practice: str, today: dt.date, empty: frozenset[str] = frozenset(),
+          with_measurements: bool = True) -> list:
+    """The expectations for one table. Min/max bounds apply to columns with at least one value (``empty``
+    names the all-null ones: GX cannot take the minimum of nothing). ``with_measurements=False`` leaves out
+    the measurement expectations of observations (see measurement_suite)."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    schema: pa.Schema = CURATED[table]
+    exps = [e.ExpectTableColumnsToMatchSet(column_set=schema.names, exact_match=True),
+            e.ExpectColumnValuesToBeInSet(column=PARTITION, value_set=[practice])]
+    for f in schema:
+        if not f.nullable:
+            exps.append(e.ExpectColumnValuesToNotBeNull(column=f.name))
+        if f.name in PSEUDONYM_FIELDS:
+            exps.append(e.ExpectColumnValuesToMatchRegex(column=f.name, regex=PSEUDONYM_REGEX))
+        if pa.types.is_date32(f.type) and f.name not in empty:
+            exps.append(e.ExpectColumnMinToBeBetween(column=f.name, min_value=dt.datetime(1900, 1, 1)))
+            if f.name != "due_date":
+                exps.append(e.ExpectColumnMaxToBeBetween(
+                    column=f.name, max_value=dt.datetime.combine(latest_allowed(table, today), dt.time())))
+        if f.name in VALUE_SETS:
+            exps.append(e.ExpectColumnValuesToBeInSet(column=f.name, value_set=VALUE_SETS[f.name]))
+    exps.append(e.ExpectColumnValuesToBeUnique(column=UNIQUE_KEY.get(table, "record_id")))
+    if table == "observations" and with_measurements:
+        exps += measurement_suite()
+    return exps
+
+
+MEASURED_COLUMNS = ("code", "value", "unit")
+
+
+def measurement_codes() -> list[str]:
+    """Every code of a measurement with plausible values and units."""
+    return sorted({c for m in measurements() for c in m.codes})
+
+
+def measurement_suite() -> list:
+    """Plausible values and units of each measurement, on the rows whose code is one of its codes (a pandas
+    row condition). gpdata.quality.rules runs these on the measurement rows of observations only, where they cost
+    least: the result is the same as on the whole table, without filtering every column of it per expectation."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    exps = []
+    for m in measurements():
+        condition = f"code.isin({list(m.codes)!r})"
+        exps.append(e.ExpectColumnValuesToBeBetween(column="value", min_value=m.min, max_value=m.max,
+                                                    row_condition=condition, condition_parser="pandas"))
+        exps.append(e.ExpectColumnValuesToBeInSet(column="unit", value_set=list(m.units),
+                                                  row_condition=condition, condition_parser="pandas"))
+    return exps

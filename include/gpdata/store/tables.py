@@ -1,0 +1,226 @@
+"""The curated store: one Delta table per curated table, partitioned by practice.
+
+A practice's batch replaces that practice's partition of each table (``overwrite`` with a predicate on
+``practice_code``), so re-running a practice gives the same table state and other practices' partitions
+are never touched. Run manifests record the counts of every stage and the table versions written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake.exceptions import TableNotFoundError
+
+from gpdata import storage
+from gpdata.errors import GpdataError
+from gpdata.model import CURATED, PARTITION, QUARANTINE_SCHEMA, TABLES
+from gpdata.storage import read_json, write_json_atomic  # noqa: F401 - part of the store's API
+
+ODS_RE = re.compile(r"^[A-Z][0-9A-Z]{2,5}$")
+QUARANTINE = "_quarantine"
+# The key of a record within a practice's partition: what an amendment or a deletion refers to.
+KEYS = {name: "patient_pid" if name == "patients" else "practitioner_pid" if name == "practitioners"
+        else "record_id" for name in TABLES}
+
+
+def _predicate(practice: str) -> str:
+    if not ODS_RE.match(practice):  # it is interpolated into a Delta predicate: allow only ODS-shaped codes
+        raise GpdataError(f"not an ODS code: {practice!r}")
+    return f"{PARTITION} = '{practice}'"
+
+
+def table_path(store: Path, name: str) -> Path:
+    """A table's location: a folder, or a ``storage.StorePath`` under an ``s3://`` store root."""
+    return storage.root(store) / name
+
+
+def _schemas() -> dict[str, pa.Schema]:
+    return {**CURATED, QUARANTINE: QUARANTINE_SCHEMA}
+
+
+def ensure_tables(store: Path) -> list[str]:
+    """Create any missing table, empty, with its explicit schema. Returns the names created."""
+    created = []
+    for name, schema in _schemas().items():
+        path = table_path(store, name)
+        try:
+            storage.delta_table(path)
+        except TableNotFoundError:
+            if not storage.is_remote(path):
+                path.mkdir(parents=True, exist_ok=True)
+            storage.write_delta(path, schema.empty_table(), partition_by=[PARTITION], mode="ignore",
+                            description=f"gpdata curated table {name}" if name in CURATED else "quarantined rows")
+            created.append(name)
+    return created
+
+
+def replace_partition(store: Path, name: str, practice: str, table: pa.Table) -> int:
+    """Atomically replace one practice's rows in one table. Returns the new table version."""
+    schema = _schemas()[name]
+    path = table_path(store, name)
+    storage.write_delta(path, table.select(schema.names).cast(schema), mode="overwrite",
+                        predicate=_predicate(practice), partition_by=[PARTITION])
+    return storage.delta_table(path).version()
+
+
+def key_versions(store: Path, name: str, exclude_practice: str | None = None) -> set[str]:
+    """The key versions present in a table (optionally ignoring one practice's partition)."""
+    dataset = storage.delta_table(table_path(store, name)).to_pyarrow_dataset()
+    expr = (pc.field(PARTITION) != exclude_practice) if exclude_practice else None
+    column = dataset.to_table(columns=["key_version"], filter=expr)["key_version"]
+    return set(pc.unique(column).to_pylist()) - {None}
+
+
+def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], quarantine: pa.Table,
+                    key_version: str, deleted: dict[str, pa.Array] | None = None) -> dict:
+    """Write a practice's validated batch into every curated table and its quarantined rows.
+
+    A baseline batch (``deleted`` is None) replaces the practice's partition of each table. An incremental
+    batch is merged: records with a known key replace their earlier version, new ones are inserted, the keys in
+    ``deleted`` are removed, and its quarantined rows are added to the earlier ones.
+
+    Refuses, before writing anything, a batch not at the key ring's current ``key_version`` or a table whose
+    other practices are at another version, so no table ever mixes versions: a batch pseudonymised before a
+    key rotation must be extracted again.
+    """
+    ensure_tables(store)
+    for name in TABLES:
+        found = set(pc.unique(tables[name]["key_version"]).to_pylist()) if tables[name].num_rows else set()
+        found |= key_versions(store, name, exclude_practice=practice if deleted is None else None)
+        if found - {key_version}:
+            raise GpdataError(f"table {name} would hold pseudonyms of key version "
+                              f"{', '.join(sorted(found | {key_version}))}: the key was rotated during the run; "
+                              "run the practice again", practice=practice, stage="commit")
+    # Delta commits are atomic per table; the journal makes the practice's set of tables one unit for
+    # readers of releases: while it exists, the practice's commit is unfinished and no release is made.
+    with practice_lock(store, practice):
+        return _commit_locked(store, practice, tables, quarantine, deleted)
+
+
+@contextlib.contextmanager
+def practice_lock(store: Path, practice: str):
+    """One commit of a practice at a time on this store: a second waits, then replaces the first whole
+    (an exclusive lock on ``_journal/<ODS>.lock``; on an object store one scheduler runs a practice at a time)."""
+    import fcntl
+
+    if storage.is_remote(store):  # no file locks on an object store: Airflow runs one extraction at a time
+        yield
+        return
+    path = journal_path(store, practice).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _commit_locked(store: Path, practice: str, tables: dict[str, pa.Table], quarantine: pa.Table,
+                   deleted: dict[str, pa.Array] | None) -> dict:
+    journal = journal_path(store, practice)
+    write_json_atomic(journal, {"practice": practice, "tables": list(TABLES)})
+    if deleted is None:
+        versions = {name: replace_partition(store, name, practice, tables[name]) for name in TABLES}
+        versions[QUARANTINE] = replace_partition(store, QUARANTINE, practice, quarantine)
+    else:
+        none = pa.array([], pa.string())
+        versions = {name: merge_practice(store, name, practice, tables[name], deleted.get(name, none))
+                    for name in TABLES}
+        path = table_path(store, QUARANTINE)
+        if quarantine.num_rows:
+            storage.write_delta(path, quarantine.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA),
+                                mode="append", partition_by=[PARTITION])
+        versions[QUARANTINE] = storage.delta_table(path).version()
+    journal.unlink()
+    return versions
+
+
+def journal_path(store: Path, practice: str) -> Path:
+    return storage.root(store) / "_journal" / f"{practice}.json"
+
+
+def unfinished_commits(store: Path) -> list[str]:
+    """Practices whose last commit stopped between tables (rerun them to finish)."""
+    return sorted(p.stem for p in (storage.root(store) / "_journal").glob("*.json"))
+
+
+def merge_practice(store: Path, name: str, practice: str, batch: pa.Table, deleted_keys) -> int:
+    """An incremental batch in one commit: records whose key (``KEYS[name]``) is known replace their earlier
+    version, new ones are inserted, and the keys the source marks deleted disappear. Returns the version."""
+    schema = _schemas()[name]
+    key = KEYS[name]
+    _predicate(practice)
+    gone_keys = pc.unique(pa.array(deleted_keys, pa.string()).drop_null())
+    if batch.num_rows:  # a record amended and deleted in one batch: the batch's version (newest) stays
+        gone_keys = gone_keys.filter(pc.invert(pc.is_in(gone_keys, value_set=batch[key].combine_chunks())))
+    if batch.num_rows == 0 and len(gone_keys) == 0:
+        return storage.delta_table(table_path(store, name)).version()
+    loose = pa.schema([f.with_nullable(True) for f in schema])  # deletion markers carry only their key
+    n = len(gone_keys)
+    gone = pa.table({c: pa.array([practice] * n, pa.string()) if c == PARTITION else gone_keys if c == key
+                     else pa.nulls(n, loose.field(c).type) for c in schema.names}, schema=loose)
+    source = pa.concat_tables([batch.select(schema.names).cast(loose), gone])
+    source = source.append_column("_deleted", pa.array([False] * batch.num_rows + [True] * n))
+    columns = {c: f"s.{c}" for c in schema.names}
+    dt = storage.delta_table(table_path(store, name))
+    (dt.merge(source, predicate=f"t.{PARTITION} = '{practice}' AND t.{PARTITION} = s.{PARTITION} "
+                                f"AND t.{key} = s.{key}",
+              source_alias="s", target_alias="t")
+       .when_matched_delete(predicate="s._deleted")
+       .when_matched_update(updates=columns, predicate="NOT s._deleted")
+       .when_not_matched_insert(updates=columns, predicate="NOT s._deleted")
+       .execute())
+    return storage.delta_table(table_path(store, name)).version()
+
+
+def replace_table(store: Path, name: str, table: pa.Table) -> int:
+    """Replace a whole table in one commit, then vacuum the files no version needs any more beyond it
+    (used by key rotation, where old files hold superseded pseudonyms). Returns the new version."""
+    schema = _schemas()[name]
+    path = table_path(store, name)
+    storage.write_delta(path, table.select(schema.names).cast(schema), mode="overwrite", partition_by=[PARTITION])
+    dt = storage.delta_table(path)
+    dt.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    return dt.version()
+
+
+def read_table(store: Path, name: str, practice: str | None = None) -> pa.Table:
+    dt = storage.delta_table(table_path(store, name))
+    filters = [(PARTITION, "=", practice)] if practice else None
+    return dt.to_pyarrow_table(filters=filters)
+
+
+def row_counts(store: Path, practice: str | None = None) -> dict[str, int]:
+    return {name: read_table(store, name, practice).num_rows for name in TABLES}
+
+
+def safe_name(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+
+
+def write_manifest(manifests: Path, practice: str, run_id: str, doc: dict) -> Path:
+    """The run's manifest, plus ``latest.json`` (any outcome) and ``committed.json`` (last commit)."""
+    manifests = storage.root(manifests)
+    path = manifests / practice / f"{safe_name(run_id)}.json"
+    write_json_atomic(path, doc)
+    write_json_atomic(manifests / practice / "latest.json", doc)
+    if doc.get("status") == "committed":
+        write_json_atomic(manifests / practice / "committed.json", doc)
+    return path
+
+
+def last_committed(manifests: Path, practice: str) -> dict | None:
+    return read_json(storage.root(manifests) / practice / "committed.json")
+
+
+def latest_manifests(manifests: Path) -> dict[str, dict]:
+    out = {}
+    for path in sorted(storage.root(manifests).glob("*/latest.json"), key=str):
+        out[path.parent.name] = json.loads(path.read_text())
+    return out

@@ -1,0 +1,171 @@
+"""Dissemination: minimum data, National Data Opt-out, project pseudonyms, audit and register."""
+
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from gpdata import audit, pipeline, settings
+from gpdata.errors import ConfigError, GpdataError
+from gpdata.ingest.feeds import Feed
+from gpdata.privacy import keys, ndop
+from gpdata.privacy.deid import Pseudonymiser
+from gpdata.share import disseminate, register
+from gpdata.share.projects import load_project
+from gpdata.store import release
+from tests import factory as f
+from tests.conftest import practice_resources
+
+TODAY = dt.date(2026, 6, 1)
+BASE = {
+    "organisation": "University of Example", "purpose": "Hypertension outcomes research",
+    "legal_basis": "UK GDPR 6(1)(e) and 9(2)(j); COPI not relied on",
+    "approvals": [{"panel": "IGARD", "reference": "IG-1", "date": "2026-01-10"},
+                  {"panel": "Caldicott Guardian", "reference": "CG-7", "date": "2026-01-12"}],
+    "tables": {"patients": ["patient_pid", "birth_month", "sex"],
+               "observations": ["patient_pid", "event_date", "code", "value"]},
+    "date_from": "2019-01-01", "date_to": "2021-12-31", "expires": "2027-12-31",
+}
+
+
+def _project(tmp_path, project_id, **changes):
+    doc = {**BASE, "project_id": project_id, **changes}
+    path = tmp_path / "projects" / f"{project_id}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(doc))))
+    return load_project(path)
+
+
+@pytest.fixture
+def world(home):
+    """A store with one release and a current National Data Opt-out list holding patient p2."""
+    resources = practice_resources() + [
+        f.observation("old", "p1", f.BMI, "2015-01-01", value=26.0, unit="kg/m2"),      # before the range
+        f.condition("htn2", "p2", f.HYPERTENSION, "2016-01-01")]                          # outside the range
+    f.write_bundle(home / "sources" / "A81001", resources)
+    cfg = settings.load()
+    pipeline.run_practice(Feed(ods_code="A81001", name="t", location=str(home / "sources" / "A81001"),
+                               max_quarantine_fraction=1), cfg, "r1")
+    rid = release.create_release(cfg.store)["release_id"]
+    (home / "ndop.csv").write_text("nhs_number\n999 000 0026\n")
+    key = keys.load_master_key()
+    ndop.ingest(home / "ndop.csv", cfg.store, key, received=TODAY - dt.timedelta(days=3))
+    pseudo = Pseudonymiser(key)
+    pids = dict(zip(["p1", "p2"], pseudo(pa.array(["9990000018", "9990000026"]), "nhs_number").to_pylist(),
+                    strict=True))
+    return cfg, rid, key, pids
+
+
+def _run(world, project, tmp_path, **kw):
+    cfg, rid, key, _ = world
+    manifest = disseminate.extract(project, kw.pop("release_id", rid), cfg.store, tmp_path / "out", key,
+                                   requested_by="tester", today=kw.pop("today", TODAY), **kw)
+    folder = tmp_path / "out" / project.project_id / manifest["release"]
+    return {t: pq.read_table(folder / f"{t}.parquet") for t in project.tables}, manifest
+
+
+def test_projects_get_disjoint_pseudonyms_stable_across_releases(world, tmp_path):
+    cfg, rid, key, pids = world
+    a = _project(tmp_path, "PROJ-A", national_data_optout="exempt", exemption_reason="test exemption")
+    b = _project(tmp_path, "PROJ-B", national_data_optout="exempt", exemption_reason="test exemption")
+    got_a, _ = _run(world, a, tmp_path)
+    got_b, _ = _run(world, b, tmp_path)
+    ids_a, ids_b = set(got_a["patients"]["patient_pid"].to_pylist()), set(got_b["patients"]["patient_pid"].to_pylist())
+    assert len(ids_a) == 2 and not ids_a & ids_b
+    assert not ids_a & set(pids.values())  # never the curated pseudonym itself
+    rid2 = release.create_release(cfg.store)["release_id"]
+    again, _ = _run(world, a, tmp_path, release_id=rid2)
+    assert set(again["patients"]["patient_pid"].to_pylist()) == ids_a
+
+
+def test_national_data_optout_applies_unless_exempt_and_a_stale_list_blocks(world, tmp_path):
+    cfg, rid, key, pids = world
+    applying, exempt = _project(tmp_path, "APPLY"), _project(tmp_path, "EXEMPT", national_data_optout="exempt",
+                                                              exemption_reason="COPI notice")
+    n_apply = _run(world, applying, tmp_path)[0]["patients"].num_rows
+    n_exempt = _run(world, exempt, tmp_path)[0]["patients"].num_rows
+    assert (n_apply, n_exempt) == (1, 2)
+    with pytest.raises(GpdataError, match="National Data Opt-out list is 40 days old"):
+        _run(world, applying, tmp_path, today=TODAY + dt.timedelta(days=37))
+    assert audit.entries(cfg.store)[-1]["event"] == "refusal"
+    assert not (world[0].home / "ndop.csv").exists()  # the identifiable list is not kept
+
+
+def test_a_project_gets_nothing_outside_its_approval(world, tmp_path):
+    cfg, rid, key, pids = world
+    (tmp_path / "htn.csv").write_text(f"code,term\n{f.HYPERTENSION},Hypertensive disorder\n")
+    cohort = _project(tmp_path, "COHORT", national_data_optout="exempt", exemption_reason="x",
+                      cohort={"code_lists": ["../htn.csv"]})
+    got, manifest = _run(world, cohort, tmp_path)
+    assert set(got) == {"patients", "observations"}                                  # tables
+    assert got["patients"].column_names == ["patient_pid", "birth_month", "sex"]      # columns
+    assert got["observations"].column_names == ["patient_pid", "event_date", "code", "value"]
+    dates = got["observations"]["event_date"].to_pylist()
+    assert dates and all(dt.date(2019, 1, 1) <= d <= dt.date(2021, 12, 31) for d in dates)  # date range
+    assert got["patients"].num_rows == 1  # cohort: only p1 has hypertension inside the range
+    assert len(set(got["observations"]["patient_pid"].to_pylist())) == 1
+    assert manifest["files_sha256"] and all(len(h) == 64 for h in manifest["files_sha256"].values())
+    summary = json.loads((tmp_path / "out" / "COHORT" / rid / "summary.json").read_text())
+    assert summary["tables"]["patients"]["patients"] == "[REDACTED]"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tables": {"patients": ["patient_pid", "nhs_number"]}}, "not in the data dictionary"),
+    ({"tables": {"addresses": ["patient_pid"]}}, "not in the data dictionary"),
+    ({"approvals": [{"panel": "IGARD", "reference": "1", "date": "2026-01-01"}]}, "two independent panels"),
+    ({"national_data_optout": "exempt"}, "needs its exemption_reason"),
+])
+def test_invalid_approvals_are_refused_with_file_and_field(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        _project(tmp_path, "BAD", **change)
+    assert "BAD.yaml" in str(err.value)
+
+
+def test_expired_approval_is_refused_and_audited(world, tmp_path):
+    cfg, *_ = world
+    with pytest.raises(ConfigError, match="expired on 2026-05-31"):
+        _run(world, _project(tmp_path, "OLD", expires="2026-05-31"), tmp_path)
+    assert audit.entries(cfg.store)[-1]["event"] == "refusal"
+
+
+def test_audit_log_detects_edits_and_removals(world, tmp_path):
+    cfg, *_ = world
+    project = _project(tmp_path, "AUD", national_data_optout="exempt", exemption_reason="x")
+    for _ in range(3):
+        _run(world, project, tmp_path)
+    assert audit.verify(cfg.store) == 3
+    log = audit.audit_dir(cfg.store) / "audit.jsonl"
+    original = log.read_text()
+    lines = original.splitlines(keepends=True)
+    first = json.loads(lines[0])
+    first["rows"]["observations"] += 1  # someone edits a count in the first entry
+    log.write_text(json.dumps(first, sort_keys=True) + "\n" + "".join(lines[1:]))
+    assert log.read_text() != original
+    with pytest.raises(GpdataError, match="entry 1 was altered"):
+        audit.verify(cfg.store)
+    log.write_text(lines[0] + lines[2])
+    with pytest.raises(GpdataError, match="entry 2 is missing"):
+        audit.verify(cfg.store)
+    log.write_text("".join(lines[:2]))
+    with pytest.raises(GpdataError, match="entries were removed"):
+        audit.verify(cfg.store)
+
+
+@pytest.mark.parametrize("n, shown", [(0, 0), (1, "[REDACTED]"), (7, "[REDACTED]"), (8, 10), (12, 10),
+                                      (13, 15), (17, 15), (18, 20), (1002, 1000)])
+def test_small_number_suppression_edges(n, shown):
+    assert disseminate.suppress(n) == shown
+
+
+def test_register_lists_projects_and_their_releases(world, tmp_path):
+    cfg, rid, *_ = world
+    p = _project(tmp_path, "REG", national_data_optout="exempt", exemption_reason="x",
+                 purpose="=HYPERLINK(\"http://x\")<script>")
+    _run(world, p, tmp_path)
+    csv_path, html_path = register.write([p], cfg.store, tmp_path / "register")
+    text = csv_path.read_text()
+    assert "REG" in text and rid in text and "'=HYPERLINK" in text
+    assert "<script>" not in html_path.read_text() and "&lt;script&gt;" in html_path.read_text()
