@@ -85,10 +85,87 @@ def code_keys(systems: pa.Array, codes: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(systems, codes, "|")
 
 
+# Code systems as sources name them: FHIR URIs (http or https, with or without a trailing slash or a SNOMED
+# edition path), OIDs (with or without ``urn:oid:``) and the labels flat-file exports use.
+_SYSTEM_ALIASES = {
+    "snomed": ("snomed.info/sct", "2.16.840.1.113883.6.96", "snomed", "snomedct", "snomed ct", "snomed-ct", "sct"),
+    "readv2": ("read.info/readv2", "terminology.hl7.org/codesystem/rcv2", "2.16.840.1.113883.6.29", "readv2",
+               "read v2", "read2", "read", "r2", "rcv2"),
+    "ctv3": ("read.info/ctv3", "terminology.hl7.org/codesystem/read-codes", "2.16.840.1.113883.6.6", "ctv3",
+             "read v3", "read3", "r3"),
+    "dmd": ("dmd.nhs.uk", "dm+d", "dmd"),
+}
+_SYSTEM_OF = {alias: label for label, aliases in _SYSTEM_ALIASES.items() for alias in aliases}
+
+
+def system_label(system: str | None) -> str | None:
+    """The project's label (snomed, readv2, ctv3, dmd) of a code system as a source names it, or the name
+    itself (trimmed) when it is not one of these."""
+    if system is None:
+        return None
+    s = str(system).strip()
+    key = s.lower().removeprefix("urn:oid:")
+    for scheme in ("https://", "http://"):
+        key = key.removeprefix(scheme)
+    key = key.removeprefix("www.").rstrip("/")
+    if key.startswith("snomed.info/sct"):  # an edition or version path after the system
+        return "snomed"
+    return _SYSTEM_OF.get(key, s or None)
+
+
+def trim_code(code: str | None) -> str | None:
+    """A code as delivered, without surrounding white space (including non-breaking spaces)."""
+    if code is None:
+        return None
+    return str(code).strip() or None
+
+
+def read_stem(code: str) -> str:
+    """A Read v2 or CTV3 code without its dot padding or its two-digit term code: ``9Nu0.00``, ``9Nu0.``
+    and ``9Nu0`` are all ``9Nu0``. A code longer than 5 characters that is not 5 + a term code is returned as is."""
+    code = code.strip()
+    if len(code) == 7 and code[5:].isdigit():
+        code = code[:5]
+    return code.rstrip(".") if len(code) <= 5 else code
+
+
 @dataclass(frozen=True)
 class OptOutCodes:
+    """Type 1 codes as ``system|code`` keys, and as bare codes (SNOMED concept ids and Read/CTV3 stems)."""
+
     dissent: frozenset[str]
     withdrawn: frozenset[str]
+    dissent_codes: frozenset[str] = frozenset()
+    withdrawn_codes: frozenset[str] = frozenset()
+
+    def kind(self, code: str | None) -> str | None:
+        """``dissent``, ``withdrawn`` or None for a code in any form and under any system label: matching is
+        on the code itself (trimmed; Read and CTV3 by stem), so a dissent is never missed for how its system
+        was written. A code that is both counts as dissent."""
+        if code is None:
+            return None
+        code = str(code).strip()
+        for form in (code, read_stem(code)):
+            if form in self.dissent_codes:
+                return "dissent"
+        for form in (code, read_stem(code)):
+            if form in self.withdrawn_codes:
+                return "withdrawn"
+        return None
+
+    def needles(self) -> tuple[bytes, ...]:
+        """Byte strings at least one of which any delivered form of a type 1 code contains."""
+        return tuple(sorted({c.encode() for c in self.dissent_codes | self.withdrawn_codes}))
+
+    def classify(self, codes: pa.Array) -> tuple[pa.Array, pa.Array]:
+        """(is dissent, is withdrawal) per row, decided once per distinct code."""
+        codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
+        enc = pc.dictionary_encode(codes.cast(pa.string()))
+        kinds = [self.kind(c) for c in enc.dictionary.to_pylist()]
+        dissent = pa.array([k == "dissent" for k in kinds], pa.bool_())
+        withdrawn = pa.array([k == "withdrawn" for k in kinds], pa.bool_())
+        return (pc.fill_null(pc.take(dissent, enc.indices), False),
+                pc.fill_null(pc.take(withdrawn, enc.indices), False))
 
 
 def _expand(system: str, codes: list[str]) -> set[str]:
@@ -100,6 +177,10 @@ def _expand(system: str, codes: list[str]) -> set[str]:
             out.add(_key(system, code.rstrip(".")))
             out.add(_key(system, code.rstrip(".").ljust(5, ".")))
     return out
+
+
+def _bare(system: str, codes: list[str]) -> set[str]:
+    return {read_stem(str(c)) if system in ("readv2", "ctv3") else str(c).strip() for c in codes}
 
 
 def _load_yaml(path: Path) -> dict:
@@ -123,7 +204,8 @@ def optout_codes(path: Path = CONFIG_DIR / "optout.yaml") -> OptOutCodes:
         if not isinstance(entries, dict) or not entries:
             raise ConfigError(f"{path}: '{kind}' must map code systems to lists of codes")
         sets[kind] = frozenset().union(*(_expand(system, codes) for system, codes in entries.items()))
-    return OptOutCodes(dissent=sets["dissent"], withdrawn=sets["withdrawn"])
+        sets[f"{kind}_codes"] = frozenset().union(*(_bare(system, codes) for system, codes in entries.items()))
+    return OptOutCodes(**sets)
 
 
 @lru_cache(maxsize=4)

@@ -143,6 +143,13 @@ CANONICAL: dict[str, pa.Schema] = {
                            pa.field("duration_minutes", pa.int32())),
 }
 
+# Type 1 opt-out evidence an adapter found in places the canonical tables do not carry (a second coding of a
+# concept, a value, an extension, a resource type that is not mapped): identifiable, in memory only. The patient
+# is a source reference or an NHS number (a subject given by identifier).
+TYPE1_EVIDENCE = "type1_evidence"
+TYPE1_EVIDENCE_SCHEMA = _canon(pa.field("patient_ref", _STR), pa.field("nhs_number", _STR),
+                               pa.field("event_date", _DATE), pa.field("kind", _STR))
+
 
 def staged_schema(table: str) -> pa.Schema:
     """A curated table's schema, all nullable (the quality gate quarantines missing keys), plus the

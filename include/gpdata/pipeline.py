@@ -26,14 +26,14 @@ from gpdata.errors import GpdataError, QualityGateError
 from gpdata.ingest import ledger, limits, sources
 from gpdata.ingest.feeds import Feed
 from gpdata.model import TABLES
-from gpdata.privacy import deid, nhsnumber, type1
+from gpdata.privacy import deid, keys, nhsnumber, type1
 from gpdata.privacy.keys import load_master_key
 from gpdata.settings import Settings
 from gpdata.store import erasure
 
 log = logging.getLogger("gpdata.pipeline")
 DELETIONS = pa.schema([("table", pa.string()), ("key", pa.string())])
-_CARRIED = ("optout_pids", "optout_state", "patient_map", "practitioner_map", "deletions")  # staged beside the tables
+_CARRIED = ("optout_pids", "type1_events", "patient_map", "practitioner_map", "deletions")  # staged beside the tables
 
 
 def staging_dir(settings: Settings, run_id: str, practice: str) -> Path:
@@ -81,6 +81,69 @@ def _refs_to_pids(refs: list[str], ids: pa.Array, pids: pa.Array, pseudo: deid.P
     return pc.unique(found.drop_null()).cast(pa.string())
 
 
+def _evidence_pids(found: pa.Table, ids: pa.Array, pids: pa.Array, pseudo: deid.Pseudonymiser,
+                   known: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """Per type 1 code: the patient's pseudonym (from an NHS number given as the subject, this batch's patient,
+    or the patient map of earlier deliveries), and whether it names a known patient at all (one whose NHS
+    number is invalid has no pseudonym but is still excluded by its ref)."""
+    refs = found["patient_ref"].combine_chunks()
+    nhs = nhsnumber.normalise(found["nhs_number"].combine_chunks())
+    by_nhs = pseudo(pc.if_else(nhsnumber.is_valid(nhs), nhs, pa.nulls(len(nhs), pa.string())), "nhs_number")
+    index = pc.index_in(refs, value_set=ids)
+    out = pc.coalesce(by_nhs, pc.take(pids, index))
+    tied = pc.is_valid(index)
+    if known.num_rows and len(refs):
+        at = pc.index_in(pseudo(refs, "record_id"), value_set=known["ref_pid"].combine_chunks())
+        out = pc.coalesce(out, pc.take(known["patient_pid"].combine_chunks(), at))
+        tied = pc.or_(tied, pc.is_valid(at))
+    return out.cast(pa.string()), tied
+
+
+def _type1(canonical: dict[str, pa.Table], found: pa.Table, register: pa.Table, pseudo: deid.Pseudonymiser,
+           known: pa.Table, practice: str) -> tuple[dict[str, pa.Table], dict, pa.Table, pa.Array, pa.Array]:
+    """Apply type 1 opt-outs to a canonical batch against the store-wide register. Returns the filtered tables,
+    counts, this batch's latest events per patient (for the register), the pseudonyms to erase if the store
+    holds them, and every active dissenter (to drop any staged row of theirs)."""
+    type1.require_dates(found, practice)
+    ids, pids = _nhs_pids(canonical["patients"], pseudo)
+    ev_pids, tied = _evidence_pids(found, ids, pids, pseudo, known)
+    type1.require_patients(found, ev_pids, tied, practice)
+    events = type1.latest(ev_pids, found["event_date"], found["dissent"])
+    combined = type1.status(pa.concat_tables([register, events]))
+    active = combined.filter(combined["dissent"])["patient_pid"].combine_chunks()
+    # Patients of this delivery whose status across practices is dissent; and, by this delivery's own codes,
+    # those with no pseudonym (an invalid NHS number) that the register cannot speak for.
+    excluded = ids.filter(pc.fill_null(pc.is_in(pids, value_set=active), False)).cast(pa.string())
+    by_ref = type1.latest(found["patient_ref"], found["event_date"], found["dissent"])
+    local = by_ref.filter(by_ref["dissent"])["patient_pid"].combine_chunks()
+    unpseudonymised = ids.filter(pc.is_null(pids)).cast(pa.string())
+    local = local.filter(pc.is_in(local, value_set=unpseudonymised))
+    filtered, counts = type1.exclude(canonical, pc.unique(pa.concat_arrays([excluded, local])))
+    withdrawn = events.filter(pc.invert(events["dissent"]))["patient_pid"]
+    counts["patients_readmitted"] = pc.sum(pc.invert(pc.is_in(withdrawn, value_set=active))).as_py() or 0
+    mine = events.filter(events["dissent"])["patient_pid"]  # excluded by a dissent another practice recorded:
+    counts["excluded_by_register"] = pc.sum(pc.invert(pc.is_in(pids.filter(pc.is_in(pids, value_set=active)),
+                                                               value_set=mine))).as_py() or 0
+    mine = pc.unique(pa.concat_arrays([events["patient_pid"].combine_chunks(), pids.drop_null()]))
+    erase = mine.filter(pc.is_in(mine, value_set=active))
+    return filtered, counts, events, erase, active
+
+
+def _drop_pids(tables: dict[str, pa.Table], pids: pa.Array) -> dict[str, int]:
+    """Drop, in place, every row of these patient pseudonyms; returns rows dropped per table."""
+    dropped = {}
+    if not len(pids):
+        return dropped
+    for name, table in tables.items():
+        if name in TABLES and "patient_pid" in table.column_names:
+            hit = pc.fill_null(pc.is_in(table["patient_pid"], value_set=pids), False)
+            n = pc.sum(hit).as_py() or 0
+            if n:
+                tables[name] = table.filter(pc.invert(hit))
+                dropped[name] = n
+    return dropped
+
+
 def _deletion_keys(deleted: dict[str, pa.Table], pseudo: deid.Pseudonymiser, known: pa.Table) -> pa.Table:
     """(table, key) of every record the source marks deleted, keyed as in the store (gpdata.store.tables.KEYS)."""
     parts = []
@@ -121,10 +184,13 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     practice = feed.ods_code
     started = time.monotonic()
     key = load_master_key(practice=practice)          # fail closed before touching any source
+    keys.verify_store(settings.store, key, practice)  # the key the store was made with, no rotation under way
     lookup = deid.PostcodeLookup.load(settings.postcode_lookup)
     optout_codes = codes.optout_codes()
     restricted = codes.restricted_codes()
     state = ledger.PracticeState.load(settings.state, practice)
+    key.verify(state.key_checks, f"the ledger of practice {practice}", practice)
+    register, _ = type1.load_register(settings.store, key.version)
     if state.key_version and state.key_version != key.version:
         log.info("practice %s: key rotated (%s -> %s) since the last commit: full re-extraction", practice,
                  state.key_version, key.version)
@@ -144,19 +210,14 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     if batch is None or not batch.tables:
         return _unchanged(feed, settings, run_id, batch)
     canonical, batch.tables = batch.tables, {}  # so `del canonical` below frees the identifiable rows
+    found = type1.evidence(canonical, optout_codes)
     read_counts = {name: t.num_rows for name, t in canonical.items()}
     log.info("practice %s: read %s (%s)", practice, read_counts, "baseline" if batch.full else "incremental")
     pseudo = deid.Pseudonymiser(key)
     known = ledger.PATIENT_MAP.empty_table() if batch.full else state.patient_map()
     known_prac = ledger.PRACTITIONER_MAP.empty_table() if batch.full else state.practitioner_map()
-    status = type1.type1_status(canonical["observations"], optout_codes)
-    filtered, type1_counts = type1.apply_type1(canonical, optout_codes)
-    every_id, every_pid = _nhs_pids(canonical["patients"], pseudo)  # once: both look-ups below use it
-    new_optouts = _refs_to_pids([r for r, d in status.items() if d], every_id, every_pid, pseudo, known)
-    readmitted = _refs_to_pids([r for r, d in status.items() if not d], every_id, every_pid, pseudo, known)
-    earlier = pa.array([], pa.string()) if batch.full else state.optouts()
-    earlier = earlier.filter(pc.invert(pc.is_in(earlier, value_set=readmitted)))
-    optout_state = pc.unique(pa.concat_arrays([earlier, new_optouts]))
+    filtered, type1_counts, events, optout_pids, active = _type1(canonical, found, register, pseudo, known,
+                                                                 practice)
     type1_at = time.monotonic()
     ids, pids = _nhs_pids(filtered["patients"], pseudo)
     patient_map = pa.table({"ref_pid": pseudo(ids, "record_id"), "patient_pid": pids}).filter(pc.is_valid(pids))
@@ -171,18 +232,13 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     staged, deid_counts = deid.deidentify(filtered, practice, pseudo, lookup, restricted, known=known,
                                           known_practitioners=known_prac)
     del filtered
-    if len(earlier):  # incremental: later records of patients who dissented in an earlier delivery
-        for name, table in staged.items():
-            if "patient_pid" not in table.column_names:
-                continue
-            drop = pc.fill_null(pc.is_in(table["patient_pid"], value_set=earlier), False)
-            dropped = pc.sum(drop).as_py() or 0
-            if dropped:
-                staged[name] = table.filter(pc.invert(drop))
-                if name != "patients":
-                    type1_counts["records_excluded"][name] = type1_counts["records_excluded"].get(name, 0) + dropped
-    staged["optout_pids"] = pa.table({"patient_pid": new_optouts})
-    staged["optout_state"] = pa.table({"patient_pid": optout_state})
+    # Records of a patient delivered earlier (an incremental delivery's events) or under another reference
+    # whose register status is dissent: dropped by pseudonym, whichever practice recorded the dissent.
+    for name, dropped in _drop_pids(staged, active).items():
+        if name != "patients":
+            type1_counts["records_excluded"][name] = type1_counts["records_excluded"].get(name, 0) + dropped
+    staged["optout_pids"] = pa.table({"patient_pid": optout_pids})
+    staged["type1_events"] = events
     staged["patient_map"] = patient_map
     staged["practitioner_map"] = practitioner_map
     staged["deletions"] = deletions
@@ -267,16 +323,37 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     optout_pids = carried["optout_pids"]["patient_pid"].combine_chunks()
     info = counts.pop("_ledger")
     counts["run_id"] = run_id
-    current = load_master_key(practice=practice).version
+    key = load_master_key(practice=practice)
+    keys.verify_store(settings.store, key, practice)
+    current = key.version
+    if counts.get("key_version") != current:  # before the register: its pseudonyms must be of one version
+        raise GpdataError(f"the batch was pseudonymised with key version {counts.get('key_version')}, the key is at "
+                          f"{current}: the key was rotated during the run; run the practice again",
+                          practice=practice, stage="commit")
     store.ensure_tables(settings.store)
+    keys.record_store(settings.store, key)
+    # The store-wide register first: from here on every practice's extraction and commit excludes them.
+    type1.record(settings.store, practice, carried["type1_events"], current)
+    active, _ = type1.active_dissenters(settings.store, current)
     to_erase = erasure.present(settings.store, optout_pids)  # a late opt-out: the store still holds them
     counts["erasure"] = erasure.erase(settings.store, to_erase) if len(to_erase) \
         or len(erasure.pending(settings.store)) else {}
     deletions = carried["deletions"]
     deleted = None if info["full"] else {
         name: deletions.filter(pc.equal(deletions["table"], name))["key"].combine_chunks() for name in TABLES}
+    # Another practice may have recorded a dissent since this batch was extracted.
+    at_commit = _drop_pids(tables, active)
+    if at_commit:
+        counts["type1_optout"]["excluded_at_commit"] = at_commit
     versions = store.commit_practice(settings.store, practice, tables, quarantine, key_version=current,
                                      deleted=deleted)
+    # ... or while this one was writing: its erasure may have run before these rows landed.
+    late, _ = type1.active_dissenters(settings.store, current)
+    held = pa.concat_arrays([t["patient_pid"].combine_chunks().cast(pa.string()) for t in tables.values()
+                             if "patient_pid" in t.column_names])
+    late = late.filter(pc.is_in(late, value_set=held))
+    if len(late):
+        counts["erasure_after_commit"] = erasure.erase(settings.store, late)
     state = ledger.PracticeState.load(settings.state, practice)
     patients = tables["patients"]
     new_map = carried["patient_map"].join(patients.select(["patient_pid", "birth_month"]), "patient_pid",
@@ -286,8 +363,8 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     practitioner_map = carried["practitioner_map"] if info["full"] else \
         ledger.merge_by_ref(state.practitioner_map(), carried["practitioner_map"])
     state.save(run_id=run_id, files=info["files"], watermark=info["watermark"], snapshot=info["snapshot"],
-               patient_map=patient_map, optouts=carried["optout_state"]["patient_pid"].combine_chunks(),
-               practitioner_map=practitioner_map, key_version=current)
+               patient_map=patient_map, practitioner_map=practitioner_map, key_version=current,
+               key_checks=key.checks())
     counts["committed_rows"] = {name: t.num_rows for name, t in tables.items()}
     if deleted is not None:
         counts["deleted_keys"] = {name: len(keys) for name, keys in deleted.items() if len(keys)}

@@ -164,9 +164,11 @@ class ReleaseOperator(BaseOperator):
 
     def execute(self, context):
         from gpdata import settings
+        from gpdata.privacy.keys import load_master_key
         from gpdata.store import release
 
-        manifest = release.create_release(settings.load().store, note=f"run {context['run_id']}")
+        manifest = release.create_release(settings.load().store, note=f"run {context['run_id']}",
+                                          key=load_master_key())
         summary = {"release_id": manifest["release_id"],
                    "rows": {t: e["rows"] for t, e in manifest["tables"].items()}}
         context["outlet_events"][RELEASES].extra = summary

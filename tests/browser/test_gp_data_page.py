@@ -11,6 +11,7 @@ Needs the Debian packages chromium and chromium-driver (`make browser-deps`, run
 the test fails. A screenshot is saved under test-artifacts/.
 """
 
+import datetime as dt
 import json
 import os
 import re
@@ -93,7 +94,7 @@ def stack(tmp_path_factory):
     run_output = _airflow(env, "dags", "test", "gpdata_extract", check=False)
     key = keys.load_master_key({keys.KEY_FILE_ENV: str(key_file)})
     release.create_release(cfg.store)
-    ndop.ingest(cfg.reference / "ndop.csv", cfg.store, key)
+    ndop.ingest(cfg.reference / "ndop.csv", cfg.store, key, published=dt.date.today())
     disseminate_all(cfg, key, requested_by="browser test")
 
     users = {}

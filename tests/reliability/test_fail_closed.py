@@ -70,8 +70,9 @@ def test_a_stale_national_data_optout_list_stops_dissemination(use_home, caplog)
     cfg = home.cfg
     key = keys.load_master_key()
     rel = release.create_release(cfg.store)["release_id"]
-    received = dt.date.today() - dt.timedelta(days=ndop.MAX_AGE_DAYS + 5)
-    ndop.ingest(cfg.reference / "ndop.csv", cfg.store, key, received=received)
+    published = dt.date.today() - dt.timedelta(days=ndop.MAX_AGE_DAYS + 5)  # current when it arrived, stale now
+    ndop.ingest(cfg.reference / "ndop.csv", cfg.store, key, published=published,
+                today=published + dt.timedelta(days=10))
     project = load_project(PROJECT)
     assert project.national_data_optout == "apply"
     before = digest(home.root, skip=["store"])
@@ -80,7 +81,7 @@ def test_a_stale_national_data_optout_list_stops_dissemination(use_home, caplog)
     with caplog.at_level(logging.INFO), pytest.raises(GpdataError) as err:
         disseminate.disseminate_all(cfg, key, requested_by="test", release_id=rel, projects=[project])
     assert f"is {ndop.MAX_AGE_DAYS + 5} days old" in str(err.value)
-    assert f"received {received.isoformat()}" in str(err.value)
+    assert f"published {published.isoformat()}" in str(err.value)
     assert not (cfg.extracts / project.project_id).exists()  # no extract, not even a folder
     assert not cfg.register.exists()  # nor a register naming a release that did not happen
     assert digest(home.root, skip=["store"]) == before and table_digests(cfg.store) == tables

@@ -38,7 +38,6 @@ def _pause(go: str | None) -> None:
 
 
 def _install_pause(point: str, go: str | None) -> None:
-    from gpdata import store
     from gpdata.privacy import deid
 
     if point == "deidentify":
@@ -62,14 +61,16 @@ def _install_pause(point: str, go: str | None) -> None:
 
         pq.write_table = paused_write
     elif point.startswith("table:"):
-        name, real_replace = point.split(":", 1)[1], store.replace_partition
+        from gpdata.store import tables  # commit_practice calls the module's own replace_partition
+
+        name, real_replace = point.split(":", 1)[1], tables.replace_partition
 
         def paused_replace(root, table, practice, batch):
             if table == name:
                 _pause(go)
             return real_replace(root, table, practice, batch)
 
-        store.replace_partition = paused_replace
+        tables.replace_partition = paused_replace
     else:
         raise SystemExit(f"unknown pause point {point}")
 

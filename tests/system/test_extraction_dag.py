@@ -5,6 +5,7 @@ a second run changes nothing; no identifier from the sources appears in the stor
 Airflow output and logs.
 """
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -58,7 +59,7 @@ def demo(tmp_path_factory):
     manifests_unchanged = store.latest_manifests(cfg.manifests)
     outputs.append(_airflow(env, "dags", "test", "gpdata_release"))
     ndop.ingest(cfg.reference / "ndop.csv", cfg.store, keys.load_master_key({"GPDATA_MASTER_KEY_FILE": env[
-        "GPDATA_MASTER_KEY_FILE"]}))
+        "GPDATA_MASTER_KEY_FILE"]}), published=dt.date.today())
     outputs.append(_airflow(env, "dags", "test", "gpdata_disseminate"))
     return {"cfg": cfg, "env": env, "outputs": outputs, "first": first, "manifests_first": manifests_first,
             "manifests_forced": manifests_forced, "manifests_unchanged": manifests_unchanged,
@@ -167,9 +168,10 @@ def test_the_release_dag_publishes_a_release_of_the_run(demo):
 
 def test_each_approved_project_gets_its_extract_audit_and_register(demo):
     cfg = demo["cfg"]
-    rid = release.list_releases(cfg.store)[-1]["release_id"]
+    rid = release.latest_release(cfg.store)["release_id"]
     manifests = {p.parent.parent.name: json.loads(p.read_text()) for p in cfg.extracts.glob(f"*/{rid}/manifest.json")}
     assert set(manifests) == {"DARS-DEMO-HTN", "DARS-DEMO-VAX"}
     assert manifests["DARS-DEMO-VAX"]["tables"]["immunisations"]["rows"] > 0
-    assert audit.verify(cfg.store) == 2
+    assert audit.verify(cfg.store) == 3  # the NDOP list's ingest, then one extract per project
+    assert [e["event"] for e in audit.entries(cfg.store)] == ["ndop_ingested", "extract", "extract"]
     assert "DARS-DEMO-HTN" in (cfg.register / "register.csv").read_text()

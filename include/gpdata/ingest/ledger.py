@@ -5,7 +5,6 @@
 ``patients.parquet`` pseudonym of each patient's source record id -> patient pseudonym and birth month, so an
                      incremental delivery's events can be linked to patients delivered earlier;
 ``practitioners.parquet`` the same for clinicians (-> practitioner pseudonym and role);
-``optout.parquet``   patient pseudonyms with an active type 1 opt-out, so later records of theirs are dropped.
 
 Everything here is pseudonymous. It is written only by a successful commit (after the Delta tables), so a
 failed run never moves the watermark or marks a file as processed.
@@ -26,7 +25,6 @@ import pyarrow.parquet as pq
 from gpdata.storage import read_json, write_json_atomic
 
 PATIENT_MAP = pa.schema([("ref_pid", pa.string()), ("patient_pid", pa.string()), ("birth_month", pa.date32())])
-OPTOUT = pa.schema([("patient_pid", pa.string())])
 PRACTITIONER_MAP = pa.schema([("ref_pid", pa.string()), ("practitioner_pid", pa.string()),
                               ("role_code", pa.string())])
 
@@ -47,7 +45,8 @@ class PracticeState:
     watermark: str | None = None
     baselined: bool = False
     snapshot: str | None = None  # combined hash of the last committed full snapshot
-    key_version: str | None = None  # the key the maps and opt-outs here are pseudonymised with
+    key_version: str | None = None  # the key the maps here are pseudonymised with
+    key_checks: dict[str, str] = field(default_factory=dict)  # check values of the key ring it was made with
 
     @classmethod
     def load(cls, state_dir: Path, practice: str) -> PracticeState:
@@ -55,7 +54,7 @@ class PracticeState:
         doc = read_json(folder / "ledger.json") or {}
         return cls(practice=practice, folder=folder, files=doc.get("files", {}), watermark=doc.get("watermark"),
                    baselined=doc.get("baselined", False), snapshot=doc.get("snapshot"),
-                   key_version=doc.get("key_version"))
+                   key_version=doc.get("key_version"), key_checks=doc.get("key_checks") or {})
 
     def seen(self, sha256: str) -> dict | None:
         return self.files.get(sha256)
@@ -76,22 +75,15 @@ class PracticeState:
         path = self.folder / "practitioners.parquet"
         return pq.read_table(path).cast(PRACTITIONER_MAP) if path.exists() else PRACTITIONER_MAP.empty_table()
 
-    def optouts(self) -> pa.Array:
-        path = self.folder / "optout.parquet"
-        table = pq.read_table(path).cast(OPTOUT) if path.exists() else OPTOUT.empty_table()
-        return table["patient_pid"].combine_chunks()
-
     def save(self, *, run_id: str, files: list[dict], watermark: str | None, snapshot: str | None,
-             patient_map: pa.Table | None, optouts: pa.Array | None,
-             practitioner_map: pa.Table | None = None, key_version: str | None = None) -> None:
+             patient_map: pa.Table | None, practitioner_map: pa.Table | None = None,
+             key_version: str | None = None, key_checks: dict[str, str] | None = None) -> None:
         """Record a committed run. Parquet state first, the ledger (which names the run) last."""
         self.folder.mkdir(parents=True, exist_ok=True)
         if patient_map is not None:
             _write_parquet(self.folder / "patients.parquet", patient_map.cast(PATIENT_MAP))
         if practitioner_map is not None:
             _write_parquet(self.folder / "practitioners.parquet", practitioner_map.cast(PRACTITIONER_MAP))
-        if optouts is not None:
-            _write_parquet(self.folder / "optout.parquet", pa.table({"patient_pid": optouts}, schema=OPTOUT))
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         for f in files:
             self.files[f["sha256"]] = {"name": f["name"], "delivery": f["delivery"], "run_id": run_id,
@@ -101,10 +93,14 @@ class PracticeState:
         self.snapshot = snapshot if snapshot is not None else self.snapshot
         self.baselined = True
         self.key_version = key_version or self.key_version
+        self.key_checks = key_checks or self.key_checks
+        self.write(last_run=run_id)
+
+    def write(self, **extra) -> None:
         write_json_atomic(self.folder / "ledger.json", {
             "practice": self.practice, "files": self.files, "watermark": self.watermark,
             "baselined": self.baselined, "snapshot": self.snapshot, "key_version": self.key_version,
-            "last_run": run_id})
+            "key_checks": self.key_checks, **extra})
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:

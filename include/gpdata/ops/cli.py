@@ -92,24 +92,25 @@ def _keys(args) -> int:
     import os
 
     from gpdata.privacy.keys import KEY_FILE_ENV, add_key_version, load_master_key
-    from gpdata.store.rotation import rotate_store
+    from gpdata.store.rotation import rotate
 
     if args.action == "show":
         key = load_master_key()
         print(f"key versions {', '.join(key.versions)} (current {key.version}); "
-              f"{'development' if key.development else 'production'} key")
+              f"{'development' if key.development else 'production'} key; check values "
+              + ", ".join(f"{v} {c}" for v, c in key.checks().items()))
         return 0
     path = args.key_file or os.environ.get(KEY_FILE_ENV)
-    if args.action == "rotate":
-        if not path:
-            print(f"gpdata: error: rotation needs a key file (--key-file or {KEY_FILE_ENV}); with keys in the "
-                  "environment, add the new version there (v1:<hex>,v2:<hex>) and run `gpdata keys rekey`",
-                  file=sys.stderr)
-            return 2
-        print(f"added key version {add_key_version(Path(path))} to {path}")
-    key = load_master_key({**os.environ, KEY_FILE_ENV: path, "GPDATA_MASTER_KEY": ""} if path else None)
-    for table, what in rotate_store(settings.load().store, key).items():
-        print(f"{table}: {what}")
+    if args.action == "rotate" and not path:
+        print(f"gpdata: error: rotation needs a key file (--key-file or {KEY_FILE_ENV}); with keys in the "
+              "environment, add the new version there (v1:<hex>,v2:<hex>) and run `gpdata keys rekey`",
+              file=sys.stderr)
+        return 2
+    env = {**os.environ, KEY_FILE_ENV: path, "GPDATA_MASTER_KEY": ""} if path else None
+    steps = rotate(settings.load(), lambda: load_master_key(env),
+                   (lambda: add_key_version(Path(path))) if args.action == "rotate" else None)
+    for step, what in steps.items():
+        print(f"{step}: {what}")
     return 0
 
 
@@ -155,13 +156,23 @@ def _projects(args) -> int:
     return 0
 
 
+def _date(text: str):
+    import argparse
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
 def _ndop(args) -> int:
     from gpdata.privacy import ndop
     from gpdata.privacy.keys import load_master_key
 
-    meta = ndop.ingest(Path(args.file), settings.load().store, load_master_key())
-    print(f"National Data Opt-out list ingested: {meta['patients']} patients pseudonymised "
-          f"({meta['invalid_rows_dropped']} invalid rows dropped); the identifiable file was deleted")
+    meta = ndop.ingest(Path(args.file), settings.load().store, load_master_key(), args.published)
+    print(f"National Data Opt-out list published {meta['published']} ingested: {meta['patients']} patients "
+          f"pseudonymised ({meta['invalid_rows_dropped']} invalid rows dropped); the identifiable file was deleted")
     return 0
 
 
@@ -228,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ks = sub.add_parser("keys", help="show the key ring; rotate to a new key version and re-key the store")
     ks.add_argument("action", choices=["show", "rotate", "rekey"],
-                    help="rotate: add a version and re-key the store; rekey: finish an interrupted rotation")
+                    help="rotate: add a version to the key file and re-key everything (or finish an interrupted "
+                         "rotation); rekey: the same for a ring extended by hand (v1:<hex>,v2:<hex>)")
     ks.add_argument("--key-file", help=f"key file (default ${'{'}GPDATA_MASTER_KEY_FILE{'}'})")
     ks.set_defaults(func=_keys)
 
@@ -246,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     nd = sub.add_parser("ndop", help="ingest a National Data Opt-out list (pseudonymised; the file is deleted)")
     nd.add_argument("action", choices=["ingest"])
     nd.add_argument("file")
+    nd.add_argument("--published", required=True, type=_date,
+                    help="the list's publication date (YYYY-MM-DD): staleness is counted from it")
     nd.set_defaults(func=_ndop)
 
     ds = sub.add_parser("disseminate", help="extract a release for every active project, then the register")

@@ -9,6 +9,7 @@ Everything lives under GPDATA_HOME (default ./var). The demo writes its own deve
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import subprocess
@@ -96,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"DAG run finished in {time.monotonic() - started:.0f} s")
     _say("running DAG gpdata_release through Airflow")
     _airflow(["dags", "test", "gpdata_release"], env, log)
-    from gpdata.store.release import list_releases
+    from gpdata.store.release import latest_release
 
-    latest = list_releases(cfg.store)[-1]
+    latest = latest_release(cfg.store)
     _say(f"release {latest['release_id']} published (gpdata release list; gpdata release show "
          f"{latest['release_id']})")
     ndop_file = cfg.reference / "ndop.csv"
@@ -106,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         from gpdata.privacy import ndop
         from gpdata.privacy.keys import load_master_key
 
-        meta = ndop.ingest(ndop_file, cfg.store, load_master_key({"GPDATA_MASTER_KEY_FILE": str(key_file)}))
+        # The synthetic list is made with the practices, so it is published today.
+        meta = ndop.ingest(ndop_file, cfg.store, load_master_key({"GPDATA_MASTER_KEY_FILE": str(key_file)}),
+                           published=dt.date.today())
         _say(f"National Data Opt-out list ingested: {meta['patients']} patients, pseudonymised; "
              "the identifiable file was deleted")
     _say("running DAG gpdata_disseminate through Airflow (one task per approved project)")

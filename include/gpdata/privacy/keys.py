@@ -9,8 +9,11 @@ Airflow Variables or XCom, and their bytes never appear in a repr, log or error.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gpdata import storage
 from gpdata.errors import KeyConfigError
 
 KEY_ENV = "GPDATA_MASTER_KEY"
@@ -29,6 +33,8 @@ DEFAULT_VERSION = "v1"
 
 # Fields with their own derived key. Adding one never changes the others.
 FIELDS = ("nhs_number", "date_of_birth", "postcode", "practitioner", "record_id")
+VERSION_RE = re.compile(r"^v([1-9][0-9]{0,5})$")
+_CHECK_LABEL = b"gpdata key check value"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,27 @@ class MasterKey:
         start = versions.index(after) + 1 if after else 0
         return [self.derive(purpose, v) for v in versions[start:]]
 
+    def check_value(self, version: str | None = None) -> str:
+        """A short public fingerprint of one version's key (HMAC of a fixed label under a derived key): it
+        tells whether two keys labelled alike are the same key, and says nothing about the key itself."""
+        key = self.derive("key-check", version, namespace="check")
+        return hmac.new(key, _CHECK_LABEL, hashlib.sha256).hexdigest()[:16]
+
+    def checks(self) -> dict[str, str]:
+        """Check value of every version in the ring."""
+        return {v: self.check_value(v) for v in self.versions}
+
+    def verify(self, recorded: dict[str, str] | None, where: str, practice: str | None = None) -> None:
+        """Refuse when ``where`` (a store, a release, a list, a ledger) was made with a key this ring does
+        not hold under the same label: a wrong key labelled ``v1`` changes every pseudonym silently."""
+        for version, value in sorted((recorded or {}).items()):
+            if version not in dict(self.ring):
+                raise KeyConfigError(f"{where} was made with key version {version}, which the loaded key ring "
+                                     f"({', '.join(self.versions)}) does not hold", practice=practice)
+            if not hmac.compare_digest(str(value), self.check_value(version)):
+                raise KeyConfigError(f"the loaded key {version} is not the key {where} was made with (its check "
+                                     f"value differs): a wrong key file or secret?", practice=practice)
+
     def __repr__(self) -> str:  # never print key material
         return f"MasterKey(versions={self.versions!r}, development={self.development})"
 
@@ -91,6 +118,15 @@ def _parse_ring(entries: list[tuple[str, str]], where: str, practice: str | None
         ring.append((version, material))
     if len({v for v, _ in ring}) != len(ring):
         raise KeyConfigError(f"{where} repeats a key version", practice=practice)
+    numbers = []
+    for version, _ in ring:
+        match = VERSION_RE.match(version)
+        if not match:
+            raise KeyConfigError(f"{where}: key version {version!r} is not of the form v1, v2, ...", practice=practice)
+        numbers.append(int(match.group(1)))
+    if numbers != sorted(numbers):
+        raise KeyConfigError(f"{where} lists its key versions out of order ({', '.join(v for v, _ in ring)}): the "
+                             "newest, which is used, must come last", practice=practice)
     return tuple(ring)
 
 
@@ -169,3 +205,47 @@ def write_development_key(path: Path) -> bool:
     with os.fdopen(fd, "w") as fh:
         json.dump(doc, fh)
     return True
+
+
+# The key check values the store was made with, and an unfinished rotation, under ``<store>/_keys/``.
+def keys_dir(store_root: Path) -> Path:
+    return storage.root(store_root) / "_keys"
+
+
+def rotation_journal(store_root: Path) -> Path:
+    return keys_dir(store_root) / "rotation.json"
+
+
+def store_checks(store_root: Path) -> dict[str, str]:
+    doc = storage.read_json(keys_dir(store_root) / "checks.json") or {}
+    return dict(doc.get("versions") or {})
+
+
+def store_version(store_root: Path) -> str | None:
+    """The key version the store's pseudonyms are at: the newest it has recorded."""
+    recorded = store_checks(store_root)
+    return max(recorded, key=lambda v: int(VERSION_RE.match(v).group(1)) if VERSION_RE.match(v) else 0,
+               default=None)
+
+
+def verify_store(store_root: Path, key: MasterKey, practice: str | None = None, *,
+                 during_rotation: bool = False) -> None:
+    """Fail closed before anything is read or written: the key must be the one the store was made with, the
+    store must be at the key's current version, and no rotation may be unfinished."""
+    journal = storage.read_json(rotation_journal(store_root))
+    if journal and not during_rotation:
+        raise KeyConfigError(f"a key rotation ({journal.get('from')} -> {journal.get('to') or 'new'}) is unfinished: "
+                             "run `gpdata keys rotate` again to finish it", practice=practice)
+    recorded = store_checks(store_root)
+    key.verify(recorded, "the store", practice)
+    if recorded and not during_rotation and key.version not in recorded:
+        raise KeyConfigError(f"the store was not brought to key version {key.version} (it knows "
+                             f"{', '.join(sorted(recorded))}): run `gpdata keys rotate`", practice=practice)
+
+
+def record_store(store_root: Path, key: MasterKey) -> None:
+    """Record the check value of every version in the ring (after ``verify_store``)."""
+    recorded = store_checks(store_root)
+    if all(recorded.get(v) == c for v, c in key.checks().items()):
+        return
+    storage.write_json_atomic(keys_dir(store_root) / "checks.json", {"versions": {**recorded, **key.checks()}})

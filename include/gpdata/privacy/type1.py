@@ -1,4 +1,19 @@
-"""Type 1 opt-out: patients whose latest dissent code is a dissent are never extracted."""
+"""Type 1 opt-out: a patient whose latest type 1 code is a dissent is never collected, from any practice.
+
+Detection fails closed:
+
+* every code of every resource or row is examined (each coding of a concept, any table, the adapter's own
+  ``type1_evidence``), matched on the code itself whatever its system label says (trimmed; Read v2 and CTV3 by
+  stem, with or without dot padding or term code);
+* a type 1 code that cannot be tied to a patient or to a date stops the practice's batch (``SourceError``
+  naming file and entry), rather than being quarantined as an ordinary bad row.
+
+The **store-wide register** (``<store>/_type1/<ODS>.parquet``, pseudonymous) keeps, per practice, the latest
+dated dissent or withdrawal of each patient pseudonym that practice has delivered. A patient's status is the
+latest code across every practice (on the same date, or undated, dissent wins), so a dissent recorded at
+practice A excludes the patient's records at practice B too. Each practice writes only its own file (no lock is
+needed between practices); readers take the union. Every file records the key version of its pseudonyms.
+"""
 
 from __future__ import annotations
 
@@ -7,61 +22,209 @@ import datetime as dt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpdata.codes import OptOutCodes, code_keys
-from gpdata.model import EVENT_TABLES
+from gpdata import storage
+from gpdata.codes import OptOutCodes
+from gpdata.errors import GpdataError, SourceError
+from gpdata.model import EVENT_TABLES, POSITION, TYPE1_EVIDENCE
 
 _FAR_FUTURE = dt.date(9999, 12, 31)
+_EPOCH = dt.date(1970, 1, 1)
+_MAX_DAY, _MIN_DAY = (_FAR_FUTURE - _EPOCH).days, (dt.date.min - _EPOCH).days
+EVENTS = pa.schema([("patient_pid", pa.string()), ("event_date", pa.date32()), ("dissent", pa.bool_())])
+
+
+def evidence(tables: dict[str, pa.Table], codes: OptOutCodes) -> pa.Table:
+    """Every type 1 code in a canonical batch: (patient_ref, nhs_number, event_date, dissent, position).
+    Removes the adapter's ``type1_evidence`` table from ``tables``."""
+    parts = []
+    found = tables.pop(TYPE1_EVIDENCE, None)
+    if found is not None and found.num_rows:
+        parts.append(pa.table({"patient_ref": found["patient_ref"], "nhs_number": found["nhs_number"],
+                               "event_date": found["event_date"],
+                               "dissent": pc.equal(found["kind"], "dissent"),
+                               **{c: found[c] for c in POSITION}}))
+    for name in EVENT_TABLES:
+        table = tables.get(name)
+        if table is None or not table.num_rows or "code" not in table.column_names:
+            continue
+        dissent, withdrawn = codes.classify(table["code"])
+        hit = pc.or_(dissent, withdrawn)
+        if not pc.any(hit).as_py():
+            continue
+        rows = table.filter(hit)
+        parts.append(pa.table({"patient_ref": rows["patient_ref"],
+                               "nhs_number": pa.nulls(rows.num_rows, pa.string()),
+                               "event_date": rows["event_date"], "dissent": dissent.filter(hit),
+                               **{c: rows[c] for c in POSITION}}))
+    if not parts:
+        return pa.table({"patient_ref": pa.array([], pa.string()), "nhs_number": pa.array([], pa.string()),
+                         "event_date": pa.array([], pa.date32()), "dissent": pa.array([], pa.bool_()),
+                         "_src_file": pa.array([], pa.string()), "_src_entry": pa.array([], pa.int32())})
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _refuse(rows: pa.Table, cause: str, practice: str) -> None:
+    if not rows.num_rows:
+        return
+    first = rows.slice(0, 1).to_pylist()[0]
+    more = f" ({rows.num_rows} such rows)" if rows.num_rows > 1 else ""
+    raise SourceError(f"{cause}{more}; a type 1 opt-out is never dropped as a bad row, so the batch stops",
+                      practice=practice, file=first.get("_src_file"), row=first.get("_src_entry"))
+
+
+def require_dates(found: pa.Table, practice: str) -> None:
+    """A type 1 code without a usable date cannot be ordered against others: the batch stops."""
+    _refuse(found.filter(pc.is_null(found["event_date"])), "a type 1 opt-out code has no date", practice)
+
+
+def require_patients(found: pa.Table, pids: pa.Array, tied: pa.Array, practice: str) -> None:
+    """``tied``: the row names a patient of this delivery (even one with an invalid NHS number) or of an
+    earlier one. A code that names nobody stops the batch."""
+    _refuse(found.filter(pc.invert(pc.fill_null(pc.or_(tied, pc.is_valid(pids)), False))),
+            "a type 1 opt-out code cannot be tied to a patient", practice)
+
+
+def latest(pids: pa.Array, dates: pa.Array, dissent: pa.Array) -> pa.Table:
+    """The latest code per patient pseudonym: a later date wins; on the same date dissent wins; an undated
+    dissent beats every withdrawal and an undated withdrawal loses to every dissent (fail closed)."""
+    days = pc.cast(dates, pa.int32()).cast(pa.int64())
+    days = pc.if_else(pc.is_null(days), pc.if_else(dissent, _MAX_DAY, _MIN_DAY), days)
+    order = pc.add(pc.multiply(days, 2), pc.cast(dissent, pa.int64()))
+    grouped = pa.table({"patient_pid": pids, "order": order}).filter(pc.is_valid(pids)) \
+        .group_by("patient_pid").aggregate([("order", "max")])
+    best = grouped["order_max"]
+    best_day = pc.floor(pc.divide(pc.cast(best, pa.float64()), 2.0)).cast(pa.int64())
+    is_dissent = pc.equal(pc.subtract(best, pc.multiply(best_day, 2)), 1)
+    event_date = pc.if_else(pc.or_(pc.equal(best_day, _MAX_DAY), pc.equal(best_day, _MIN_DAY)),
+                            pa.nulls(len(best), pa.int32()), pc.cast(best_day, pa.int32())).cast(pa.date32())
+    return pa.table({"patient_pid": grouped["patient_pid"].cast(pa.string()), "event_date": event_date,
+                     "dissent": is_dissent}, schema=EVENTS)
 
 
 def type1_status(observations: pa.Table, codes: OptOutCodes) -> dict[str, bool]:
     """Patient ref -> True when the latest type 1 code in these records is a dissent, False when it is a
-    withdrawal. Same-day dissent and withdrawal, or an undated dissent, count as dissent."""
-    keys = code_keys(observations["code_system"], observations["code"])
-    dissent = pc.fill_null(pc.is_in(keys, pa.array(sorted(codes.dissent))), False)
-    withdrawn = pc.fill_null(pc.is_in(keys, pa.array(sorted(codes.withdrawn))), False)
-    rows = observations.select(["patient_ref", "event_date"]).append_column("dissent", dissent) \
-        .filter(pc.or_(dissent, withdrawn))
-    latest: dict[str, tuple[dt.date, bool]] = {}
-    for ref, date, is_dissent in zip(*(rows[c].to_pylist() for c in rows.column_names), strict=True):
-        if ref is None:
-            continue
-        when = date or (_FAR_FUTURE if is_dissent else dt.date.min)
-        if ref not in latest or (when, is_dissent) > latest[ref]:
-            latest[ref] = (when, is_dissent)
-    return {ref: is_dissent for ref, (_, is_dissent) in latest.items()}
+    withdrawal. Same-day dissent and withdrawal count as dissent; an undated dissent beats any withdrawal."""
+    best = _by_ref(evidence({"observations": observations}, codes))
+    return dict(zip(best["patient_pid"].to_pylist(), best["dissent"].to_pylist(), strict=True))
 
 
-def dissenting_patients(observations: pa.Table, codes: OptOutCodes) -> tuple[set[str], int]:
-    """Patient refs whose latest type 1 code is a dissent, and how many were re-admitted by a withdrawal."""
-    status = type1_status(observations, codes)
-    return {ref for ref, d in status.items() if d}, sum(1 for d in status.values() if not d)
-
-
-def apply_type1(tables: dict[str, pa.Table], codes: OptOutCodes) -> tuple[dict[str, pa.Table], dict]:
-    """Drop every record, in every table, of each patient with an active type 1 opt-out."""
-    excluded, readmitted = dissenting_patients(tables["observations"], codes)
-    counts = {"patients_excluded": 0, "patients_readmitted": readmitted, "records_excluded": {}}
-    if not excluded:
+def exclude(tables: dict[str, pa.Table], refs: pa.Array) -> tuple[dict[str, pa.Table], dict]:
+    """Drop every record, in every table, of the patients with these source refs."""
+    counts = {"patients_excluded": 0, "records_excluded": {}}
+    if not len(refs):
         return tables, counts
-    refs = pa.array(sorted(excluded), pa.string())
     out = dict(tables)
-    keep = pc.invert(pc.fill_null(pc.is_in(tables["patients"]["source_id"], refs), False))
+    keep = pc.invert(pc.fill_null(pc.is_in(tables["patients"]["source_id"], value_set=refs), False))
     out["patients"] = tables["patients"].filter(keep)
-    removed = tables["patients"].filter(pc.invert(keep))["source_id"]
-    counts["patients_excluded"] = pc.count_distinct(removed).as_py()
+    counts["patients_excluded"] = pc.count_distinct(tables["patients"].filter(pc.invert(keep))["source_id"]).as_py()
     for name in EVENT_TABLES:
-        keep = pc.invert(pc.fill_null(pc.is_in(tables[name]["patient_ref"], refs), False))
+        keep = pc.invert(pc.fill_null(pc.is_in(tables[name]["patient_ref"], value_set=refs), False))
         out[name] = tables[name].filter(keep)
         counts["records_excluded"][name] = tables[name].num_rows - out[name].num_rows
     return out, counts
 
 
-def optout_pseudonyms(patients: pa.Table, kept: pa.Table, pseudonymise) -> pa.Table:
-    """Patient pseudonyms of the patients type 1 removed (valid NHS numbers only), for erasure."""
-    from gpdata.privacy import nhsnumber
+def _by_ref(found: pa.Table) -> pa.Table:
+    found = found.filter(pc.is_valid(found["patient_ref"]))
+    return latest(found["patient_ref"], found["event_date"], found["dissent"])
 
-    removed = patients.filter(pc.invert(pc.is_in(patients["source_id"], value_set=kept["source_id"])))
-    nhs = nhsnumber.normalise(removed["nhs_number"].combine_chunks())
-    valid = nhsnumber.is_valid(nhs)
-    pids = pseudonymise(pc.unique(nhs.filter(valid)), "nhs_number")
-    return pa.table({"patient_pid": pids})
+
+def apply_type1(tables: dict[str, pa.Table], codes: OptOutCodes) -> tuple[dict[str, pa.Table], dict]:
+    """One delivery on its own (no register): drop every record of each patient whose latest type 1 code in
+    it is a dissent."""
+    best = _by_ref(evidence(dict(tables), codes))
+    tables = {n: t for n, t in tables.items() if n != TYPE1_EVIDENCE}
+    out, counts = exclude(tables, best.filter(best["dissent"])["patient_pid"].combine_chunks())
+    counts["patients_readmitted"] = pc.sum(pc.invert(best["dissent"])).as_py() or 0
+    return out, counts
+
+
+# --- the store-wide register -------------------------------------------------------------------------------
+def register_dir(store_root) -> object:
+    return storage.root(store_root) / "_type1"
+
+
+def _practice_file(store_root, practice: str):
+    return register_dir(store_root) / f"{practice}.parquet"
+
+
+def _read(path) -> tuple[pa.Table, str | None]:
+    table = storage.read_parquet(path)
+    meta = table.schema.metadata or {}
+    version = meta.get(b"key_version", b"").decode() or None
+    return table.select(EVENTS.names).cast(EVENTS), version
+
+
+def register_files(store_root) -> list:
+    folder = register_dir(store_root)
+    return sorted(folder.glob("*.parquet"), key=str) if folder.exists() else []
+
+
+def load_register(store_root, key_version: str | None) -> tuple[pa.Table, str | None]:
+    """Every practice's type 1 events, and their key version; refuses files of another version than
+    ``key_version`` (None: whatever version, as long as all agree)."""
+    parts, versions = [], {}
+    for path in register_files(store_root):
+        table, version = _read(path)
+        parts.append(table)
+        versions[path.name.removesuffix(".parquet")] = version
+    found = set(versions.values())
+    if key_version is not None:
+        wrong = sorted(p for p, v in versions.items() if v != key_version)
+        if wrong:
+            raise GpdataError(f"the type 1 register of {len(wrong)} practice(s) ({', '.join(wrong[:5])}) is not at key "
+                              f"version {key_version}: finish the key rotation (gpdata keys rotate)")
+    elif len(found) > 1:
+        raise GpdataError(f"the type 1 register mixes key versions {sorted(map(str, found))}: finish the key rotation")
+    version = key_version or (found.pop() if found else None)
+    return (pa.concat_tables(parts) if parts else EVENTS.empty_table()), version
+
+
+def status(events: pa.Table) -> pa.Table:
+    """Latest code per patient across every practice's events."""
+    return latest(events["patient_pid"], events["event_date"], events["dissent"])
+
+
+def active(events: pa.Table) -> pa.Array:
+    """Pseudonyms of patients whose latest code, across practices, is a dissent."""
+    best = status(events)
+    return best.filter(best["dissent"])["patient_pid"].combine_chunks()
+
+
+def active_dissenters(store_root, key_version: str | None = None) -> tuple[pa.Array, str | None]:
+    events, version = load_register(store_root, key_version)
+    return active(events), version
+
+
+def record(store_root, practice: str, events: pa.Table, key_version: str) -> pa.Table:
+    """Merge a batch's latest events into the practice's register file (atomically); returns the new file.
+    Earlier events are never forgotten: a dissent stays until a later-dated withdrawal."""
+    path = _practice_file(store_root, practice)
+    old = EVENTS.empty_table()
+    if path.exists():
+        old, version = _read(path)
+        if version != key_version:
+            raise GpdataError(f"the type 1 register of practice {practice} is at key version {version}, not "
+                              f"{key_version}: finish the key rotation (gpdata keys rotate)", practice=practice)
+    merged = status(pa.concat_tables([old, events.select(EVENTS.names).cast(EVENTS)]))
+    write(store_root, practice, merged, key_version)
+    return merged
+
+
+def write(store_root, practice: str, events: pa.Table, key_version: str) -> None:
+    table = events.select(EVENTS.names).cast(EVENTS).replace_schema_metadata({"key_version": key_version})
+    storage.write_parquet(_practice_file(store_root, practice), table)
+
+
+def rekey(store_root, rekey_pids, to_version: str) -> int:
+    """Re-key every practice's register file to ``to_version`` (``rekey_pids(pids, from_version)``); files
+    already at it are left alone, so an interrupted rotation resumes. Returns the files re-keyed."""
+    done = 0
+    for path in register_files(store_root):
+        table, version = _read(path)
+        if version == to_version:
+            continue
+        table = table.set_column(0, EVENTS.field(0), rekey_pids(table["patient_pid"], version))
+        write(store_root, path.name.removesuffix(".parquet"), table, to_version)
+        done += 1
+    return done

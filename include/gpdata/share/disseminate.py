@@ -8,7 +8,10 @@ For one project and one release:
 * the National Data Opt-out applied unless the project records an exemption; a stale list blocks.
 
 Every pseudonym is then re-keyed: HMAC of the curated pseudonym under the project's own derived key, so two
-projects never share a pseudonym and one project keeps the same ones across releases. The output is plain
+projects never share a pseudonym and one project keeps the same ones across releases (until a key rotation,
+which changes every curated pseudonym and so every project's: the rotation's audit entry says so). Before
+anything is written, the key must be the one the release was made with (check value), and no row may belong
+to a patient whose latest type 1 code in the store-wide register is a dissent. The output is plain
 Parquet per table, with a manifest (row counts, SHA-256 of every file) and an aggregate summary with
 small-number suppression. Every extract and every refusal goes to the audit log.
 """
@@ -27,7 +30,7 @@ import pyarrow.parquet as pq
 from gpdata import audit, store
 from gpdata.errors import GpdataError
 from gpdata.model import PSEUDONYM_FIELDS
-from gpdata.privacy import ndop
+from gpdata.privacy import keys, ndop, type1
 from gpdata.privacy.deid import hmac_hex
 from gpdata.privacy.keys import MasterKey
 from gpdata.share.projects import Project
@@ -68,11 +71,18 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
             "requested_by": requested_by}
     try:
         project.check_current(today)
-        release.get_release(store_root, release_id)
+        made = release.readable(release.get_release(store_root, release_id))
+        keys.verify_store(store_root, key)
+        made_with = made.get("key_version")
+        if made_with and made_with != key.version:
+            raise GpdataError(f"release {release_id} holds pseudonyms of key version {made_with}, the key is at "
+                              f"{key.version}: disseminate a release made after the rotation")
+        key.verify(made.get("key_checks"), f"release {release_id}")
         removed_by_ndop = None
         optouts = None
         if project.national_data_optout == "apply":
-            optouts, _ = ndop.load(store_root, today, ndop_max_age_days)
+            optouts, _ = ndop.load(store_root, today, ndop_max_age_days, key=key)
+        dissenters, _ = type1.active_dissenters(store_root, key.version)
     except GpdataError as exc:
         audit.append(store_root, "refusal", **base, reason=exc.cause)
         raise
@@ -84,12 +94,10 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
             project.code_list_paths())), False))
         cohort = pc.unique(obs.filter(hit)["patient_pid"])
 
-    folder = Path(out_root) / project.project_id / release_id
-    folder.mkdir(parents=True, exist_ok=True)
-    files, counts, summary = {}, {}, {}
+    outputs, held = {}, set()
     for table_name, columns in project.tables.items():
         table = release.read_release_table(store_root, release_id, table_name)
-        keep = pa.array([True] * table.num_rows)
+        keep = pa.array([True] * table.num_rows, pa.bool_())  # typed: an empty table too
         if "event_date" in table.column_names:
             keep = pc.and_(keep, _in_range(table, project))
         if "patient_pid" in table.column_names:
@@ -100,11 +108,25 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
                 if table_name == "patients":
                     removed_by_ndop = pc.sum(pc.and_(keep, opted)).as_py() or 0
                 keep = pc.and_(keep, pc.invert(opted))
-        out = table.filter(keep).select(columns)
+        kept = table.filter(keep)
+        if "patient_pid" in kept.column_names and len(dissenters):
+            held.update(kept.filter(pc.fill_null(pc.is_in(kept["patient_pid"], value_set=dissenters), False))
+                        ["patient_pid"].to_pylist())
+        out = kept.select(columns)
         for column in project.pseudonym_columns(table_name):
             i = out.schema.get_field_index(column)
             key_bytes = project_key(key, project.project_id, PSEUDONYM_FIELDS[column])
             out = out.set_column(i, out.schema.field(i), hmac_hex(key_bytes, out[column]))
+        outputs[table_name] = out
+    if held:  # the last line of defence: the commit and release guards should make this unreachable
+        cause = (f"release {release_id} still holds {len(held)} patient(s) with an active type 1 dissent; "
+                 "run their practices again (the commit erases them), then make a new release")
+        audit.append(store_root, "refusal", **base, reason=cause)
+        raise GpdataError(f"extract refused: {cause}")
+    folder = Path(out_root) / project.project_id / release_id
+    folder.mkdir(parents=True, exist_ok=True)
+    files, counts, summary = {}, {}, {}
+    for table_name, out in outputs.items():
         path = folder / f"{table_name}.parquet"
         pq.write_table(out, path, compression="zstd")
         files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -116,7 +138,8 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
                 "tables": {t: {"columns": c, "rows": counts[t]} for t, c in project.tables.items()},
                 "files_sha256": files, "date_from": project.date_from, "date_to": project.date_to,
                 "national_data_optout": project.national_data_optout,
-                "exemption_reason": project.exemption_reason, "key_version": key.version}
+                "exemption_reason": project.exemption_reason, "key_version": key.version,
+                "key_check": key.check_value()}
     store.write_json_atomic(folder / "manifest.json", manifest)
     store.write_json_atomic(folder / "summary.json", {"project": project.project_id, "release": release_id,
                                                       "suppression": "1-7 redacted, others rounded to 5",
@@ -137,10 +160,7 @@ def disseminate_all(cfg, key: MasterKey, *, requested_by: str, release_id: str |
 
     everyone = load_projects(cfg.projects_dir)
     projects = [p for p in everyone if p.active] if projects is None else projects
-    releases = release.list_releases(cfg.store)
-    if not releases:
-        raise GpdataError("no release to disseminate: run the release first")
-    release_id = release_id or releases[-1]["release_id"]
+    release_id = release_id or release.latest_release(cfg.store)["release_id"]
     out = {p.project_id: extract(p, release_id, cfg.store, cfg.extracts, key, requested_by=requested_by,
                                  today=today) for p in projects}
     register.write(everyone, cfg.store, cfg.register)

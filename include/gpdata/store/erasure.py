@@ -7,7 +7,7 @@ any release. Then ``erase`` runs, before the commit (so a crash in between canno
 files from the next run), and does three things:
 
 * deletes their rows from every table (all practices: a patient may have moved);
-* re-issues every release that held them as a corrected copy;
+* re-issues every release that held them as a corrected copy (a retired release has no files left to hold them);
 * vacuums every table, keeping only versions that releases still pin, so no file on disk holds their
   records any more.
 
@@ -48,7 +48,7 @@ def present(store_root: Path, pids: pa.Array) -> pa.Array:
     if len(pids) == 0:
         return pids
     found: set[str] = set()
-    releases = [r["release_id"] for r in release.list_releases(store_root)]
+    releases = [r["release_id"] for r in release.list_releases(store_root, readable_only=True)]  # retired: no files
     for name in _tables_with_patients():
         tables = [storage.delta_table(store.table_path(store_root, name))]
         tables += [release.open_release_table(store_root, rid, name) for rid in releases]
@@ -90,7 +90,7 @@ def erase(store_root: Path, pids: pa.Array) -> dict:
         result = storage.delta_table(store.table_path(store_root, name)).delete(f"patient_pid IN ({in_list})")
         deleted[name] = result.get("num_deleted_rows", 0)
     reissued = []
-    for r in release.list_releases(store_root):
+    for r in release.list_releases(store_root, readable_only=True):
         changed = False
         for name in _tables_with_patients():
             held = release.read_release_table(store_root, r["release_id"], name)

@@ -5,6 +5,12 @@ A release compacts small files, then pins the version of every curated table in
 version (Delta time travel), so it returns what it returned when it was made. Vacuum keeps every pinned
 version. The one exception is erasure (gpdata.store.erasure): a release that held an erased patient is re-issued
 as a corrected copy under ``_releases/<id>/tables/``, and its manifest says so.
+
+Release ids are ``<date>.<n>``, ordered by (date, n) everywhere (``2026-11-30.10`` comes after ``.9``). A release
+is refused while a key rotation is unfinished or when any table holds a patient whose latest type 1 code, in
+the store-wide register, is a dissent. It records the key version and check value of the store's pseudonyms.
+A key rotation *retires* every earlier release (its pinned files held the old pseudonyms and are vacuumed):
+a retired release says why and which release replaced it, and reading it is refused with that message.
 """
 
 from __future__ import annotations
@@ -14,13 +20,23 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
-from gpdata import storage, store
+from gpdata import audit, storage, store
 from gpdata.errors import GpdataError
 from gpdata.model import PARTITION, TABLES
+from gpdata.privacy import keys, type1
 from gpdata.store import dictionary
+
+RETIRED = "retired"
+
+
+def release_order(release_id: str) -> tuple:
+    """Sort key of a release id ``<date>.<n>``: by date, then by sequence number as a number."""
+    date, _, seq = release_id.rpartition(".")
+    return (date, int(seq)) if seq.isdigit() else (release_id, 0)
 
 
 def releases_dir(store_root: Path) -> Path:
@@ -35,23 +51,52 @@ def _next_id(store_root: Path, today: dt.date) -> str:
     return f"{today.isoformat()}.{n}"
 
 
-def create_release(store_root: Path, today: dt.date | None = None, note: str = "") -> dict:
+def _refuse_dissenters(store_root: Path, held: dict[str, pa.Array]) -> None:
+    """The last line of defence: no release holds a patient the type 1 register says dissented."""
+    version = keys.store_version(store_root)
+    active, _ = type1.active_dissenters(store_root, version)
+    if not len(active):
+        return
+    rows = {name: pc.sum(pc.is_in(pids, value_set=active)).as_py() or 0 for name, pids in held.items()}
+    rows = {n: c for n, c in rows.items() if c}
+    if rows:
+        patients = len(set().union(*(set(held[n].filter(pc.is_in(held[n], value_set=active)).to_pylist())
+                                     for n in rows)))
+        audit.append(store_root, "refusal", action="release", reason="active type 1 dissent in the store",
+                     patients=patients, rows=rows)
+        raise GpdataError(f"release refused: {patients} patient(s) with an active type 1 dissent are still in the "
+                          f"store ({sum(rows.values())} rows in {', '.join(sorted(rows))}); run their practices "
+                          "again, whose commit erases them, then release")
+
+
+def create_release(store_root: Path, today: dt.date | None = None, note: str = "",
+                   key: keys.MasterKey | None = None) -> dict:
     """Compact every table, pin its version and write the release manifest and data dictionary."""
+    if key is not None:
+        keys.verify_store(store_root, key)
+    elif storage.read_json(keys.rotation_journal(store_root)):
+        raise GpdataError("no release while a key rotation is unfinished: run `gpdata keys rotate` to finish it")
     store.ensure_tables(store_root)
     unfinished = store.unfinished_commits(store_root)
     if unfinished:
         raise GpdataError(f"no release while a practice's commit is unfinished (its tables would mix two runs): "
                           f"{', '.join(unfinished)}; run the practice again, then release")
     release_id = _next_id(store_root, today or dt.date.today())
-    tables = {}
+    tables, held = {}, {}
     for name in TABLES:
         dt_ = storage.delta_table(store.table_path(store_root, name))
         compaction = dt_.optimize.compact()
         dt_ = storage.delta_table(store.table_path(store_root, name))
-        data = dt_.to_pyarrow_table(columns=[PARTITION])
+        columns = [PARTITION, "patient_pid"] if name != "practitioners" else [PARTITION]
+        data = dt_.to_pyarrow_table(columns=columns)
+        if "patient_pid" in columns:
+            held[name] = pc.unique(data["patient_pid"].combine_chunks().cast(pa.string()))
         per_practice = {p["values"]: p["counts"] for p in data[PARTITION].value_counts().to_pylist()}
         tables[name] = {"version": dt_.version(), "rows": data.num_rows, "rows_by_practice": dict(sorted(
             per_practice.items())), "files_compacted": compaction.get("numFilesRemoved", 0)}
+    _refuse_dissenters(store_root, held)
+    if not any(t["rows"] for t in tables.values()):
+        raise GpdataError("release refused: the store holds no rows (commit a practice first)")
     folder = releases_dir(store_root) / release_id
     if storage.is_remote(folder):  # the dictionary is written locally, then copied beside the release
         import tempfile
@@ -62,13 +107,25 @@ def create_release(store_root: Path, today: dt.date | None = None, note: str = "
     else:
         dictionary.write(folder)
     manifest = {"release_id": release_id, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "note": note, "tables": tables, "status": "published", "data_dictionary": "data_dictionary.md"}
+                "note": note, "tables": tables, "status": "published", "data_dictionary": "data_dictionary.md",
+                "key_version": keys.store_version(store_root), "key_checks": keys.store_checks(store_root)}
     store.write_json_atomic(folder / "release.json", manifest)
     return manifest
 
 
-def list_releases(store_root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(releases_dir(store_root).glob("*/release.json"), key=str)]
+def list_releases(store_root: Path, *, readable_only: bool = False) -> list[dict]:
+    """Every release, oldest first (by date, then sequence number); ``readable_only`` leaves out retired ones."""
+    found = [json.loads(p.read_text()) for p in releases_dir(store_root).glob("*/release.json")]
+    found.sort(key=lambda r: release_order(r["release_id"]))
+    return [r for r in found if r.get("status") != RETIRED] if readable_only else found
+
+
+def latest_release(store_root: Path) -> dict:
+    """The newest release that can be read (not retired)."""
+    readable = list_releases(store_root, readable_only=True)
+    if not readable:
+        raise GpdataError("no readable release: make one first (gpdata release create, or the release DAG)")
+    return readable[-1]
 
 
 def get_release(store_root: Path, release_id: str) -> dict:
@@ -79,9 +136,32 @@ def get_release(store_root: Path, release_id: str) -> dict:
     return json.loads(path.read_text())
 
 
+def readable(manifest: dict) -> dict:
+    """The manifest of a release that can be read; a retired one is refused with why and what replaced it."""
+    if manifest.get("status") == RETIRED:
+        info = manifest.get("retired") or {}
+        raise GpdataError(f"release {manifest['release_id']} was retired on {info.get('at', '?')} "
+                          f"({info.get('reason', 'no reason recorded')}); its files are gone"
+                          + (f": use release {info['replaced_by']}" if info.get("replaced_by") else ""))
+    return manifest
+
+
+def retire(store_root: Path, release_id: str, reason: str, replaced_by: str | None = None) -> dict:
+    """Mark a release retired (it can no longer be read), with an audit entry."""
+    manifest = get_release(store_root, release_id)
+    if manifest.get("status") == RETIRED:
+        return manifest
+    manifest["status"] = RETIRED
+    manifest["retired"] = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "reason": reason,
+                           "replaced_by": replaced_by}
+    store.write_json_atomic(releases_dir(store_root) / release_id / "release.json", manifest)
+    audit.append(store_root, "release_retired", release=release_id, reason=reason, replaced_by=replaced_by)
+    return manifest
+
+
 def open_release_table(store_root: Path, release_id: str, table: str) -> DeltaTable:
     """The Delta table (at its pinned version, or the corrected copy after an erasure) of a release."""
-    entry = get_release(store_root, release_id)["tables"][table]
+    entry = readable(get_release(store_root, release_id))["tables"][table]
     if entry.get("path"):  # re-issued after an erasure: a corrected copy
         return storage.delta_table(releases_dir(store_root) / release_id / entry["path"])
     return storage.delta_table(store.table_path(store_root, table), version=entry["version"])
@@ -94,12 +174,13 @@ def read_release_table(store_root: Path, release_id: str, table: str) -> pa.Tabl
 
 def pinned_versions(store_root: Path, table: str) -> list[int]:
     """Versions of a table that releases read by time travel (vacuum must keep them)."""
-    return sorted({r["tables"][table]["version"] for r in list_releases(store_root)
+    return sorted({r["tables"][table]["version"] for r in list_releases(store_root, readable_only=True)
                    if table in r["tables"] and not r["tables"][table].get("path")})
 
 
 def export_snapshot(store_root: Path, release_id: str, out: Path) -> list[Path]:
     """Plain Parquet files of a release (one per table), for tools that cannot read Delta."""
+    readable(get_release(store_root, release_id))
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for table in TABLES:

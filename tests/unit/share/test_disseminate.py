@@ -52,7 +52,8 @@ def world(home):
     rid = release.create_release(cfg.store)["release_id"]
     (home / "ndop.csv").write_text("nhs_number\n999 000 0026\n")
     key = keys.load_master_key()
-    ndop.ingest(home / "ndop.csv", cfg.store, key, received=TODAY - dt.timedelta(days=3))
+    ndop.ingest(home / "ndop.csv", cfg.store, key, published=TODAY - dt.timedelta(days=3),
+                today=TODAY - dt.timedelta(days=3))
     pseudo = Pseudonymiser(key)
     pids = dict(zip(["p1", "p2"], pseudo(pa.array(["9990000018", "9990000026"]), "nhs_number").to_pylist(),
                     strict=True))
@@ -136,20 +137,20 @@ def test_audit_log_detects_edits_and_removals(world, tmp_path):
     project = _project(tmp_path, "AUD", national_data_optout="exempt", exemption_reason="x")
     for _ in range(3):
         _run(world, project, tmp_path)
-    assert audit.verify(cfg.store) == 3
+    assert audit.verify(cfg.store) == 4  # the NDOP list's ingest, then three extracts
     log = audit.audit_dir(cfg.store) / "audit.jsonl"
     original = log.read_text()
     lines = original.splitlines(keepends=True)
-    first = json.loads(lines[0])
-    first["rows"]["observations"] += 1  # someone edits a count in the first entry
-    log.write_text(json.dumps(first, sort_keys=True) + "\n" + "".join(lines[1:]))
+    first = json.loads(lines[1])
+    first["rows"]["observations"] += 1  # someone edits a count in the first extract's entry
+    log.write_text(lines[0] + json.dumps(first, sort_keys=True) + "\n" + "".join(lines[2:]))
     assert log.read_text() != original
-    with pytest.raises(GpdataError, match="entry 1 was altered"):
+    with pytest.raises(GpdataError, match="entry 2 was altered"):
         audit.verify(cfg.store)
-    log.write_text(lines[0] + lines[2])
-    with pytest.raises(GpdataError, match="entry 2 is missing"):
+    log.write_text(lines[0] + lines[1] + lines[3])
+    with pytest.raises(GpdataError, match="entry 3 is missing"):
         audit.verify(cfg.store)
-    log.write_text("".join(lines[:2]))
+    log.write_text("".join(lines[:3]))
     with pytest.raises(GpdataError, match="entries were removed"):
         audit.verify(cfg.store)
 

@@ -91,6 +91,8 @@ def test_late_optout_is_erased_from_store_history_and_releases(committed, home):
             assert pid not in release.read_release_table(cfg.store, made["release_id"], table)["patient_pid"] \
                 .to_pylist()
     for path in cfg.store.rglob("*.parquet"):  # every retained file, every table, every release copy
+        if "_type1" in path.parts:  # the type 1 register keeps the pseudonym, to exclude the patient everywhere
+            continue
         t = pq.read_table(path)
         if "patient_pid" in t.column_names:
             assert pid not in t["patient_pid"].to_pylist(), path
@@ -125,6 +127,8 @@ def test_an_erasure_cut_short_is_finished_by_the_next_one(committed, monkeypatch
     assert erasure.erase(cfg.store, pa.array([], pa.string()))["patients"] == 1
     assert len(erasure.pending(cfg.store)) == 0
     for path in cfg.store.rglob("*.parquet"):
+        if "_type1" in path.parts:
+            continue
         t = pq.read_table(path)
         if "patient_pid" in t.column_names:
             assert pid not in t["patient_pid"].to_pylist(), path

@@ -153,16 +153,18 @@ def test_opt_out_list_audit_log_and_erasure_work_on_s3(s3_env, tmp_path):
     listing = tmp_path / "ndop.csv"
     listing.write_text("nhs_number\n9990000018\n999 000 0026\n123\n")
     key = load_master_key({"GPDATA_MASTER_KEY": "5a" * 32})
-    meta = ndop.ingest(listing, root, key, received=dt.date(2026, 1, 1))
+    meta = ndop.ingest(listing, root, key, published=dt.date(2026, 1, 1), today=dt.date(2026, 1, 1),
+                       rules=ndop.Policy(max_invalid_fraction=0.5))  # one invalid row of three, dropped
     assert meta["patients"] == 2 and not listing.exists()
     pids, loaded = ndop.load(root, dt.date(2026, 1, 10))
     assert len(pids) == 2 and loaded == meta
     audit.append(root, "extract", project="P1")
     audit.append(root, "refusal", project="P2")
-    assert audit.verify(root) == 2 and [e["event"] for e in audit.entries(root)] == ["extract", "refusal"]
+    assert audit.verify(root) == 3 and [e["event"] for e in audit.entries(root)] == ["ndop_ingested", "extract",
+                                                                                      "refusal"]
     result = erasure.erase(root, pids)
     assert result["patients"] == 2 and len(erasure.pending(root)) == 0
-    assert audit.verify(root) == 3
+    assert audit.verify(root) == 4 and audit.entries(root)[-1]["event"] == "erasure"
     assert any(k == "store/_erasures/log.jsonl" for k in _keys(s3_env))
 
 

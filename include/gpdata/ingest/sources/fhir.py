@@ -14,8 +14,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpdata.codes import OptOutCodes, optout_codes, system_label, trim_code
 from gpdata.errors import SourceError
-from gpdata.model import CANONICAL
+from gpdata.model import CANONICAL, TYPE1_EVIDENCE, TYPE1_EVIDENCE_SCHEMA
+
+SCHEMAS = {**CANONICAL, TYPE1_EVIDENCE: TYPE1_EVIDENCE_SCHEMA}
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -28,34 +31,91 @@ REGISTRATION_URLS = (
     "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-RegistrationDetails-1",
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-RegistrationDetails",
 )
-CODE_SYSTEMS = {
-    "http://snomed.info/sct": "snomed",
-    "http://read.info/readv2": "readv2",
-    "http://read.info/ctv3": "ctv3",
-    "https://dmd.nhs.uk": "dmd",
-    "http://dmd.nhs.uk": "dmd",
-}
 _PREFERRED = ("snomed", "dmd", "readv2", "ctv3")
+NHS_REF = "nhs:"  # a subject given by NHS-number identifier, until it is resolved to the Patient resource
+_NHS_SYSTEMS = {"fhir.nhs.uk/id/nhs-number", "2.16.840.1.113883.2.1.4.1"}
+# Where a resource says when it happened, in order of preference (all FHIR R4 and STU3 forms).
+_DATE_FIELDS = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "onsetDateTime", "onsetPeriod",
+                "assertedDate", "recordedDate", "performedDateTime", "performedPeriod", "occurrenceDateTime",
+                "authoredOn", "issued", "dateTime", "date", "period")
 
 
-def _ref(reference: dict | None) -> str | None:
-    if not reference:
+def _is_nhs_system(system) -> bool:
+    if not isinstance(system, str):
+        return False
+    key = system.strip().lower().removeprefix("urn:oid:").removeprefix("https://").removeprefix("http://")
+    return key.rstrip("/") in _NHS_SYSTEMS
+
+
+def _ref(reference) -> str | None:
+    """The id a reference points to: ``Patient/<id>``, ``urn:uuid:<id>``, a bare string, or an NHS-number
+    identifier (``nhs:<number>``, resolved to the Patient resource once the delivery is read)."""
+    if isinstance(reference, str):
+        ref = reference
+    elif isinstance(reference, dict):
+        ref = reference.get("reference")
+        if not ref:
+            ident = reference.get("identifier")
+            if isinstance(ident, dict) and _is_nhs_system(ident.get("system")) and isinstance(ident.get("value"), str):
+                return NHS_REF + ident["value"]
+            return None
+    else:
         return None
-    ref = reference.get("reference")
-    if not ref:
+    if not isinstance(ref, str) or not ref.strip():
         return None
-    return ref.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
+    return ref.strip().rsplit("/", 1)[-1].removeprefix("urn:uuid:")
 
 
 def _code(concept: dict | None) -> tuple[str | None, str | None]:
-    """The preferred (system, code) of a CodeableConcept: SNOMED first, then dm+d, Read v2, CTV3."""
+    """The preferred (system, code) of a CodeableConcept: SNOMED first, then dm+d, Read v2, CTV3. Systems are
+    normalised (URI variants, OIDs) and codes trimmed."""
     best: tuple[int, str | None, str | None] = (len(_PREFERRED) + 1, None, None)
     for coding in (concept or {}).get("coding") or ():
-        system = CODE_SYSTEMS.get(coding.get("system", ""), coding.get("system"))
+        system = system_label(coding.get("system"))
+        code = trim_code(coding.get("code"))
         rank = _PREFERRED.index(system) if system in _PREFERRED else len(_PREFERRED)
-        if rank < best[0] and coding.get("code"):
-            best = (rank, system, coding["code"])
+        if rank < best[0] and code:
+            best = (rank, system, code)
     return best[1], best[2]
+
+
+def _every_code(res) -> list[str]:
+    """Every ``code`` string anywhere in a resource: each coding of each concept, in any element."""
+    found, stack = [], [res]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            code = node.get("code")
+            if isinstance(code, str):
+                found.append(code)
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return found
+
+
+def _clinical_date(res: dict):
+    for name in _DATE_FIELDS:
+        value = res.get(name)
+        if isinstance(value, dict):
+            value = value.get("start")
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _type1_evidence(res: dict, rows: _Rows, pos: dict, codes: OptOutCodes) -> None:
+    """A type 1 dissent or withdrawal code anywhere in the resource, with its patient and date."""
+    kinds = {codes.kind(c) for c in _every_code(res)} - {None}
+    if not kinds:
+        return
+    if res.get("resourceType") == "Patient":
+        ref = res.get("id") if isinstance(res.get("id"), str) else None
+    else:
+        ref = next((r for r in (_ref(res.get(k)) for k in ("subject", "patient")) if r), None)
+    nhs = ref[len(NHS_REF):] if ref and ref.startswith(NHS_REF) else None
+    rows.add(TYPE1_EVIDENCE, patient_ref=None if nhs else ref, nhs_number=nhs, event_date=_clinical_date(res),
+             kind="dissent" if "dissent" in kinds else "withdrawn", **pos)
 
 
 def _first_practitioner(*candidates) -> str | None:
@@ -89,13 +149,13 @@ class _Rows:
     """Column-wise accumulators, one per canonical table."""
 
     def __init__(self) -> None:
-        self.cols: dict[str, dict[str, list]] = {t: defaultdict(list) for t in CANONICAL}
+        self.cols: dict[str, dict[str, list]] = {t: defaultdict(list) for t in SCHEMAS}
         self.roles: dict[str, tuple[str | None, str | None]] = {}
         self.organisations: set[str] = set()
 
     def add(self, table: str, **values) -> None:
         cols = self.cols[table]
-        for name in CANONICAL[table].names:
+        for name in SCHEMAS[table].names:
             cols[name].append(values.get(name))
 
 
@@ -106,7 +166,8 @@ def _event(res: dict, pos: dict, patient_key: str, practitioner, date, concept, 
 
 
 def _patient(res: dict, rows: _Rows, pos: dict) -> None:
-    nhs = next((i.get("value") for i in res.get("identifier") or () if i.get("system") == NHS_NUMBER_SYSTEM), None)
+    nhs = next((i.get("value") for i in res.get("identifier") or ()
+                if isinstance(i, dict) and _is_nhs_system(i.get("system"))), None)
     name = (res.get("name") or [{}])[0]
     address = (res.get("address") or [{}])[0]
     ethnic = registration = None
@@ -224,7 +285,7 @@ def _timestamps(values: list) -> pa.Array:
 
 
 def _table(name: str, cols: dict[str, list]) -> pa.Table:
-    schema = CANONICAL[name]
+    schema = SCHEMAS[name]
     arrays = []
     for field in schema:
         values = cols.get(field.name, [])
@@ -247,8 +308,33 @@ def bundle_files(location: Path) -> list[Path]:
     return sorted(p for p in location.glob("*.json") if p.is_file())
 
 
-def read_bundles(location: Path, practice: str, only: list[str] | None = None) -> dict[str, pa.Table]:
-    """Read every bundle in a practice's delivery folder (or the ``only`` ones) into canonical tables."""
+def _digits(value: str) -> str:
+    return "".join(ch for ch in value if ch.isdigit())
+
+
+def _resolve_nhs_refs(rows: _Rows) -> None:
+    """Subjects given by NHS-number identifier point to the delivery's Patient resource with that number;
+    one that matches no Patient is left unlinked (quarantined as an unknown patient), never kept as a number."""
+    pats = rows.cols["patients"]
+    by_nhs = {_digits(n): sid for n, sid in zip(pats["nhs_number"], pats["source_id"], strict=True)
+              if isinstance(n, str) and sid}
+    evidence = rows.cols[TYPE1_EVIDENCE]
+    if evidence.get("nhs_number"):  # a type 1 code whose subject was an NHS number: its Patient, if delivered
+        evidence["patient_ref"] = [ref or (by_nhs.get(_digits(nhs)) if isinstance(nhs, str) else None)
+                                   for ref, nhs in zip(evidence["patient_ref"], evidence["nhs_number"], strict=True)]
+    for name in (*CANONICAL, TYPE1_EVIDENCE):
+        refs = rows.cols[name].get("patient_ref")
+        if refs and any(isinstance(r, str) and r.startswith(NHS_REF) for r in refs):
+            rows.cols[name]["patient_ref"] = [by_nhs.get(_digits(r[len(NHS_REF):])) if isinstance(r, str)
+                                              and r.startswith(NHS_REF) else r for r in refs]
+
+
+def read_bundles(location: Path, practice: str, only: list[str] | None = None,
+                 type1: OptOutCodes | None = None) -> dict[str, pa.Table]:
+    """Read every bundle in a practice's delivery folder (or the ``only`` ones) into canonical tables, plus
+    ``type1_evidence``: every type 1 code found anywhere in a resource (``type1``: the configured codes)."""
+    type1 = type1 or optout_codes()
+    needles = type1.needles()
     location = Path(location)
     if not location.is_dir():
         raise SourceError(f"delivery folder {location} does not exist", practice=practice)
@@ -259,8 +345,12 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None) -
         raise SourceError(f"no FHIR bundles (*.json) in {location}", practice=practice)
     rows = _Rows()
     for path in files:
+        raw = path.read_bytes()
+        # Only a file that holds a type 1 code (or a JSON escape that could spell one) is searched resource by
+        # resource for it; in every other file no resource can carry one.
+        scan = b"\\u" in raw or any(n in raw for n in needles)
         try:
-            doc = orjson.loads(path.read_bytes())
+            doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise SourceError(f"not valid JSON ({exc.args[0].split(':')[0]})", practice=practice,
                               file=path.name) from None
@@ -271,11 +361,15 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None) -
             if not isinstance(res, dict) or "resourceType" not in res:
                 raise SourceError("bundle entry without a resource", practice=practice, file=path.name,
                                   row=index)
-            _route(res, rows, {"_src_file": path.name, "_src_entry": index})
+            pos = {"_src_file": path.name, "_src_entry": index}
+            _route(res, rows, pos)
+            if scan:
+                _type1_evidence(res, rows, pos, type1)
     others = rows.organisations - {practice}
     if others:
         raise SourceError(f"delivery names another practice's ODS code ({', '.join(sorted(others))})",
                           practice=practice, file=str(location))
+    _resolve_nhs_refs(rows)
     prac = rows.cols["practitioners"]
     prac["role_code"] = [rows.roles.get(r or "", (None, None))[0] for r in prac["source_id"]]
     prac["role_name"] = [rows.roles.get(r or "", (None, None))[1] for r in prac["source_id"]]
