@@ -295,7 +295,7 @@ class Dialect(BaseModel):
             raise ValueError(f"file_name: unknown part(s) {', '.join(sorted(unknown))} (use {{practice}}, "
                              "{source}, {stamp})")
         stamp_from = self.stamp_source
-        if stamp_from == "name" and "{stamp}" not in name:
+        if stamp_from in ("name", None) and "{stamp}" not in name:
             raise ValueError("file_name has no {stamp}: set stamp_from to folder or modified")
         if stamp_from != "name" and "{stamp}" in name:
             raise ValueError(f"stamp_from {stamp_from}: remove {{stamp}} from file_name")
@@ -348,10 +348,10 @@ class Dialect(BaseModel):
     # --- what the adapters ask --------------------------------------------------------------------------------
 
     @property
-    def stamp_source(self) -> str:
+    def stamp_source(self) -> str | None:
         if self.stamp_from:
             return self.stamp_from
-        return "name" if "{stamp}" in (self.file_name or "") else "folder"
+        return "name" if "{stamp}" in (self.file_name or "") else None
 
     def deleted_of(self, table: str) -> Deleted | None:
         t = self.tables[table]

@@ -282,3 +282,35 @@ def collect(feed, state: PracticeState, quarantine_dir: Path, *, force: bool = F
     if feed.format == "sql":
         return _sql(feed, state, connection_uri, force)
     raise ConfigError(f"unknown source format {feed.format!r}", practice=feed.ods_code)
+
+
+def check_sample(feed, sample: Path) -> dict[str, int]:
+    """Read a sample delivery as the feed would (its format and dialect) without recording, moving or keeping
+    anything: rows per table, or the error a real delivery would fail with. Flat files: the newest delivery in
+    the folder."""
+    sample = Path(sample)
+    if feed.format == "sql":
+        raise ConfigError("a sql feed has no sample delivery: its database is read through the connection",
+                          practice=feed.ods_code)
+    if not sample.is_dir():
+        raise SourceError(f"sample folder {sample} does not exist", practice=feed.ods_code)
+    if feed.format == "fhir":
+        from gpdata.ingest.sources.fhir import read_bundles
+
+        return {name: t.num_rows for name, t in read_bundles(sample, feed.ods_code).items()}
+    from gpdata.ingest.dialects import load_dialect
+    from gpdata.ingest.sources.flatfile import list_files, read_file
+
+    dialect = load_dialect(feed.dialect)
+    files = list_files(sample, dialect, feed.ods_code)
+    if not files:
+        raise SourceError(f"no file of the {dialect.name} dialect in the sample", practice=feed.ods_code)
+    newest = [f for f in files if f.stamp == files[-1].stamp]
+    missing = [t for t, m in dialect.tables.items() if not m.optional and t not in {f.table for f in newest}]
+    if missing:
+        raise SourceError(f"sample delivery {files[-1].stamp} is incomplete: no file for {', '.join(missing)}",
+                          practice=feed.ods_code)
+    counts = {}
+    for f in newest:
+        counts[f.table] = counts.get(f.table, 0) + read_file(f, dialect, feed.ods_code).num_rows
+    return counts

@@ -148,7 +148,8 @@ def read_file(f: DeliveredFile, dialect: Dialect, practice: str, unmapped: dict[
     missing = [h for h in expected if h not in header]
     if unknown and dialect.unmapped_columns == "ignore":
         if unmapped is not None:
-            unmapped.setdefault(f.table, set()).update(_header_name(h) for h in unknown)
+            unmapped.setdefault(f.table, set()).update(
+                h if _SAFE_HEADER.match(h) else "(a column whose name is not a plain word)" for h in unknown)
         unknown = []
     if unknown or missing or len(header) != len(set(header)):
         parts = []
