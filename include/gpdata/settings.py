@@ -12,6 +12,15 @@ CONFIG_DIR = PACKAGE_DIR.parent / "config"
 CODELISTS_DIR = CONFIG_DIR / "codelists"
 DEFAULT_FEEDS_DIR = CONFIG_DIR / "feeds"
 DEFAULT_PROJECTS_DIR = CONFIG_DIR / "projects"
+DEFAULT_DIALECTS_DIR = CONFIG_DIR / "dialects"
+
+
+def dialects_dirs(env: dict[str, str] | None = None) -> tuple[Path, ...]:
+    """Where dialects are found: GPDATA_DIALECTS_DIR (a data engineer's own, outside the code tree), if set,
+    then the shipped include/config/dialects."""
+    env = os.environ if env is None else env
+    own = env.get("GPDATA_DIALECTS_DIR")
+    return (Path(own).resolve(), DEFAULT_DIALECTS_DIR) if own else (DEFAULT_DIALECTS_DIR,)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpdata.config import explain, load_folder, load_model
 from gpdata.errors import ConfigError
-from gpdata.settings import CONFIG_DIR
+from gpdata.settings import dialects_dirs
 
 ODS_PRACTICE_RE = re.compile(r"^[A-Z][0-9]{5}$")
 CONN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$")
@@ -21,14 +21,34 @@ DEFAULT_SCHEDULE = "@daily"
 
 
 @cache
-def _dialects() -> dict[str, str]:
-    """Dialect name -> kind, read cheaply (DAG parsing must not import the data libraries); the full dialect
-    is validated when a task reads it and by ``gpdata feeds validate``."""
+def _dialect_kinds(dirs: tuple[Path, ...]) -> dict[str, tuple[str | None, str | None]]:
+    """Dialect name -> (kind, what a delivery holds without a deletion column), read cheaply (DAG parsing must
+    not import the data libraries); the full dialect is validated when a task reads it, by ``gpdata feeds
+    validate`` and ``gpdata feeds add``."""
     out = {}
-    for path in sorted((CONFIG_DIR / "dialects").glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text()) or {}
-        out[path.stem] = doc.get("kind")
+    for folder in dirs:
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else ():
+            doc = yaml.safe_load(path.read_text()) or {}
+            out.setdefault(path.stem, (doc.get("kind"), doc.get("delivers")))
     return out
+
+
+def _dialects() -> dict[str, tuple[str | None, str | None]]:
+    return _dialect_kinds(dialects_dirs())
+
+
+def _dialect_info(name: str) -> tuple[str | None, str | None] | None:
+    """(kind, delivers) of a dialect named by name or by a path under the dialect folders; None if unknown."""
+    if not name.endswith((".yaml", ".yml")):
+        return _dialects().get(name)
+    from gpdata.ingest.dialects import resolve_dialect
+
+    try:
+        path = resolve_dialect(name)
+    except ConfigError as exc:
+        raise ValueError(exc.cause) from None
+    doc = yaml.safe_load(path.read_text()) or {}
+    return doc.get("kind"), doc.get("delivers")
 
 
 class Feed(BaseModel):
@@ -48,8 +68,10 @@ class Feed(BaseModel):
                                              "file")
     connection_id: str | None = Field(default=None, description="Airflow connection id of the supplier database "
                                                                 "(sql)")
-    dialect: str | None = Field(default=None, description="Dialect in include/config/dialects (flatfile: required; "
-                                                           "sql: default supplier_sql)")
+    dialect: str | None = Field(default=None, description="Dialect name (include/config/dialects or "
+                                                           "GPDATA_DIALECTS_DIR) or path of a dialect file under "
+                                                           "GPDATA_DIALECTS_DIR (flatfile: required; sql: default "
+                                                           "supplier_sql)")
     mode: Literal["baseline", "incremental"] = Field(
         default="baseline", description="baseline: every delivery is a full extract that replaces the practice's "
                                         "data; incremental: a baseline, then only changes (amendments and "
@@ -112,11 +134,15 @@ class Feed(BaseModel):
         if self.format == "flatfile" and not self.dialect:
             raise ValueError(f"format flatfile needs a dialect (one of {', '.join(_dialects())})")
         if self.dialect:
-            kind = _dialects().get(self.dialect)
-            if kind is None:
+            info = _dialect_info(self.dialect)
+            if info is None:
                 raise ValueError(f"unknown dialect {self.dialect!r} (known: {', '.join(_dialects())})")
+            kind, delivers = info
             if kind != self.format:
                 raise ValueError(f"dialect {self.dialect} is for format {kind}, not {self.format}")
+            if delivers == "snapshot" and self.mode != "baseline":
+                raise ValueError(f"dialect {self.dialect} delivers full snapshots without a deletion column: mode "
+                                 "must be baseline")
         return self
 
     def location_path(self) -> Path:
@@ -157,8 +183,10 @@ def feed_yaml(feed: Feed) -> str:
     return yaml.safe_dump(feed.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
 
-def add_feed(folder: Path, fields: dict) -> Path:
-    """Validate a feed from its fields and write ``<ODS>.yaml``; refuses a practice that already has a feed."""
+def add_feed(folder: Path, fields: dict, *, check_sample: Path | None = None) -> tuple[Path, dict | None]:
+    """Validate a feed from its fields, its dialect in full and, given ``check_sample``, a sample delivery read
+    with it; then write ``<ODS>.yaml``. Refuses a practice that already has a feed. Returns the file written and
+    the sample's rows per table (None without a sample)."""
     folder = Path(folder)
     try:
         feed = Feed(**fields)
@@ -167,8 +195,18 @@ def add_feed(folder: Path, fields: dict) -> Path:
     existing = {f.ods_code: f.source_file for f in load_feeds(folder)} if folder.is_dir() else {}
     if feed.ods_code in existing:
         raise ConfigError(f"practice {feed.ods_code} already has a feed: {existing[feed.ods_code]}")
+    if feed.dialect or feed.format == "sql":
+        from gpdata.ingest.dialects import load_dialect
+
+        load_dialect(feed.dialect or "supplier_sql")  # the full check: the feed is refused with its dialect
+    if check_sample is not None:
+        from gpdata.ingest.sources import check_sample as check
+
+        sample = check(feed, Path(check_sample))
+    else:
+        sample = None
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{feed.ods_code}.yaml"
     path.write_text(f"# Feed of {feed.name}, written by gpdata feeds add\n" + feed_yaml(feed))
     load_feed(path)  # what was written reads back valid
-    return path
+    return path, sample

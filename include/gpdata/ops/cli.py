@@ -36,7 +36,9 @@ def _feeds(args) -> int:
                   if getattr(args, k) is not None}
         if args.inactive:
             fields["active"] = False
-        path = add_feed(folder, fields)
+        path, sample = add_feed(folder, fields, check_sample=Path(args.check_sample) if args.check_sample else None)
+        if sample is not None:
+            print("sample read: " + ", ".join(f"{t} {n}" for t, n in sample.items()))
         print(f"wrote {path}; the practice joins the extraction DAG at its next parse")
         return 0
     feeds = load_feeds(folder)
@@ -51,6 +53,53 @@ def _feeds(args) -> int:
     for f in feeds:
         print(f"{f.ods_code:8} {str(f.active).lower():6} {f.format:8} {f.mode:11} {f.schedule:10} "
               f"{f.supplier:10} {f.name}")
+    return 0
+
+
+def _dialects(args) -> int:
+    from gpdata.ingest.dialects import dialect_files, load_dialect, resolve_dialect
+
+    if args.action == "list":
+        shipped = settings.DEFAULT_DIALECTS_DIR.resolve()
+        print(f"{'name':16} {'kind':8} {'from':22} description")
+        for name, path in dialect_files().items():
+            where = "shipped" if path.parent.resolve() == shipped else "GPDATA_DIALECTS_DIR"
+            kind = description = "?"
+            try:
+                d = load_dialect(str(path))
+                kind, description = d.kind, d.description
+            except GpdataError as exc:
+                description = f"INVALID: {exc.cause}"
+            print(f"{name:16} {kind:8} {where:22} {description}")
+        return 0
+    if args.action == "validate":
+        names = [args.name] if args.name else list(dialect_files())
+        bad = 0
+        for name in names:
+            try:
+                d = load_dialect(name)
+                if not name.endswith((".yaml", ".yml")) and d.name != name:
+                    raise GpdataError(f"the file {name}.yaml names the dialect {d.name!r}: make them agree",
+                                      file=str(d.source_file))
+                if d.kind == "flatfile":
+                    from gpdata.ingest.sources.flatfile import load_lookup
+
+                    for lookup in d.lookups:
+                        load_lookup(d, lookup)
+                print(f"{name}: valid ({d.kind}, {len(d.tables)} tables)")
+            except GpdataError as exc:
+                bad += 1
+                print(f"gpdata: error: {exc}", file=sys.stderr)
+        return 2 if bad else 0
+    if not args.name:
+        raise GpdataError("gpdata dialects show needs a dialect name or file (see gpdata dialects list)")
+    import yaml
+
+    d = load_dialect(args.name)
+    print(f"# {resolve_dialect(args.name)}")
+    doc = d.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+    doc["reads"] = {t: d.columns(t) for t in d.tables}
+    print(yaml.safe_dump(doc, sort_keys=False, width=118))
     return 0
 
 
@@ -213,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--feeds-dir", help="also write one feed YAML per practice here")
     s.add_argument("--formats", default="fhir",
-                   help="with --feeds-dir: formats the practices deliver in, in turn (fhir, emis_csv, tpp_pipe)")
+                   help="with --feeds-dir: formats the practices deliver in, in turn (fhir or a flat-file dialect: "
+                        "emis_csv, tpp_pipe, research_tab, or one in GPDATA_DIALECTS_DIR)")
     s.set_defaults(func=_synth)
 
     f = sub.add_parser("feeds", help="list, validate or add practice feeds")
@@ -225,11 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--format", choices=["fhir", "flatfile", "sql"], help="add: source format")
     f.add_argument("--location", help="add: delivery folder (fhir, flatfile)")
     f.add_argument("--connection-id", dest="connection_id", help="add: Airflow connection id (sql)")
-    f.add_argument("--dialect", help="add: dialect name (flatfile, sql)")
+    f.add_argument("--dialect", help="add: dialect name, or a dialect file under GPDATA_DIALECTS_DIR (flatfile, sql)")
     f.add_argument("--mode", choices=["baseline", "incremental"], help="add: extraction mode")
     f.add_argument("--schedule", help="add: @daily (default), @hourly, @weekly, @monthly or cron")
     f.add_argument("--inactive", action="store_true", help="add: write the feed switched off")
+    f.add_argument("--check-sample", dest="check_sample", metavar="PATH",
+                   help="add: read this sample delivery with the feed's format and dialect first; refuse the feed "
+                        "if it cannot be read")
     f.set_defaults(func=_feeds)
+
+    dl = sub.add_parser("dialects", help="list, validate or show source dialects (shipped and GPDATA_DIALECTS_DIR)")
+    dl.add_argument("action", choices=["list", "validate", "show"])
+    dl.add_argument("name", nargs="?", help="validate, show: a dialect name or a dialect file under "
+                                            "GPDATA_DIALECTS_DIR (validate: default every dialect)")
+    dl.set_defaults(func=_dialects)
 
     sub.add_parser("summary", help="per-practice counts from the latest run manifests").set_defaults(func=_summary)
 

@@ -23,7 +23,7 @@ from gpdata.ingest.sources.fhir import read_bundles
 from gpdata.ingest.sources.flatfile import write_delivery
 from gpdata.model import CANONICAL, POSITION, TABLES
 
-FLATFILE_DIALECTS = ("emis_csv", "tpp_pipe")
+FLATFILE_DIALECTS = ("emis_csv", "tpp_pipe", "research_tab")
 DISSENT = ("snomed", "827241000000103")
 FIRST_STAMP = "20260101020000"
 
@@ -32,8 +32,19 @@ def canonical_of(fhir_folder: Path, practice: str) -> dict[str, pa.Table]:
     return read_bundles(fhir_folder, practice)
 
 
+def extra_columns(dialect: Dialect, stamp: str) -> dict[str, str] | None:
+    """Columns beyond the canonical model, for a dialect that ignores unmapped columns (as a research database's
+    export carries): a practice number and the date the export was made."""
+    if dialect.unmapped_columns != "ignore":
+        return None
+    return {"pracid": "1", "extractdate": f"{stamp[6:8]}/{stamp[4:6]}/{stamp[:4]}"}
+
+
 def export_flatfile(fhir_folder: Path, out: Path, practice: str, dialect: str, stamp: str = FIRST_STAMP) -> list[Path]:
-    return write_delivery(canonical_of(fhir_folder, practice), out, practice, load_dialect(dialect), stamp)
+    """A practice's records as one delivery in any flat-file dialect (shipped, or from GPDATA_DIALECTS_DIR)."""
+    d = load_dialect(dialect)
+    return write_delivery(canonical_of(fhir_folder, practice), out, practice, d, stamp,
+                          extra_columns=extra_columns(d, stamp))
 
 
 @dataclass
@@ -214,4 +225,4 @@ def apply_to_supplier_db(uri: str, practice: str, inc: Increment, *, dialect: st
 
 
 __all__ = ["FLATFILE_DIALECTS", "POSITION", "Increment", "apply_increment", "apply_to_supplier_db", "canonical_of",
-           "export_flatfile", "load_supplier_db", "make_increment"]
+           "export_flatfile", "extra_columns", "load_supplier_db", "make_increment"]

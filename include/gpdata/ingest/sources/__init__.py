@@ -46,10 +46,14 @@ class Batch:
     deliveries: list[str] = field(default_factory=list)
     watermark: str | None = None
     snapshot: str | None = None
+    unmapped: dict[str, list[str]] = field(default_factory=dict)  # table -> delivered columns no field maps
 
     def summary(self) -> dict:
-        return {"mode": "baseline" if self.full else "incremental", "deliveries": self.deliveries,
-                "files": len(self.files), "duplicates_skipped": self.skipped, "watermark": self.watermark}
+        out = {"mode": "baseline" if self.full else "incremental", "deliveries": self.deliveries,
+               "files": len(self.files), "duplicates_skipped": self.skipped, "watermark": self.watermark}
+        if self.unmapped:
+            out["unmapped_columns"] = self.unmapped
+        return out
 
 
 def _empty_deleted() -> dict[str, pa.Table]:
@@ -133,6 +137,9 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> 
 
     dialect = load_dialect(feed.dialect)
     practice = feed.ods_code
+    if dialect.delivers == "snapshot" and feed.mode != "baseline":
+        raise ConfigError(f"dialect {dialect.name} delivers full snapshots without a deletion column: the feed's "
+                          "mode must be baseline", practice=practice)
     by_stamp: dict[str, list] = {}
     for f in list_files(feed.location_path(), dialect, practice):
         by_stamp.setdefault(f.stamp, []).append(f)
@@ -142,22 +149,22 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> 
         tables = [f.table for f in group]
         if len(set(tables)) != len(tables):
             raise SourceError(f"delivery {stamp} has two files for one record type", practice=practice)
-        missing = [t for t in TABLES if t not in tables]
+        missing = [t for t, m in dialect.tables.items() if t not in tables and not m.optional]
         if missing:
             raise SourceError(f"delivery {stamp} is incomplete: no file for {', '.join(missing)} (a delivery "
                               "has one file per record type, with only a header when it has no rows)",
-                              practice=practice, file=group[0].path.name)
+                              practice=practice, file=group[0].name)
         fresh = []
         for f in group:
             digest = sha256_file(f.path)
             earlier = state.seen(digest)
-            if earlier and incremental and earlier["name"] == f.path.name:
+            if earlier and incremental and earlier["name"] == f.name:
                 continue  # processed before: deliveries stay in the inbox until the supplier clears them
             duplicate_of = seen_now.get(digest) or (earlier["name"] if earlier and incremental else None)
             if feed.mode == "incremental" and duplicate_of and _has_rows(f.path):
-                skipped.append({"name": f.path.name, "duplicate_of": duplicate_of})
+                skipped.append({"name": f.name, "duplicate_of": duplicate_of})
                 continue
-            seen_now.setdefault(digest, f.path.name)
+            seen_now.setdefault(digest, f.name)
             fresh.append((f, digest, earlier))
         if feed.mode == "baseline" and all(e for _, _, e in fresh) and not force:
             continue  # this snapshot was committed before (perhaps under other names)
@@ -174,14 +181,14 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> 
         # a snapshot: the newest; or the first incremental run: every delivery so far, newest version wins
         stamps = stamps[-1:] if feed.mode == "baseline" else stamps
     per_table: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
-    files = []
+    files, unmapped = [], {}
     for stamp in stamps:
         for f, digest, _ in new[stamp]:
             try:
-                per_table[f.table].append(read_file(f, dialect, practice))
+                per_table[f.table].append(read_file(f, dialect, practice, unmapped))
             except SourceError as exc:
                 raise _fail(exc, [g.path for g in by_stamp[stamp]], quarantine_dir, stamp) from None
-            files.append({"name": f.path.name, "sha256": digest, "delivery": stamp})
+            files.append({"name": f.name, "sha256": digest, "delivery": stamp})
     if incremental:
         _hold_after_a_gap(practice, stamps, state, quarantine_dir)
     tables, deleted = {}, {}
@@ -193,7 +200,7 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> 
         else:
             tables[name], deleted[name] = split_deleted(combined)
     return Batch(tables=tables, deleted=deleted, full=not incremental, files=files, skipped=skipped,
-                 deliveries=stamps)
+                 deliveries=stamps, unmapped={t: sorted(c) for t, c in sorted(unmapped.items())})
 
 
 def _refuse_late(practice: str, stamps: list[str], by_stamp: dict, state: PracticeState,
@@ -209,7 +216,7 @@ def _refuse_late(practice: str, stamps: list[str], by_stamp: dict, state: Practi
                       f"delivery {applied}, which was applied already: applied now, {'its' if one else 'their'} "
                       "records would replace newer versions. To include them, put them back in the inbox and run "
                       'with {"force": true}, which rebuilds the practice from every delivery there',
-                      practice=practice, file=by_stamp[late[0]][0].path.name)
+                      practice=practice, file=by_stamp[late[0]][0].name)
     folders = [quarantine_files([f.path for f in by_stamp[stamp]], quarantine_dir, exc, stamp) for stamp in late]
     raise SourceError(f"{exc.cause}; moved to {', '.join(map(str, folders))}", practice=practice,
                       file=exc.file, stage="extract")
@@ -241,13 +248,17 @@ def _sql(feed, state: PracticeState, uri: str | None, force: bool) -> Batch | No
     dialect = load_dialect(feed.dialect or "supplier_sql")
     incremental = feed.mode == "incremental" and state.baselined and not force
     since = state.watermark if incremental else None
-    raw, watermark = read_changes(uri or connection_uri(feed.connection_id), dialect, feed.ods_code, since)
-    if incremental and not any(t.num_rows for t in raw.values()):
+    digests: dict[str, str] = {}
+    raw, watermark = read_changes(uri or connection_uri(feed.connection_id), dialect, feed.ods_code, since, digests)
+    # tables the dialect marks snapshot are read whole every run: unchanged when their rows hash the same
+    snapshot = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest() if digests else None
+    if incremental and not any(t.num_rows for n, t in raw.items() if n not in digests) \
+            and snapshot == state.snapshot:
         return None
     tables, deleted = {}, {}
     for name in TABLES:
         tables[name], deleted[name] = split_deleted(raw[name])
-    return Batch(tables=tables, deleted=deleted, full=not incremental, watermark=watermark,
+    return Batch(tables=tables, deleted=deleted, full=not incremental, watermark=watermark, snapshot=snapshot,
                  deliveries=[f"changes since {since}" if since else "all rows"])
 
 
@@ -259,7 +270,11 @@ def collect(feed, state: PracticeState, quarantine_dir: Path, *, force: bool = F
 
         location = feed.location_path()
         if location.is_dir():  # every file within the size limit before any is read
-            limits.check_files(limits.delivered_files(location), feed.ods_code)
+            paths = limits.delivered_files(location)
+            if feed.format == "flatfile":  # and those of delivery folders (dialects with stamp_from: folder)
+                paths += [p for d in sorted(location.iterdir()) if d.is_dir() and not d.name.startswith(".")
+                          for p in limits.delivered_files(d)]
+            limits.check_files(paths, feed.ods_code)
     if feed.format == "fhir":
         return _fhir(feed, state, quarantine_dir / feed.ods_code, force)
     if feed.format == "flatfile":
@@ -267,3 +282,35 @@ def collect(feed, state: PracticeState, quarantine_dir: Path, *, force: bool = F
     if feed.format == "sql":
         return _sql(feed, state, connection_uri, force)
     raise ConfigError(f"unknown source format {feed.format!r}", practice=feed.ods_code)
+
+
+def check_sample(feed, sample: Path) -> dict[str, int]:
+    """Read a sample delivery as the feed would (its format and dialect) without recording, moving or keeping
+    anything: rows per table, or the error a real delivery would fail with. Flat files: the newest delivery in
+    the folder."""
+    sample = Path(sample)
+    if feed.format == "sql":
+        raise ConfigError("a sql feed has no sample delivery: its database is read through the connection",
+                          practice=feed.ods_code)
+    if not sample.is_dir():
+        raise SourceError(f"sample folder {sample} does not exist", practice=feed.ods_code)
+    if feed.format == "fhir":
+        from gpdata.ingest.sources.fhir import read_bundles
+
+        return {name: t.num_rows for name, t in read_bundles(sample, feed.ods_code).items()}
+    from gpdata.ingest.dialects import load_dialect
+    from gpdata.ingest.sources.flatfile import list_files, read_file
+
+    dialect = load_dialect(feed.dialect)
+    files = list_files(sample, dialect, feed.ods_code)
+    if not files:
+        raise SourceError(f"no file of the {dialect.name} dialect in the sample", practice=feed.ods_code)
+    newest = [f for f in files if f.stamp == files[-1].stamp]
+    missing = [t for t, m in dialect.tables.items() if not m.optional and t not in {f.table for f in newest}]
+    if missing:
+        raise SourceError(f"sample delivery {files[-1].stamp} is incomplete: no file for {', '.join(missing)}",
+                          practice=feed.ods_code)
+    counts = {}
+    for f in newest:
+        counts[f.table] = counts.get(f.table, 0) + read_file(f, dialect, feed.ods_code).num_rows
+    return counts

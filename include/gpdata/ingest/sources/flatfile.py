@@ -1,11 +1,13 @@
 """Supplier flat-file exports (EMIS-like CSV, TPP-like pipe-delimited, or any dialect in configuration).
 
-A delivery is the set of files sharing one ``{stamp}`` in the practice's folder, one file per record type,
-named by the dialect's ``file_name`` template. Every file is checked before it is parsed: not empty, UTF-8
-without a byte-order mark, no NUL bytes, ends with a line end (a missing one means a truncated transfer),
-exactly the dialect's columns (an unexpected column could carry a name; it fails the file), the same number of
-fields on every row, and values that parse as their field's type. Errors name the practice, file, row and
-column, never a value.
+A delivery is the set of files sharing one stamp, one file per record type (a table the dialect marks optional
+may be missing), named by the dialect's ``file_name`` template. The stamp is part of the file name, or the name
+of the delivery's folder (``folder_name``), or, for a folder holding one delivery at a time, the newest
+modification time of its files; the practice is part of the name, or the feed's own folder says it. Every file
+is checked before it is parsed: not empty, UTF-8 without a byte-order mark, no NUL bytes, ends with a line end (a
+missing one means a truncated transfer), every column the dialect reads, no unexpected column unless the dialect
+ignores unmapped columns (an unexpected column could carry a name), the same number of fields on every row, and
+values that parse as their field's type. Errors name the practice, file, row and column, never a value.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from gpdata.errors import SourceError
+from gpdata.errors import ConfigError, SourceError
 from gpdata.ingest.dialects import Dialect
 from gpdata.ingest.sources.convert import DELETED, to_canonical
 from gpdata.model import CANONICAL, POSITION, TABLES
@@ -34,27 +37,69 @@ class DeliveredFile:
     path: Path
     table: str
     stamp: str
+    name: str = ""  # as named in errors, the ledger and quarantine: the file name, or folder/file name
+
+    def __post_init__(self):
+        if not self.name:
+            object.__setattr__(self, "name", self.path.name)
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _match_file(path: Path, dialect: Dialect, practice: str, shown: str) -> tuple[str, str | None]:
+    m = dialect.file_regex.match(path.name)
+    if not m:
+        raise SourceError(f"file name does not match the {dialect.name} pattern {dialect.file_name}",
+                          practice=practice, file=shown)
+    found = m.groupdict()
+    if found.get("practice") and found["practice"] != practice:
+        raise SourceError(f"file is for practice {found['practice']}", practice=practice, file=shown)
+    table = dialect.source_table(found["source"])
+    if table is None:
+        raise SourceError(f"unknown record type {found['source']!r} for dialect {dialect.name}", practice=practice,
+                          file=shown)
+    return table, found.get("stamp")
 
 
 def list_files(location: Path, dialect: Dialect, practice: str) -> list[DeliveredFile]:
-    """Every delivery file in the folder, oldest stamp first. A file the dialect does not name, or one for
-    another practice, is an error (it would otherwise be silently ignored)."""
+    """Every delivery file, oldest stamp first. A file or folder the dialect does not name, or one for another
+    practice, is an error (it would otherwise be silently ignored)."""
     if not location.is_dir():
         raise SourceError(f"delivery folder {location} does not exist", practice=practice)
-    pattern = dialect.file_regex
     out = []
-    for path in sorted(p for p in location.iterdir() if p.is_file() and not p.name.startswith(".")):
-        m = pattern.match(path.name)
-        if not m:
-            raise SourceError(f"file name does not match the {dialect.name} pattern {dialect.file_name}",
-                              practice=practice, file=path.name)
-        if m["practice"] != practice:
-            raise SourceError(f"file is for practice {m['practice']}", practice=practice, file=path.name)
-        table = dialect.source_table(m["source"])
-        if table is None:
-            raise SourceError(f"unknown record type {m['source']!r} for dialect {dialect.name}", practice=practice,
-                              file=path.name)
-        out.append(DeliveredFile(path=path, table=table, stamp=m["stamp"]))
+    how = dialect.stamp_source
+    if how == "folder":
+        for folder in _visible(location):
+            m = dialect.folder_regex.match(folder.name)
+            if not folder.is_dir() or not m:
+                raise SourceError(f"not a delivery folder named like {dialect.folder_name} (the {dialect.name} "
+                                  "dialect delivers one folder per delivery)", practice=practice, file=folder.name)
+            if m.groupdict().get("practice") and m["practice"] != practice:
+                raise SourceError(f"delivery folder is for practice {m['practice']}", practice=practice,
+                                  file=folder.name)
+            stamp = dialect.stamp_of(m["stamp"])
+            for path in _visible(folder):
+                shown = f"{folder.name}/{path.name}"
+                table, _ = _match_file(path, dialect, practice, shown)
+                out.append(DeliveredFile(path=path, table=table, stamp=stamp, name=shown))
+    else:
+        files = []
+        for path in _visible(location):
+            if not path.is_file():
+                raise SourceError(f"not a file of the {dialect.name} dialect", practice=practice, file=path.name)
+            table, stamp = _match_file(path, dialect, practice, path.name)
+            files.append((path, table, stamp))
+        if how == "modified" and files:  # one delivery at a time: stamped by its newest file
+            import datetime as dt
+
+            newest = max(p.stat().st_mtime for p, _, _ in files)
+            stamp = dt.datetime.fromtimestamp(newest, dt.UTC).strftime("%Y%m%d%H%M%S")
+            files = [(p, t, stamp) for p, t, _ in files]
+        else:
+            files = [(p, t, dialect.stamp_of(s)) for p, t, s in files]
+        out = [DeliveredFile(path=p, table=t, stamp=s) for p, t, s in files]
     return sorted(out, key=lambda f: (f.stamp, TABLES.index(f.table)))
 
 
@@ -73,9 +118,10 @@ def _bad_row(text: str, dialect: Dialect, width: int) -> int | None:
     return None
 
 
-def read_file(f: DeliveredFile, dialect: Dialect, practice: str) -> pa.Table:
-    """One delivered file to canonical rows with a ``_deleted`` flag."""
-    name = f.path.name
+def read_file(f: DeliveredFile, dialect: Dialect, practice: str, unmapped: dict[str, set] | None = None) -> pa.Table:
+    """One delivered file to canonical rows with a ``_deleted`` flag. Columns the dialect ignores (unmapped) are
+    not read; their names are added to ``unmapped[table]``."""
+    name = f.name
     data = f.path.read_bytes()
     if not data:
         raise SourceError("empty file (not even a header): truncated or failed transfer", practice=practice,
@@ -100,6 +146,11 @@ def read_file(f: DeliveredFile, dialect: Dialect, practice: str) -> pa.Table:
     expected = dialect.columns(f.table)
     unknown = [h for h in header if h not in expected]
     missing = [h for h in expected if h not in header]
+    if unknown and dialect.unmapped_columns == "ignore":
+        if unmapped is not None:
+            unmapped.setdefault(f.table, set()).update(
+                h if _SAFE_HEADER.match(h) else "(a column whose name is not a plain word)" for h in unknown)
+        unknown = []
     if unknown or missing or len(header) != len(set(header)):
         parts = []
         if missing:
@@ -115,14 +166,41 @@ def read_file(f: DeliveredFile, dialect: Dialect, practice: str) -> pa.Table:
             io.BytesIO(data),
             read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in header},
-                                                 null_values=[""], strings_can_be_null=True))
+            convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in expected},
+                                                 include_columns=expected, null_values=[""],
+                                                 strings_can_be_null=True))
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
         row = _bad_row(data.decode(dialect.encoding), dialect, len(header))
         cause = "rows with the wrong number of fields (truncated or unquoted delimiter)" \
             if "columns" in str(exc) else "not parseable as delimited text"
         raise SourceError(cause, practice=practice, file=name, row=row) from None
-    return to_canonical(f.table, raw, dialect, practice, name)
+    return to_canonical(f.table, raw, dialect, practice, name, lookups=lambda n: load_lookup(dialect, n))
+
+
+def load_lookup(dialect: Dialect, name: str) -> tuple[pa.Array, pa.Array]:
+    """(ids, codes) of one of the dialect's look-up files; errors name the dialect file and the look-up."""
+    path = dialect.lookup_path(name)
+    stat = path.stat() if path.exists() else None
+    if stat is None:
+        raise ConfigError(f"lookup {name}: file {path} does not exist", file=str(dialect.source_file))
+    return _read_lookup(path, stat.st_mtime_ns, dialect.lookups[name], str(dialect.source_file))
+
+
+@lru_cache(maxsize=16)
+def _read_lookup(path: Path, mtime_ns: int, spec, dialect_file: str) -> tuple[pa.Array, pa.Array]:
+    try:
+        table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=spec.delimiter),
+                               convert_options=pacsv.ConvertOptions(
+                                   include_columns=[spec.key, spec.value],
+                                   column_types={spec.key: pa.string(), spec.value: pa.string()}))
+    except (pa.ArrowInvalid, KeyError) as exc:
+        raise ConfigError(f"lookup file {path.name}: needs columns {spec.key} and {spec.value} "
+                          f"({str(exc).splitlines()[0]})", file=dialect_file) from None
+    keys = table[spec.key].combine_chunks()
+    if pc.count_distinct(keys).as_py() != len(keys) or keys.null_count:
+        raise ConfigError(f"lookup file {path.name}: column {spec.key} must be unique and filled",
+                          file=dialect_file)
+    return keys, table[spec.value].combine_chunks()
 
 
 def _text(field: pa.Field, column: pa.ChunkedArray, dialect: Dialect) -> pa.Array:
@@ -137,30 +215,127 @@ def _text(field: pa.Field, column: pa.ChunkedArray, dialect: Dialect) -> pa.Arra
     return pc.cast(column, pa.string())
 
 
+def _unmap(spec, values: list, what: str) -> list:
+    """Canonical text back to delivered text through a value map (the first delivered text of each)."""
+    back: dict = {}
+    for delivered, canonical in spec.values.items():
+        back.setdefault(canonical, delivered)
+    missing = sorted({v for v in values if v is not None and v not in back})
+    if missing:
+        raise ValueError(f"{what}: the value map has no delivered text for {', '.join(missing)}")
+    return [back.get(v) if v is not None else None for v in values]
+
+
+def _code_columns(name: str, spec, table: pa.Table, dialect: Dialect) -> dict[str, list]:
+    """Each row's code in the first of the code columns that can carry it: of the row's system, and, for a
+    look-up column, an id the look-up holds."""
+    tmap = dialect.tables[name]
+    inverse = {}
+    for c in spec.codes:
+        if c.lookup and c.lookup not in inverse:
+            ids, codes = load_lookup(dialect, c.lookup)
+            back: dict = {}
+            for i, code in zip(ids.to_pylist(), codes.to_pylist(), strict=True):
+                back.setdefault(code, i)
+            inverse[c.lookup] = back
+    out = {c.column: [None] * table.num_rows for c in spec.codes}
+    systems = table["code_system"].to_pylist()
+    for row, (code, system) in enumerate(zip(table["code"].to_pylist(), systems, strict=True)):
+        if code is None:
+            continue
+        for c in spec.codes:
+            if (c.system or tmap.code_system) not in (None, system):
+                continue
+            if c.lookup:
+                if code in inverse[c.lookup]:
+                    out[c.column][row] = inverse[c.lookup][code]
+                    break
+                continue
+            out[c.column][row] = code
+            break
+        else:
+            raise ValueError(f"{name}: no code column of the {dialect.name} dialect carries a {system} code")
+    return out
+
+
+def _delivered_columns(name: str, table: pa.Table, dialect: Dialect) -> dict[str, pa.Array]:
+    """Canonical rows as the dialect's text columns (the inverse of reading them)."""
+    tmap = dialect.tables[name]
+    cols: dict[str, pa.Array] = {}
+    for field, spec in tmap.fields.items():
+        ftype = CANONICAL[name].field(field)
+        if spec.value is not None:
+            continue  # the same for every row: nothing delivered
+        if spec.codes is not None:
+            for column, values in _code_columns(name, spec, table, dialect).items():
+                cols[column] = pa.array(values, pa.string())
+        elif spec.year is not None:
+            dates = table[field]
+            cols[spec.year] = pc.strftime(dates, format="%Y")
+            if spec.month is not None:
+                cols[spec.month] = pc.cast(pc.month(dates), pa.string())
+        elif spec.values is not None:
+            cols[spec.column] = pa.array(_unmap(spec, table[field].to_pylist(), f"{name}.{field}"), pa.string())
+        else:
+            cols[spec.column] = _text(ftype, table[field], dialect)
+    if tmap.code_system is not None:
+        wrong = pc.sum(pc.not_equal(table["code_system"], tmap.code_system)).as_py() if table.num_rows else 0
+        if wrong:
+            raise ValueError(f"{name}: the {dialect.name} dialect carries {tmap.code_system} codes only")
+    return cols
+
+
 def write_delivery(tables: dict[str, pa.Table], folder: Path, practice: str, dialect: Dialect, stamp: str,
-                   deleted: dict[str, pa.Table] | None = None) -> list[Path]:
+                   deleted: dict[str, pa.Table] | None = None, extra_columns: dict[str, str] | None = None
+                   ) -> list[Path]:
     """Write canonical tables (and rows to mark deleted) as one delivery in the dialect (the generator's
-    export side). Every table gets a file, with only a header when it has no rows."""
+    export side). Every table of the dialect gets a file, with only a header when it has no rows; tables the
+    dialect does not carry are left out. ``extra_columns`` (column -> text) are added to every file, for a
+    dialect that ignores unmapped columns. The stamp (YYYYMMDDhhmmss) goes where the dialect reads it from."""
     folder.mkdir(parents=True, exist_ok=True)
+    if extra_columns and dialect.unmapped_columns != "ignore":
+        raise ValueError(f"the {dialect.name} dialect fails files with unmapped columns")
+    target = folder
+    if dialect.stamp_source == "folder":
+        target = folder / dialect.folder_name.format(practice=practice, stamp=dialect.write_stamp(stamp))
+        target.mkdir(parents=True, exist_ok=True)
     written = []
     for name in TABLES:
-        mapping = dialect.tables[name].columns
+        if name not in dialect.tables:
+            continue
+        flag = dialect.deleted_of(name)
         parts = []
-        for flag, table in ((False, tables.get(name)), (True, (deleted or {}).get(name))):
+        for is_deleted, table in ((False, tables.get(name)), (True, (deleted or {}).get(name))):
             if table is None or table.num_rows == 0:
                 continue
-            cols = {src: _text(CANONICAL[name].field(field), table[field], dialect) for field, src in mapping.items()}
-            cols[dialect.deleted.column] = pa.array(
-                [dialect.deleted.when_deleted if flag else dialect.deleted.otherwise] * table.num_rows, pa.string())
+            if is_deleted and flag is None:
+                raise ValueError(f"the {dialect.name} dialect has no deletion column for {name}")
+            cols = _delivered_columns(name, table, dialect)
+            if flag is not None:
+                cols[flag.column] = pa.array([flag.when_deleted if is_deleted else flag.otherwise] * table.num_rows,
+                                             pa.string())
+            for column, text in (extra_columns or {}).items():
+                cols[column] = pa.array([text] * table.num_rows, pa.string())
             parts.append(pa.table(cols))
-        schema = pa.schema([(c, pa.string()) for c in dialect.columns(name)])
+        names = dialect.columns(name) + list(extra_columns or {})
+        schema = pa.schema([(c, pa.string()) for c in names])
         out = pa.concat_tables([p.select(schema.names) for p in parts]) if parts else schema.empty_table()
-        path = folder / dialect.file_name.format(practice=practice, source=dialect.tables[name].source, stamp=stamp)
+        fields = {"practice": practice, "source": dialect.tables[name].source}
+        if dialect.stamp_source == "name":
+            fields["stamp"] = dialect.write_stamp(stamp)
+        path = target / dialect.file_name.format(**fields)
         tmp = path.with_name("." + path.name)
         pacsv.write_csv(out, tmp, write_options=pacsv.WriteOptions(delimiter=dialect.delimiter,
                                                                    quoting_style="needed"))
         tmp.rename(path)
         written.append(path)
+    if dialect.stamp_source == "modified":
+        import datetime as dt
+        import os
+
+        when = dt.datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC).timestamp()
+        for path in written:
+            os.utime(path, (when, when))
     return written
 
 
