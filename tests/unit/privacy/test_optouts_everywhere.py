@@ -404,3 +404,21 @@ def test_flat_file_dialects_follow_the_same_rules(home, tmp_path, dialect, code,
     assert pipeline.run_practice(feed, cfg, "r1")["type1_optout"]["patients_excluded"] == 1
     assert _store_holds(cfg, _pid()) == [] and _pid(Y_NHS) in store.read_table(cfg.store, "patients")[
         "patient_pid"].to_pylist()
+
+
+def test_a_type1_code_in_any_code_column_of_a_row_is_never_hidden_behind_another():
+    """A dialect with several code columns takes the first non-empty one, except a type 1 code anywhere."""
+    from gpdata.ingest.dialects import load_dialect
+    from gpdata.ingest.sources.convert import to_canonical
+
+    d = load_dialect("research_tab")
+    rows = [  # medcodeid (a BMI concept through the look-up), snomed, read, ctv3
+        ("1001", "", "9Nu0.00", ""), ("1001", "", "", ""), ("1001", "", "", "XaZ8A"), ("", f.DISSENT, "", "XaZ8A")]
+    raw = pa.table({"obsid": [f"o{i}" for i in range(4)], "patid": ["p1"] * 4, "staffid": ["s"] * 4,
+                    "obsdate": ["01/01/2022"] * 4, "medcodeid": [r[0] for r in rows],
+                    "snomedctconceptid": [r[1] for r in rows], "readcode": [r[2] for r in rows],
+                    "ctv3code": [r[3] for r in rows], "obstypeid": ["2"] * 4, "value": [""] * 4, "numunit": [""] * 4})
+    out = to_canonical("observations", raw, d, "A81001", "Observation.txt",
+                       lookups=lambda name: (pa.array(["1001"]), pa.array([f.BMI])))
+    assert list(zip(out["code_system"].to_pylist(), out["code"].to_pylist(), strict=True)) == [
+        ("readv2", "9Nu0.00"), ("snomed", f.BMI), ("ctv3", "XaZ8A"), ("snomed", f.DISSENT)]

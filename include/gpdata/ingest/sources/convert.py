@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpdata.codes import optout_codes
 from gpdata.errors import SourceError
 from gpdata.ingest.dialects import Deleted, Dialect, FieldMap
 from gpdata.model import CANONICAL, POSITION
@@ -83,10 +84,13 @@ def _derived_date(spec: FieldMap, raw: pa.Table, practice: str, file: str, first
 def _codes(spec: FieldMap, raw: pa.Table, dialect: Dialect, lookups, practice: str, file: str,
            first_row: int) -> tuple[pa.Array, pa.Array]:
     """(code, code system) from several code columns: the first non-empty one wins, each resolved through its
-    look-up when it has one. An id its look-up does not hold fails the file."""
+    look-up when it has one, except that a type 1 opt-out code in any column wins over every other code of the
+    row (so it is never hidden behind another concept). An id its look-up does not hold fails the file."""
     n = raw.num_rows
     code = pa.nulls(n, pa.string())
     system = pa.nulls(n, pa.string())
+    type1 = optout_codes()
+    columns = []
     for c in spec.codes:
         values = pc.utf8_trim_whitespace(_text_of(raw, c.column))
         values = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
@@ -102,6 +106,14 @@ def _codes(spec: FieldMap, raw: pa.Table, dialect: Dialect, lookups, practice: s
         code = pc.if_else(take, values, code)
         if c.system is not None:
             system = pc.if_else(take, pa.scalar(c.system), system)
+        columns.append((values, c.system))
+    for values, col_system in columns:
+        dissent, withdrawn = type1.classify(values)
+        chosen_dissent, chosen_withdrawn = type1.classify(code)
+        take = pc.or_(pc.and_(dissent, pc.invert(chosen_dissent)),
+                      pc.and_(withdrawn, pc.invert(pc.or_(chosen_dissent, chosen_withdrawn))))
+        code = pc.if_else(take, values, code)
+        system = pc.if_else(take, pa.scalar(col_system, pa.string()), system)
     return code, system
 
 
