@@ -35,21 +35,13 @@ from gpdata.share.disseminate import disseminate_all
 from gpdata.store import release
 from gpdata.synth import generate
 from gpdata.synth.feeds import write_synthetic_feeds
+from tests.support.airflow import AIRFLOW, run_airflow
 
 pytestmark = pytest.mark.system
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 FAILING = "Y99999"  # a practice whose delivery folder does not exist
 FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
-
-
-def _airflow(env, *args, check=True):
-    proc = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    if check:
-        assert proc.returncode == 0, output[-5000:]
-    return output
 
 
 def _free_port() -> int:
@@ -90,8 +82,8 @@ def stack(tmp_path_factory):
     env.update({"AIRFLOW__CORE__AUTH_MANAGER": FAB, "AIRFLOW__API__EXPOSE_CONFIG": "False"})
     env.pop("GPDATA_DEADLINE_MINUTES", None)
 
-    _airflow(env, "db", "migrate")
-    run_output = _airflow(env, "dags", "test", "gpdata_extract", check=False)
+    run_airflow(env, "db", "migrate")
+    run_output = run_airflow(env, "dags", "test", "gpdata_extract", check=False)
     key = keys.load_master_key({keys.KEY_FILE_ENV: str(key_file)})
     release.create_release(cfg.store)
     ndop.ingest(cfg.reference / "ndop.csv", cfg.store, key, published=dt.date.today())
@@ -100,8 +92,8 @@ def stack(tmp_path_factory):
     users = {}
     for role in ("Op", "Viewer"):
         name, password = f"{role.lower()}_user", secrets.token_urlsafe(16)
-        _airflow(env, "users", "create", "--username", name, f"--password={password}", "--role", role,
-                 "--firstname", role, "--lastname", "User", "--email", f"{name}@example.org")
+        run_airflow(env, "users", "create", "--username", name, f"--password={password}", "--role", role,
+                    "--firstname", role, "--lastname", "User", "--email", f"{name}@example.org")
         users[role] = (name, password)
 
     port = _free_port()

@@ -8,8 +8,6 @@ Airflow output and logs.
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,16 +21,9 @@ from gpdata.privacy.deid import Pseudonymiser
 from gpdata.store import release
 from gpdata.synth import generate
 from gpdata.synth.feeds import write_synthetic_feeds
+from tests.support.airflow import run_airflow
 
 pytestmark = pytest.mark.system
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-
-
-def _airflow(env, *args):
-    proc = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-5000:]
-    return output
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +39,19 @@ def demo(tmp_path_factory):
                           formats=["fhir", "emis_csv", "tpp_pipe"])
     keys.write_development_key(cfg.secrets / "dev.key")
     env.update(airflow_env(cfg, cfg.secrets / "dev.key"))
-    outputs = [_airflow(env, "db", "migrate")]
-    outputs.append(_airflow(env, "dags", "test", "gpdata_extract"))
+    outputs = [run_airflow(env, "db", "migrate")]
+    outputs.append(run_airflow(env, "dags", "test", "gpdata_extract"))
     first = {name: store.read_table(cfg.store, name).sort_by("record_id" if name in TABLES[2:] else
                                                               TABLES_KEY[name]) for name in TABLES}
     manifests_first = store.latest_manifests(cfg.manifests)
-    outputs.append(_airflow(env, "dags", "test", "gpdata_extract", "--conf", '{"force": true}'))
+    outputs.append(run_airflow(env, "dags", "test", "gpdata_extract", "--conf", '{"force": true}'))
     manifests_forced = store.latest_manifests(cfg.manifests)
-    outputs.append(_airflow(env, "dags", "test", "gpdata_extract"))  # nothing new delivered: skipped
+    outputs.append(run_airflow(env, "dags", "test", "gpdata_extract"))  # nothing new delivered: skipped
     manifests_unchanged = store.latest_manifests(cfg.manifests)
-    outputs.append(_airflow(env, "dags", "test", "gpdata_release"))
+    outputs.append(run_airflow(env, "dags", "test", "gpdata_release"))
     ndop.ingest(cfg.reference / "ndop.csv", cfg.store, keys.load_master_key({"GPDATA_MASTER_KEY_FILE": env[
         "GPDATA_MASTER_KEY_FILE"]}), published=dt.date.today())
-    outputs.append(_airflow(env, "dags", "test", "gpdata_disseminate"))
+    outputs.append(run_airflow(env, "dags", "test", "gpdata_disseminate"))
     return {"cfg": cfg, "env": env, "outputs": outputs, "first": first, "manifests_first": manifests_first,
             "manifests_forced": manifests_forced, "manifests_unchanged": manifests_unchanged,
             "practices": sorted(t.ods_code for t in truths), "truths": {t.ods_code: t for t in truths}}
@@ -142,7 +133,7 @@ def test_no_identifier_reaches_the_store_manifests_or_airflow_logs(demo):
 
 
 def test_asset_events_carry_the_counts(demo):
-    out = _airflow(demo["env"], "assets", "list", "-o", "json")
+    out = run_airflow(demo["env"], "assets", "list", "-o", "json")
     assert "gpdata_curated_store" in out
     db = demo["cfg"].airflow_home / "airflow.db"
     import sqlite3

@@ -2,8 +2,6 @@
 (one FHIR, one delivering in that dialect) through `airflow dags test gpdata_extract`."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,9 @@ from gpdata.ops.leakscan import collect_identifiers, scan_text, scan_tree
 from gpdata.privacy import keys
 from gpdata.synth import generate
 from gpdata.synth.feeds import write_synthetic_feeds
+from tests.support.airflow import run_airflow
 
 pytestmark = pytest.mark.system
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 # Semicolon-separated, a folder per delivery named by practice and date, compact dates, sex as words, year and
 # month of birth, a 1/0 deletion flag, a constant code system per table, extra columns ignored.
@@ -59,13 +57,6 @@ tables:
 """
 
 
-def _airflow(env, *args):
-    proc = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-5000:]
-    return output
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     home = tmp_path_factory.mktemp("own_dialect_home")
@@ -90,11 +81,11 @@ def run(tmp_path_factory):
             os.environ["GPDATA_DIALECTS_DIR"] = before
     keys.write_development_key(cfg.secrets / "dev.key")
     env.update(airflow_env(cfg, cfg.secrets / "dev.key"))
-    outputs = [_airflow(env, "db", "migrate"), _airflow(env, "dags", "test", "gpdata_extract")]
+    outputs = [run_airflow(env, "db", "migrate"), run_airflow(env, "dags", "test", "gpdata_extract")]
     return {"cfg": cfg, "truths": truths, "outputs": outputs, "dialect": dialect}
 
 
-def test_the_own_dialect_practice_runs_end_to_end_through_airflow(run):
+def test_the_own_dialect_practice_runs_end_to_end_throughrun_airflow(run):
     cfg, truths, dialect = run["cfg"], run["truths"], run["dialect"]
     assert dialect.source_file.parent != Path(settings.DEFAULT_DIALECTS_DIR)
     manifests = store.latest_manifests(cfg.manifests)
