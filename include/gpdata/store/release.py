@@ -57,16 +57,16 @@ def _refuse_dissenters(store_root: Path, held: dict[str, pa.Array]) -> None:
     active, _ = type1.active_dissenters(store_root, version)
     if not len(active):
         return
-    rows = {name: pc.sum(pc.is_in(pids, value_set=active)).as_py() or 0 for name, pids in held.items()}
-    rows = {n: c for n, c in rows.items() if c}
-    if rows:
-        patients = len(set().union(*(set(held[n].filter(pc.is_in(held[n], value_set=active)).to_pylist())
-                                     for n in rows)))
+    # ``held``: each table's distinct patient pseudonyms, so each is matched once
+    found = {name: pids.filter(pc.is_in(pids, value_set=active)) for name, pids in held.items()}
+    found = {name: pids for name, pids in found.items() if len(pids)}
+    if found:
+        patients = len(pc.unique(pa.concat_arrays(list(found.values()))))
         audit.append(store_root, "refusal", action="release", reason="active type 1 dissent in the store",
-                     patients=patients, rows=rows)
+                     patients=patients, patients_by_table={name: len(pids) for name, pids in found.items()})
         raise GpdataError(f"release refused: {patients} patient(s) with an active type 1 dissent are still in the "
-                          f"store ({sum(rows.values())} rows in {', '.join(sorted(rows))}); run their practices "
-                          "again, whose commit erases them, then release")
+                          f"store (in {', '.join(sorted(found))}); run their practices again, whose commit erases "
+                          "them, then release")
 
 
 def create_release(store_root: Path, today: dt.date | None = None, note: str = "",

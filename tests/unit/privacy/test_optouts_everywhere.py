@@ -422,3 +422,16 @@ def test_a_type1_code_in_any_code_column_of_a_row_is_never_hidden_behind_another
                        lookups=lambda name: (pa.array(["1001"]), pa.array([f.BMI])))
     assert list(zip(out["code_system"].to_pylist(), out["code"].to_pylist(), strict=True)) == [
         ("readv2", "9Nu0.00"), ("snomed", f.BMI), ("ctv3", "XaZ8A"), ("snomed", f.DISSENT)]
+
+
+def test_a_release_holding_an_active_dissenter_is_refused_naming_counts_only(home):
+    """The last line of defence, reached by hand: a dissent in the register that no commit has erased yet."""
+    cfg = settings.load()
+    pipeline.run_practice(_practice_b(home), cfg, "r1")  # X committed at B while no dissent is known
+    events = type1.latest(pa.array([_pid()]), pa.array([dt.date(2022, 1, 1)], pa.date32()), pa.array([True]))
+    type1.record(cfg.store, "A81001", events, "v1")
+    with pytest.raises(GpdataError, match=r"release refused: 1 patient\(s\) .* \(in medications, observations, "
+                                          r"patients\)") as err:
+        release.create_release(cfg.store)
+    assert _pid() not in str(err.value)
+    assert release.list_releases(cfg.store) == []
