@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -197,7 +198,7 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
         force = True  # the ledger's maps are pseudonyms of the old key; a baseline replaces them
     try:
         batch = sources.collect(feed, state, settings.quarantined_deliveries, force=force,
-                                connection_uri=connection_uri)
+                                connection_uri=connection_uri, token=partial(deid.file_token, key))
         read_at = time.monotonic()
         if batch is not None and batch.tables:
             limits.check_fields({**batch.tables, **{f"{n} (deleted)": t for n, t in batch.deleted.items()}},
@@ -364,7 +365,7 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
         ledger.merge_by_ref(state.practitioner_map(), carried["practitioner_map"])
     state.save(run_id=run_id, files=info["files"], watermark=info["watermark"], snapshot=info["snapshot"],
                patient_map=patient_map, practitioner_map=practitioner_map, key_version=current,
-               key_checks=key.checks())
+               key_checks=key.checks(), token=partial(deid.file_token, key))
     counts["committed_rows"] = {name: t.num_rows for name, t in tables.items()}
     if deleted is not None:
         counts["deleted_keys"] = {name: len(keys) for name, keys in deleted.items() if len(keys)}

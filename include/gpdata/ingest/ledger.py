@@ -77,14 +77,18 @@ class PracticeState:
 
     def save(self, *, run_id: str, files: list[dict], watermark: str | None, snapshot: str | None,
              patient_map: pa.Table | None, practitioner_map: pa.Table | None = None,
-             key_version: str | None = None, key_checks: dict[str, str] | None = None) -> None:
-        """Record a committed run. Parquet state first, the ledger (which names the run) last."""
+             key_version: str | None = None, key_checks: dict[str, str] | None = None,
+             token=None) -> None:
+        """Record a committed run. Parquet state first, the ledger (which names the run) last. ``token``, when
+        given, replaces file names recorded before names were tokenised (``files`` already carry tokens)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         if patient_map is not None:
             _write_parquet(self.folder / "patients.parquet", patient_map.cast(PATIENT_MAP))
         if practitioner_map is not None:
             _write_parquet(self.folder / "practitioners.parquet", practitioner_map.cast(PRACTITIONER_MAP))
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if token is not None:
+            self.files = {sha: {**entry, "name": token(entry["name"])} for sha, entry in self.files.items()}
         for f in files:
             self.files[f["sha256"]] = {"name": f["name"], "delivery": f["delivery"], "run_id": run_id,
                                        "committed_at": now}

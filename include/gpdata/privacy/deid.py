@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def hmac_hex(key: bytes, values: pa.Array | pa.ChunkedArray) -> pa.Array:
         o.update(h.digest())
         append(o.hexdigest())
     return pc.take(pa.array(digests, pa.string()), enc.indices)
+
+
+FILE_TOKEN_PREFIX = "file-"  # noqa: S105 (a prefix, not a secret)
+
+
+def file_token(master: MasterKey, name: str) -> str:
+    """A stable, keyed stand-in for a delivered file's name (``file-`` and 16 hex digits). Senders name files
+    after patients, so beyond the inbox and the refused-delivery folder (which are identifiable and keep the
+    real names) a file is known only by this token: rows, quarantine, ledgers, manifests, errors, logs, XCom.
+    The token is HMAC-SHA256 under a key derived from the current master key version for this purpose alone,
+    so it cannot be reversed by hashing candidate names without the key."""
+    if name.startswith(FILE_TOKEN_PREFIX) and len(name) == len(FILE_TOKEN_PREFIX) + 16:
+        return name  # already a token
+    key = master.derive("delivered-file-name", namespace="token")
+    return FILE_TOKEN_PREFIX + hmac.new(key, name.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 class Pseudonymiser:

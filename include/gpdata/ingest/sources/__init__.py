@@ -24,14 +24,16 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpdata.errors import ConfigError, SourceError
 from gpdata.ingest.ledger import PracticeState, sha256_file
-from gpdata.model import CANONICAL, TABLES
+from gpdata.model import CANONICAL, POSITION, TABLES
 
 
 @dataclass
@@ -91,7 +93,8 @@ def quarantined(target: Path) -> dict[str, dict]:
 
 def _fail(exc: SourceError, paths: list[Path], quarantine_dir: Path, delivery: str | None = None) -> SourceError:
     folder = quarantine_files(paths, quarantine_dir, exc, delivery)
-    return SourceError(f"{exc.cause}; the delivery ({len(paths)} file(s)) was moved to {folder}",
+    return SourceError(f"{exc.cause}; the delivery ({len(paths)} file(s)) was moved to {folder} "
+                       "(its REASON.json names the file)",
                        practice=exc.practice, file=exc.file, row=exc.row, stage="extract")
 
 
@@ -103,34 +106,36 @@ def _has_rows(path: Path) -> bool:
     return not (head.endswith(b"\n") and head.count(b"\n") == 1)
 
 
-def _fhir(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> Batch | None:
+def _fhir(feed, state: PracticeState, quarantine_dir: Path, force: bool, token: Callable[[str], str]) -> Batch | None:
     from gpdata.ingest.sources.fhir import bundle_files, read_bundles
 
     location = feed.location_path()
     if not location.is_dir():
         raise SourceError(f"delivery folder {location} does not exist", practice=feed.ods_code)
-    files, skipped, hashes = [], [], {}
+    files, skipped, hashes, names = [], [], {}, []
     for path in bundle_files(location):
         digest = sha256_file(path)
         if digest in hashes:
-            skipped.append({"name": path.name, "duplicate_of": hashes[digest]})
+            skipped.append({"name": token(path.name), "duplicate_of": hashes[digest]})
             continue
-        hashes[digest] = path.name
-        files.append({"name": path.name, "sha256": digest, "delivery": "snapshot"})
+        hashes[digest] = token(path.name)
+        names.append(path.name)
+        files.append({"name": token(path.name), "sha256": digest, "delivery": "snapshot"})
     if not files:
         raise SourceError(f"no FHIR bundles (*.json) in {location}", practice=feed.ods_code)
     snapshot = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
     if snapshot == state.snapshot and not force:
         return None
     try:
-        tables = read_bundles(location, feed.ods_code, only=[f["name"] for f in files])
+        tables = read_bundles(location, feed.ods_code, only=names)
     except SourceError as exc:
         raise _fail(exc, bundle_files(location), quarantine_dir) from None
     return Batch(tables=tables, deleted=_empty_deleted(), full=True, files=files, skipped=skipped,
                  deliveries=[f"snapshot {snapshot[:12]}"], snapshot=snapshot)
 
 
-def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> Batch | None:
+def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,
+              token: Callable[[str], str]) -> Batch | None:
     from gpdata.ingest.dialects import load_dialect
     from gpdata.ingest.sources.convert import latest_versions, split_deleted
     from gpdata.ingest.sources.flatfile import list_files, read_file
@@ -158,13 +163,14 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> 
         for f in group:
             digest = sha256_file(f.path)
             earlier = state.seen(digest)
-            if earlier and incremental and earlier["name"] == f.name:
+            # a ledger written before file names were tokenised holds the name itself
+            if earlier and incremental and earlier["name"] in (token(f.name), f.name):
                 continue  # processed before: deliveries stay in the inbox until the supplier clears them
-            duplicate_of = seen_now.get(digest) or (earlier["name"] if earlier and incremental else None)
+            duplicate_of = seen_now.get(digest) or (token(earlier["name"]) if earlier and incremental else None)
             if feed.mode == "incremental" and duplicate_of and _has_rows(f.path):
-                skipped.append({"name": f.name, "duplicate_of": duplicate_of})
+                skipped.append({"name": token(f.name), "duplicate_of": duplicate_of})
                 continue
-            seen_now.setdefault(digest, f.name)
+            seen_now.setdefault(digest, token(f.name))
             fresh.append((f, digest, earlier))
         if feed.mode == "baseline" and all(e for _, _, e in fresh) and not force:
             continue  # this snapshot was committed before (perhaps under other names)
@@ -188,7 +194,7 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> 
                 per_table[f.table].append(read_file(f, dialect, practice, unmapped))
             except SourceError as exc:
                 raise _fail(exc, [g.path for g in by_stamp[stamp]], quarantine_dir, stamp) from None
-            files.append({"name": f.name, "sha256": digest, "delivery": stamp})
+            files.append({"name": token(f.name), "sha256": digest, "delivery": stamp})
     if incremental:
         _hold_after_a_gap(practice, stamps, state, quarantine_dir)
     tables, deleted = {}, {}
@@ -262,9 +268,46 @@ def _sql(feed, state: PracticeState, uri: str | None, force: bool) -> Batch | No
                  deliveries=[f"changes since {since}" if since else "all rows"])
 
 
+def _same(name: str) -> str:
+    return name
+
+
+def _tokenise_rows(tables: dict[str, pa.Table], token: Callable[[str], str]) -> dict[str, pa.Table]:
+    """Each row's ``_src_file`` (the delivered file it came from) as its token."""
+    out = {}
+    for name, table in tables.items():
+        if POSITION[0] in table.column_names and table.num_rows:
+            enc = pc.dictionary_encode(table[POSITION[0]].combine_chunks())
+            tokens = pa.array([None if v is None else token(v) for v in enc.dictionary.to_pylist()], pa.string())
+            i = table.column_names.index(POSITION[0])
+            table = table.set_column(i, table.schema.field(i), pc.take(tokens, enc.indices))
+        out[name] = table
+    return out
+
+
 def collect(feed, state: PracticeState, quarantine_dir: Path, *, force: bool = False,
-            connection_uri: str | None = None) -> Batch | None:
-    """The practice's new data, or None when nothing changed since the last commit."""
+            connection_uri: str | None = None, token: Callable[[str], str] | None = None) -> Batch | None:
+    """The practice's new data, or None when nothing changed since the last commit.
+
+    ``token`` maps a delivered file's name to the stand-in used beyond the inbox (the pipeline passes
+    ``gpdata.privacy.deid.file_token``): rows, the batch's file lists and errors carry only tokens. The files
+    themselves, and a refused delivery's ``REASON.json``, keep their names (both are identifiable places)."""
+    token = token or _same
+    try:
+        batch = _collect(feed, state, quarantine_dir, force, connection_uri, token)
+    except SourceError as exc:
+        if not exc.file or feed.format == "sql":
+            raise
+        raise SourceError(exc.cause, practice=exc.practice, file=token(exc.file), row=exc.row,
+                          stage=exc.stage) from None
+    if batch is not None and feed.format != "sql":
+        batch.tables = _tokenise_rows(batch.tables, token)
+        batch.deleted = _tokenise_rows(batch.deleted, token)
+    return batch
+
+
+def _collect(feed, state: PracticeState, quarantine_dir: Path, force: bool, connection_uri: str | None,
+             token: Callable[[str], str]) -> Batch | None:
     if feed.format in ("fhir", "flatfile"):
         from gpdata.ingest import limits
 
@@ -276,9 +319,9 @@ def collect(feed, state: PracticeState, quarantine_dir: Path, *, force: bool = F
                           for p in limits.delivered_files(d)]
             limits.check_files(paths, feed.ods_code)
     if feed.format == "fhir":
-        return _fhir(feed, state, quarantine_dir / feed.ods_code, force)
+        return _fhir(feed, state, quarantine_dir / feed.ods_code, force, token)
     if feed.format == "flatfile":
-        return _flatfile(feed, state, quarantine_dir / feed.ods_code, force)
+        return _flatfile(feed, state, quarantine_dir / feed.ods_code, force, token)
     if feed.format == "sql":
         return _sql(feed, state, connection_uri, force)
     raise ConfigError(f"unknown source format {feed.format!r}", practice=feed.ods_code)
