@@ -15,6 +15,15 @@ DEFAULT_PROJECTS_DIR = CONFIG_DIR / "projects"
 DEFAULT_DIALECTS_DIR = CONFIG_DIR / "dialects"
 
 
+MODE_ENV = "GPDATA_MODE"
+
+
+def production_mode(env: dict[str, str] | None = None) -> bool:
+    """``GPDATA_MODE=production`` (any case): keys and secrets must come from files the operator made."""
+    env = os.environ if env is None else env
+    return env.get(MODE_ENV, "development").strip().lower() == "production"
+
+
 def dialects_dirs(env: dict[str, str] | None = None) -> tuple[Path, ...]:
     """Where dialects are found: GPDATA_DIALECTS_DIR (a data engineer's own, outside the code tree), if set,
     then the shipped include/config/dialects."""

@@ -243,8 +243,16 @@ def _disseminate(args) -> int:
 
 def _audit(args) -> int:
     from gpdata import audit
+    from gpdata.store import release
 
-    print(f"audit log intact: {audit.verify(settings.load().store)} entries")
+    cfg = settings.load()
+    n = release.verify_audit(cfg.store)
+    if not n:
+        print(f"no audit log at {audit.audit_dir(cfg.store)}: nothing has been recorded in this store yet",
+              file=sys.stderr)
+        return 1
+    print(f"audit log intact: {n} entries, keyed chain consistent with the head published in "
+          f"{audit.published_head_path()} and every release manifest")
     return 0
 
 
@@ -326,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--requested-by", help="who asked (for the audit log; default: the user)")
     ds.set_defaults(func=_disseminate)
 
-    au = sub.add_parser("audit", help="verify the hash-chained audit log")
+    au = sub.add_parser("audit", help="verify the keyed, hash-chained audit log against its published heads")
     au.add_argument("action", choices=["verify"])
     au.set_defaults(func=_audit)
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"DAG run finished in {time.monotonic() - started:.0f} s")
     _say("running DAG gpdata_release through Airflow")
     _airflow(["dags", "test", "gpdata_release"], env, log)
-    from gpdata.store.release import latest_release
+    from gpdata.store.release import latest_release, verify_audit
 
     latest = latest_release(cfg.store)
     _say(f"release {latest['release_id']} published (gpdata release list; gpdata release show "
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         m = json.loads(manifest.read_text())
         print(f"project {m['project']} ({m['organisation']}; National Data Opt-out {m['national_data_optout']}): "
               + ", ".join(f"{t} {e['rows']}" for t, e in m["tables"].items()) + f"\n    {manifest.parent}")
-    print(f"audit log: {audit.verify(cfg.store)} entries, chain intact ({audit.audit_dir(cfg.store)}; "
+    print(f"audit log: {verify_audit(cfg.store)} entries, chain intact ({audit.audit_dir(cfg.store)}; "
           "gpdata audit verify)")
     print(f"""
 Outputs

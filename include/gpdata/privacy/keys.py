@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gpdata import storage
 from gpdata.errors import KeyConfigError
+from gpdata.settings import MODE_ENV, production_mode
 
 KEY_ENV = "GPDATA_MASTER_KEY"
 KEY_FILE_ENV = "GPDATA_MASTER_KEY_FILE"
 KEY_VERSION_ENV = "GPDATA_KEY_VERSION"
-MODE_ENV = "GPDATA_MODE"
 MIN_KEY_BYTES = 32
 DEFAULT_VERSION = "v1"
 
@@ -98,11 +98,6 @@ def derive_key(master: bytes, label: str | bytes, length: int = 32, salt: bytes 
     """HKDF-SHA256 (RFC 5869) with ``label`` as the info string."""
     info = label.encode() if isinstance(label, str) else label
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(master)
-
-
-def production_mode(env: dict[str, str] | None = None) -> bool:
-    env = os.environ if env is None else env
-    return env.get(MODE_ENV, "development").lower() == "production"
 
 
 def _parse_ring(entries: list[tuple[str, str]], where: str, practice: str | None) -> tuple[tuple[str, bytes], ...]:

@@ -106,11 +106,22 @@ def create_release(store_root: Path, today: dt.date | None = None, note: str = "
                 storage.write_bytes_atomic(folder / path.name, path.read_bytes())
     else:
         dictionary.write(folder)
+    entry = audit.append(store_root, "release", release=release_id,
+                         rows={name: t["rows"] for name, t in tables.items()})
     manifest = {"release_id": release_id, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "note": note, "tables": tables, "status": "published", "data_dictionary": "data_dictionary.md",
-                "key_version": keys.store_version(store_root), "key_checks": keys.store_checks(store_root)}
+                "key_version": keys.store_version(store_root), "key_checks": keys.store_checks(store_root),
+                "audit_head": {"seq": entry["seq"], "hash": entry["hash"]}}
     store.write_json_atomic(folder / "release.json", manifest)
     return manifest
+
+
+def verify_audit(store_root: Path) -> int:
+    """The audit chain checked against the head published in the register and the head each release
+    manifest recorded when it was made (gpdata.audit.verify)."""
+    anchors = [(f"release {r['release_id']}'s manifest", r["audit_head"]) for r in list_releases(store_root)
+               if r.get("audit_head")]
+    return audit.verify(store_root, anchors)
 
 
 def list_releases(store_root: Path, *, readable_only: bool = False) -> list[dict]:

@@ -30,7 +30,7 @@ def endpoint():
 
 
 @pytest.fixture
-def s3_env(endpoint, monkeypatch, request):
+def s3_env(endpoint, monkeypatch, request, home):
     env = {"AWS_ACCESS_KEY_ID": "gpdata-test-key", "AWS_SECRET_ACCESS_KEY": "gpdata-test-secret",
            "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "eu-west-2"}
     for k, v in env.items():
@@ -166,6 +166,28 @@ def test_opt_out_list_audit_log_and_erasure_work_on_s3(s3_env, tmp_path):
     assert result["patients"] == 2 and len(erasure.pending(root)) == 0
     assert audit.verify(root) == 4 and audit.entries(root)[-1]["event"] == "erasure"
     assert any(k == "store/_erasures/log.jsonl" for k in _keys(s3_env))
+
+
+AUDIT_WRITER = textwrap.dedent("""
+    from gpdata import audit, storage
+    root = storage.root({uri!r})
+    for i in range({n}):
+        audit.append(root, "extract", writer={w}, i=i)
+""")
+
+
+def test_concurrent_audit_appends_on_s3_take_distinct_sequence_numbers(s3_env):
+    """Each entry is its own object, written put-if-absent: racing writers never share a sequence number."""
+    from gpdata import audit
+
+    root = storage.root(s3_env["uri"])
+    env = {**os.environ, **{k: v for k, v in s3_env.items() if k.startswith("AWS_")}}
+    procs = [subprocess.Popen([sys.executable, "-c", AUDIT_WRITER.format(uri=s3_env["uri"], n=15, w=w)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(3)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert [rc for rc, _ in results] == [0, 0, 0], [err[-2000:] for _, err in results]
+    assert audit.verify(root) == 45
+    assert sorted((e["writer"], e["i"]) for e in audit.entries(root)) == [(w, i) for w in range(3) for i in range(15)]
 
 
 def test_the_leak_scanner_reads_a_store_on_s3(s3_env, tmp_path):
