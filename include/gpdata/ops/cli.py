@@ -118,22 +118,35 @@ def _dev_key(args) -> int:
 
 
 def _scan(args) -> int:
-    from gpdata.ops.leakscan import collect_identifiers, scan_tree
+    from gpdata.ops.leakscan import collect_identifiers, group, scan_tree
     from gpdata.privacy.deid import Pseudonymiser
     from gpdata.privacy.keys import load_master_key
 
     cfg = settings.load()
-    ids = collect_identifiers(cfg.sources)
+    ids = collect_identifiers(cfg.sources, cfg.quarantined_deliveries)  # the inbox and refused deliveries
+    if not ids.counts:
+        print(f"gpdata: error: no identifiers to look for: no FHIR delivery under {cfg.sources} or "
+              f"{cfg.quarantined_deliveries}", file=sys.stderr)
+        return 2
     try:  # with the key, a patient's own full date of birth in their row is checked too
         pseudo = Pseudonymiser(load_master_key())
         ids.link(lambda nhs: pseudo(nhs, "nhs_number"))
     except GpdataError as exc:
         print(f"note: per-patient date-of-birth check skipped ({exc.cause})")
-    default = [p for p in (cfg.store, cfg.extracts, cfg.register, cfg.airflow_home) if p.exists()]
-    findings = scan_tree(args.paths or default, ids)
-    for f in findings[:50]:
-        print(f)
-    print(f"{len(findings)} finding(s) for {ids.describe()}")
+    # By default everything gpdata wrote: GPDATA_HOME but for the identifiable inbox and refused deliveries,
+    # secrets and reference lookups (every postcode in the country), and the store wherever it is.
+    inside = not cfg.store_is_remote and Path(cfg.store).is_relative_to(cfg.home)
+    default = [p for p in (cfg.home, *([] if inside else [cfg.store])) if p.exists()]
+    stats: dict = {}
+    findings = scan_tree(args.paths or default, ids, stats,
+                         exclude=[] if args.paths else [cfg.sources, cfg.quarantined_deliveries, cfg.secrets,
+                                                         cfg.reference])
+    if not stats.get("files"):
+        print("gpdata: error: no file to scan under " + ", ".join(map(str, args.paths or default)), file=sys.stderr)
+        return 2
+    for g in group(findings):
+        print(f"{g['count']:>6} x {g['kind']:<14} in {g['folder']}  (e.g. {g['example']})")
+    print(f"{len(findings)} finding(s) in {stats['files']} file(s), for {ids.describe()}")
     return 1 if findings else 0
 
 
@@ -340,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
     c.add_argument("paths", nargs="*",
-                   help="files, folders or s3:// store paths (default: the store, wherever it is, project extracts, "
-                        "register and Airflow's folder)")
+                   help="files, folders or s3:// store paths (default: everything under GPDATA_HOME but the inbox, "
+                        "refused deliveries, secrets and reference lookups, and the store wherever it is)")
     c.set_defaults(func=_scan)
     return p
 

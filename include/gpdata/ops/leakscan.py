@@ -12,6 +12,18 @@ patient and which holds that patient's full date of birth in any date column is 
 other patient's birthday is not.) A surname alone is searched only in Parquet string cells (codes and
 pseudonyms), where no word should be; in free text such as logs only full names are searched.
 
+Identifiers too short to identify anyone are not searched as text: an identifier of another kind than NHS
+number, postcode or date of birth with fewer than 6 letters and digits (a practitioner code ``100``, a name
+``Jo Li``) would match CSS ``100%`` or ordinary words on every page, and the real leaks would drown in noise.
+They are counted (``Identifiers.skipped``) so the report says so. Surnames are searched alone only in Parquet
+string cells, only from 4 letters, and not in gpdata's own lower-case snake_case codes (a quarantine reason
+``patient_invalid_nhs_number`` is not a finding for a patient called Invalid).
+
+Numeric Parquet columns are read too: an NHS number from the sources sent as a number is found. File and
+folder names are scanned like text. ``group`` folds findings into (kind, folder) groups with counts, the kinds
+that identify a person directly (NHS number, name, address, postcode, date of birth) first, so a real leak is
+never hidden below a page of lesser findings.
+
 A root may be a local folder or the store on S3 (a ``gpdata.storage.StorePath``): objects are read through
 the same path interface, and a finding names the ``s3://`` object.
 """
@@ -32,8 +44,13 @@ import pyarrow.parquet as pq
 
 _TOKEN = re.compile(r"[A-Z0-9]+")
 PSEUDONYM_RE = r"^[0-9a-f]{64}$"
+_ENUM = re.compile(r"[a-z0-9]+(_[a-z0-9]+)+")  # gpdata's own lower-case codes (quarantine reasons): no surname
 DELTA_LOG_SKIP = frozenset({"date_of_birth"})
 TEXT_SUFFIXES = {".json", ".log", ".txt", ".csv", ".md", ".html", ".yaml", ".yml", ".crc"}
+MIN_IDENTIFIER_CHARS = 6  # letters and digits; shorter identifiers are not searched as text
+ALWAYS_SEARCHED = frozenset({"nhs_number", "postcode", "date_of_birth"})
+DIRECT_KINDS = ("nhs_number", "name", "address", "postcode", "date_of_birth")  # listed first
+MIN_SURNAME_CHARS = 4
 
 
 def tokens(text: str) -> list[str]:
@@ -49,6 +66,8 @@ class Identifiers:
     dob_by_nhs: dict[str, str] = field(default_factory=dict)
     dob_by_pid: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # too short to search: kind -> count
+    nhs_numbers: set[int] = field(default_factory=set)  # for numeric columns
 
     def add(self, kind: str, text: str | None) -> None:
         if not text:
@@ -56,6 +75,11 @@ class Identifiers:
         seq = tuple(tokens(text))
         if not seq:
             return
+        if kind not in ALWAYS_SEARCHED and len("".join(seq)) < MIN_IDENTIFIER_CHARS:
+            self.skipped[kind] = self.skipped.get(kind, 0) + 1
+            return
+        if kind == "nhs_number" and len(seq) == 1:
+            self.nhs_numbers.add(int(seq[0]))
         self.sequences.setdefault(len(seq), set()).add(seq)
         self.vocabulary.update(seq)
         self.labels.setdefault(seq, kind)
@@ -68,7 +92,9 @@ class Identifiers:
         self.dob_by_pid = {pid: self.dob_by_nhs[n] for pid, n in zip(pids, nhs, strict=True)}
 
     def describe(self) -> str:
-        return ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        found = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        short = ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items()))
+        return found + (f" (not searched, under {MIN_IDENTIFIER_CHARS} characters: {short})" if short else "")
 
     def find(self, text: str, skip: frozenset[str] = frozenset()) -> str | None:
         """The kind of the first identifier found in the text (ignoring kinds in ``skip``), or None."""
@@ -98,7 +124,7 @@ def _patient_identifiers(res: dict, ids: Identifiers) -> None:
         family = name.get("family")
         for given in name.get("given") or ():
             ids.add("name", f"{given} {family}")
-        if family:
+        if family and len(family) >= MIN_SURNAME_CHARS:
             ids.surnames.add(family.upper())
     for address in res.get("address") or ():
         for line in address.get("line") or ():
@@ -118,12 +144,12 @@ def _patient_identifiers(res: dict, ids: Identifiers) -> None:
             ids.add("date_of_birth", form)
 
 
-def collect_identifiers(sources: Path) -> Identifiers:
-    """Identifiers of every patient and practitioner in every delivery under ``sources``."""
+def collect_identifiers(*sources: Path) -> Identifiers:
+    """Identifiers of every patient and practitioner in every delivery under each of ``sources``."""
     ids = Identifiers()
     gc.disable()  # millions of short-lived parsed objects: the cyclic collector only slows this down
     try:
-        for path in sorted(Path(sources).rglob("*.json")):
+        for path in sorted(p for folder in sources for p in Path(folder).rglob("*.json")):
             try:
                 doc = orjson.loads(path.read_bytes())
             except orjson.JSONDecodeError:
@@ -166,11 +192,18 @@ def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
             col = pc.filter(col, pc.invert(pc.fill_null(pc.match_substring_regex(col, PSEUDONYM_RE), True)))
             for value in set(pc.unique(col).to_pylist()) - {None}:
                 kind = ids.find(value)
-                if kind is None and ids.surnames & set(tokens(value)):
+                if kind is None and not _ENUM.fullmatch(value) and ids.surnames & set(tokens(value)):
                     kind = "name"
                 if kind:
                     findings.append(Finding(str(path), f"column {name}", kind))
                     break
+        elif ids.nhs_numbers and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+                                  or pa.types.is_decimal(col.type)):
+            values = pc.unique(col.combine_chunks()) if isinstance(col, pa.ChunkedArray) else pc.unique(col)
+            whole = pc.cast(values, pa.float64())
+            known = pa.array(sorted(ids.nhs_numbers), pa.float64())
+            if pc.any(pc.fill_null(pc.is_in(whole, value_set=known), False)).as_py():
+                findings.append(Finding(str(path), f"column {name}", "nhs_number"))
         elif dobs is not None and (pa.types.is_date(col.type) or pa.types.is_timestamp(col.type)):
             as_dates = pc.cast(col, pa.date32()) if pa.types.is_date(col.type) else pc.cast(
                 pc.floor_temporal(col, unit="day"), pa.date32())
@@ -201,16 +234,43 @@ def scan_file(path: Path, ids: Identifiers) -> list[Finding]:
     return []
 
 
-def scan_tree(paths: Iterable[Path], ids: Identifiers) -> list[Finding]:
-    """Scan every file under each path (or the file itself): local paths or ``s3://`` store paths."""
+def scan_tree(paths: Iterable[Path], ids: Identifiers, stats: dict | None = None,
+              exclude: Iterable[Path] = ()) -> list[Finding]:
+    """Scan every file under each path (or the file itself), its name and the names of the folders it is in:
+    local paths or ``s3://`` store paths. Paths under ``exclude`` are left out; ``stats["files"]`` counts what
+    was read."""
     from gpdata import storage
 
+    skip = [str(storage.root(p)) for p in exclude]
     findings: list[Finding] = []
+    named: set[str] = set()
     for root in map(storage.root, paths):
         files = [root] if root.is_file() else sorted((p for p in root.rglob("*") if p.is_file()), key=str)
         for path in files:
+            if any(str(path) == s or str(path).startswith(s + "/") for s in skip):
+                continue
+            if stats is not None:
+                stats["files"] = stats.get("files", 0) + 1
+            for part in [path, *path.parents]:
+                if str(part) in named or (part == root and part != path):
+                    break  # the root's own name is the operator's
+                named.add(str(part))
+                kind = ids.find(part.name)
+                if kind:
+                    findings.append(Finding(str(part), "file name" if part == path else "folder name", kind))
             findings.extend(scan_file(path, ids))
     return findings
+
+
+def group(findings: list[Finding]) -> list[dict]:
+    """Findings folded by kind and folder, with counts: direct identifiers first, then by count."""
+    groups: dict[tuple[str, str], dict] = {}
+    for f in findings:
+        folder = f.path.rsplit("/", 1)[0] if "/" in f.path else f.path
+        g = groups.setdefault((f.kind, folder), {"kind": f.kind, "folder": folder, "count": 0, "example": str(f)})
+        g["count"] += 1
+    rank = {k: i for i, k in enumerate(DIRECT_KINDS)}
+    return sorted(groups.values(), key=lambda g: (rank.get(g["kind"], len(rank)), -g["count"], g["folder"]))
 
 
 def dump_findings(findings: list[Finding]) -> str:

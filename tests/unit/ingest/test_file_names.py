@@ -12,6 +12,7 @@ import pytest
 from gpdata import pipeline, settings
 from gpdata.errors import QualityGateError, SourceError
 from gpdata.ingest.feeds import Feed
+from gpdata.ops import cli
 from gpdata.privacy import deid
 from gpdata.privacy.keys import load_master_key
 from tests import factory as f
@@ -34,6 +35,15 @@ def _deliver(home, ods: str, *, broken: bool = False):
     return Feed(ods_code=ods, name="p", location=str(inbox))
 
 
+def _scan(capsys) -> str:
+    """`gpdata scan` over everything the run wrote: its report, which must hold no finding (and so no false
+    positive either)."""
+    capsys.readouterr()
+    rc = cli.main(["scan"])
+    out = capsys.readouterr().out
+    return f"exit {rc}: {out}"
+
+
 def _traces(home) -> list[str]:
     """Every place outside the inbox and the refused-delivery folder that holds a sender's word."""
     cfg = settings.load()
@@ -50,12 +60,13 @@ def _traces(home) -> list[str]:
     return found
 
 
-def test_a_committed_delivery_keeps_file_names_in_the_inbox_only(home):
+def test_a_committed_delivery_keeps_file_names_in_the_inbox_only(home, capsys):
     feed = _deliver(home, "A81001")
     counts = pipeline.run_practice(feed, settings.load(), "r1")
     assert counts["status"] == "committed"
     assert sum(sum(r.values()) for r in counts["quality"]["quarantined"].values())  # rows say which file
     assert _traces(home) == []
+    assert re.match(r"exit 0: 0 finding\(s\) in \d+ file", _scan(capsys))
     manifest = json.loads(next((home / "store" / "_manifests" / "A81001").glob("*.json")).read_text())
     ledger = json.loads((home / "state" / "A81001" / "ledger.json").read_text())
     names = [x["name"] for x in ledger["files"].values()] + \
@@ -66,15 +77,17 @@ def test_a_committed_delivery_keeps_file_names_in_the_inbox_only(home):
     assert deid.file_token(key, f"{NHS_NAME}.json") in names  # stable: an operator holding the key can match it
 
 
-def test_a_delivery_failing_its_quality_gate_keeps_file_names_in_the_inbox_only(home):
+def test_a_delivery_failing_its_quality_gate_keeps_file_names_in_the_inbox_only(home, capsys):
     feed = _deliver(home, "A81002").model_copy(update={"max_quarantine_fraction": 0.0, "quarantine_allowance": 0})
     with pytest.raises(QualityGateError) as err:
         pipeline.run_practice(feed, settings.load(), "r1")
     assert not any(w in str(err.value) for w in SENDER_WORDS)
     assert _traces(home) == []
+    assert re.match(r"exit 0: 0 finding\(s\) in \d+ file", _scan(capsys))
 
 
-def test_a_refused_delivery_names_its_file_by_token_beyond_the_refused_folder(home):
+def test_a_refused_delivery_names_its_file_by_token_beyond_the_refused_folder(home, capsys):
+    pipeline.run_practice(_deliver(home, "A81001"), settings.load(), "r0")  # outputs for the scan to read
     feed = _deliver(home, "A81003", broken=True)
     with pytest.raises(SourceError) as err:
         pipeline.run_practice(feed, settings.load(), "r1")
@@ -83,3 +96,4 @@ def test_a_refused_delivery_names_its_file_by_token_beyond_the_refused_folder(ho
     reason = next((home / "quarantine" / "A81003").glob("*/REASON.json"))
     assert f"{PERSON}_broken.json" in reason.read_text()  # the refused folder keeps the real names
     assert _traces(home) == []
+    assert re.match(r"exit 0: 0 finding\(s\) in \d+ file", _scan(capsys))

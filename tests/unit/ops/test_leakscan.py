@@ -67,3 +67,48 @@ def test_delta_log_statistics_are_scanned_except_for_chance_birthday_dates(tmp_p
     assert scan_tree([tmp_path / "out"], ids) == []
     (log / "00000000000000000001.json").write_text('{"stats": {"minValues": {"x": "9990000018"}}}\n')
     assert [f.kind for f in scan_tree([tmp_path / "out"], ids)] == ["nhs_number"]
+
+
+def test_short_identifiers_are_not_searched_so_css_and_counts_are_not_findings(tmp_path):
+    """A practitioner identifier '100' would match 'width: 100%' on every Data Docs page."""
+    resources = [*practice_resources(), *f.practitioner("prac-2", "100")]
+    f.write_bundle(tmp_path / "sources" / "A81001", resources)
+    ids = collect_identifiers(tmp_path / "sources")
+    assert ids.skipped == {"identifier": 1} and "not searched" in ids.describe()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.html").write_text('<div style="width: 100%">100 rows</div>\n')
+    assert scan_tree([out], ids) == []
+    (out / "leak.html").write_text("<td>999 000 0018</td>\n")  # a real one is still found
+    assert [x.kind for x in scan_tree([out], ids)] == ["nhs_number"]
+
+
+def test_an_nhs_number_in_a_numeric_column_is_found(tmp_path):
+    ids = _ids(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"value": pa.array([27.5, 9990000018.0])}), out / "floats.parquet")
+    pq.write_table(pa.table({"value": pa.array([1, 9990000018], pa.int64())}), out / "ints.parquet")
+    pq.write_table(pa.table({"value": pa.array([1, 9990000019], pa.int64())}), out / "clean.parquet")
+    found = sorted((str(x).split(": ")[0].rsplit("/", 1)[-1], x.kind) for x in scan_tree([out], ids))
+    assert found == [("floats.parquet", "nhs_number"), ("ints.parquet", "nhs_number")]
+
+
+def test_file_and_folder_names_are_scanned_once_each(tmp_path):
+    ids = _ids(tmp_path)
+    folder = tmp_path / "out" / "Morwenna Quinlan"
+    folder.mkdir(parents=True)
+    (folder / "9990000018.json").write_text("{}")
+    (folder / "other.json").write_text("{}")
+    found = sorted((x.where, x.kind) for x in scan_tree([tmp_path / "out"], ids))
+    assert found == [("file name", "nhs_number"), ("folder name", "name")]
+
+
+def test_findings_are_grouped_with_direct_identifiers_first(tmp_path):
+    from gpdata.ops.leakscan import Finding, group
+
+    findings = [Finding(f"/o/docs/p{i}.html", "line 1", "identifier") for i in range(40)] + \
+        [Finding("/o/store/_quarantine/a.parquet", "column source_file", "nhs_number")]
+    groups = group(findings)
+    assert [(g["kind"], g["folder"], g["count"]) for g in groups] == [
+        ("nhs_number", "/o/store/_quarantine", 1), ("identifier", "/o/docs", 40)]
