@@ -96,3 +96,11 @@ def write_lookup(path: Path, rows: list[tuple[str, str]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("postcode,lsoa_code\n" + "".join(f"{p},{lsoa}\n" for p, lsoa in rows))
     return path
+
+
+def file_token(name: str) -> str:
+    """What every output beyond the inbox calls a delivered file: its keyed token under the loaded key."""
+    from gpdata.privacy import deid
+    from gpdata.privacy.keys import load_master_key
+
+    return deid.file_token(load_master_key(), name)

@@ -81,6 +81,10 @@ def stack(tmp_path_factory):
     env.update(airflow_env(cfg, key_file))
     env.update({"AIRFLOW__CORE__AUTH_MANAGER": FAB, "AIRFLOW__API__EXPOSE_CONFIG": "False"})
     env.pop("GPDATA_DEADLINE_MINUTES", None)
+    process = pytest.MonkeyPatch()  # the release, list ingest and dissemination run in-line, in the same home
+    for name, value in env.items():
+        if name.startswith("GPDATA_"):
+            process.setenv(name, value)
 
     run_airflow(env, "db", "migrate")
     run_output = run_airflow(env, "dags", "test", "gpdata_extract", check=False)
@@ -121,6 +125,7 @@ def stack(tmp_path_factory):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
         log.close()
+        process.undo()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from gpdata.ingest.sources.flatfile import write_delivery
 from gpdata.model import TABLES
 from gpdata.ops.leakscan import collect_identifiers, scan_text
 from gpdata.synth import exports, generate
+from tests.factory import file_token
 
 TODAY = dt.date(2026, 1, 1)
 ODS, OTHER = "A81001", "B82002"
@@ -149,7 +150,7 @@ def _each_fails_alone(practice, delivered, cases):
         with pytest.raises(SourceError) as err:
             pipeline.extract(feed, cfg, f"broken-{n}")
         message = str(err.value)
-        assert message.startswith(f"practice {ODS}: stage extract: file {_obs_file(paths).name}"), case
+        assert message.startswith(f"practice {ODS}: stage extract: file {file_token(_obs_file(paths).name)}"), case
         assert cause in message, (case, message)
         assert not any(p.exists() for p in paths), case            # the whole delivery left the inbox ...
         moved = sorted((cfg.quarantined_deliveries / ODS).glob(f"*/{_obs_file(paths).name}"))
@@ -173,7 +174,7 @@ def _delivered_twice(practice):
         p.rename(p.with_name(p.name.replace("20260102020000", "20260103020000")))
     again = pipeline.run_practice(feed, cfg, "d2", today=TODAY)
     assert again["status"] == "unchanged"
-    assert {s["duplicate_of"] for s in again["duplicates_skipped"]} == {_obs_file(first).name}
+    assert {s["duplicate_of"] for s in again["duplicates_skipped"]} == {file_token(_obs_file(first).name)}
     assert _versions(cfg) == versions
     return after_first
 

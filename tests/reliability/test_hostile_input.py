@@ -21,6 +21,7 @@ from gpdata.ingest import limits
 from gpdata.privacy import keys
 from gpdata.share import csvsafe, disseminate
 from gpdata.store import release
+from tests.factory import file_token
 from tests.reliability.conftest import FORMULAS, assert_no_leaks, digest
 
 FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
@@ -101,7 +102,7 @@ def test_an_oversized_field_fails_only_that_practice_and_names_where(use_home, m
     with caplog.at_level(logging.INFO), pytest.raises(SourceError) as err:
         pipeline.extract(feed, cfg, "r2", force=True)
     message = str(err.value)
-    assert message.startswith(f"practice {feed.ods_code}: stage extract: file {bundle.name}: row {index}: "
+    assert message.startswith(f"practice {feed.ods_code}: stage extract: file {file_token(bundle.name)}: row {index}: "
                               "table observations column free_text: 1 value(s) over the limit of 4096 characters")
     assert digest(home.root, skip=["sources"]) == before  # nothing staged, nothing stored
     assert pipeline.extract(other, cfg, "r2", force=True)["staged_rows"]["observations"] > 0  # others unaffected
@@ -134,8 +135,8 @@ def test_an_oversized_file_is_refused_unread_with_bounded_memory(use_home, monke
     assert limits.load().max_file_bytes == 1_000_000
     refused_peak, err = _peak_during(lambda: pipeline.extract(feed, cfg, "r2", force=True))
     assert isinstance(err, SourceError)
-    assert str(err).startswith(f"practice {feed.ods_code}: stage extract: file {bundle.name}: file of {size} bytes "
-                               "is over the limit of 1000000 bytes")
+    where = f"practice {feed.ods_code}: stage extract: file {file_token(bundle.name)}"
+    assert str(err).startswith(f"{where}: file of {size} bytes is over the limit of 1000000 bytes")
     assert refused_peak < size / 20, refused_peak  # the file was never read into memory
 
     monkeypatch.setenv("GPDATA_MAX_FILE_BYTES", str(10 * size))  # the control: within the limit it is read

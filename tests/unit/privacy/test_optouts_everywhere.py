@@ -193,7 +193,7 @@ def test_a_dissent_that_cannot_be_applied_stops_the_batch(home, dissent, cause):
     cfg = settings.load()
     with pytest.raises(SourceError, match=cause) as err:
         pipeline.run_practice(_with_dissent(home, {k: v for k, v in dissent.items() if v is not None}), cfg, "r1")
-    assert "bundle-0001.json" in str(err.value) and "row 7" in str(err.value)  # its entry index
+    assert f.file_token("bundle-0001.json") in str(err.value) and "row 7" in str(err.value)  # its entry index
     store.ensure_tables(cfg.store)
     assert not any(store.row_counts(cfg.store).values())  # nothing committed, nothing quarantined
 

@@ -137,20 +137,21 @@ def test_audit_log_detects_edits_and_removals(world, tmp_path):
     project = _project(tmp_path, "AUD", national_data_optout="exempt", exemption_reason="x")
     for _ in range(3):
         _run(world, project, tmp_path)
-    assert audit.verify(cfg.store) == 4  # the NDOP list's ingest, then three extracts
+    events = [e["event"] for e in audit.entries(cfg.store)]
+    assert events == ["release", "ndop_ingested", "extract", "extract", "extract"] and audit.verify(cfg.store) == 5
     log = audit.audit_dir(cfg.store) / "audit.jsonl"
     original = log.read_text()
     lines = original.splitlines(keepends=True)
-    first = json.loads(lines[1])
+    first = json.loads(lines[2])
     first["rows"]["observations"] += 1  # someone edits a count in the first extract's entry
-    log.write_text(lines[0] + json.dumps(first, sort_keys=True) + "\n" + "".join(lines[2:]))
+    log.write_text("".join(lines[:2]) + json.dumps(first, sort_keys=True) + "\n" + "".join(lines[3:]))
     assert log.read_text() != original
-    with pytest.raises(GpdataError, match="entry 2 was altered"):
+    with pytest.raises(GpdataError, match="entry 3 was altered"):
         audit.verify(cfg.store)
-    log.write_text(lines[0] + lines[1] + lines[3])
-    with pytest.raises(GpdataError, match="entry 3 is missing"):
+    log.write_text("".join(lines[:3]) + lines[4])
+    with pytest.raises(GpdataError, match="entry 4 is missing"):
         audit.verify(cfg.store)
-    log.write_text("".join(lines[:3]))
+    log.write_text("".join(lines[:4]))
     with pytest.raises(GpdataError, match="entries were removed"):
         audit.verify(cfg.store)
 
