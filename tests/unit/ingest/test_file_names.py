@@ -97,3 +97,14 @@ def test_a_refused_delivery_names_its_file_by_token_beyond_the_refused_folder(ho
     assert f"{PERSON}_broken.json" in reason.read_text()  # the refused folder keeps the real names
     assert _traces(home) == []
     assert re.match(r"exit 0: 0 finding\(s\) in \d+ file", _scan(capsys))
+
+
+def test_a_refusal_does_not_quote_the_part_of_a_file_name_it_could_not_place(tmp_path):
+    """A file named in the dialect's pattern whose record-type part is a surname: the cause names no value."""
+    from gpdata.ingest.dialects import load_dialect
+    from gpdata.ingest.sources.flatfile import list_files
+
+    (tmp_path / "A81001_Quinlan_20260101020000.csv").write_text("x\n")
+    with pytest.raises(SourceError) as err:
+        list_files(tmp_path, load_dialect("emis_csv"), "A81001")
+    assert "unknown record type in the file name" in err.value.cause and "Quinlan" not in err.value.cause

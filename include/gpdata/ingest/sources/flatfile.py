@@ -58,7 +58,8 @@ def _match_file(path: Path, dialect: Dialect, practice: str, shown: str) -> tupl
         raise SourceError(f"file is for practice {found['practice']}", practice=practice, file=shown)
     table = dialect.source_table(found["source"])
     if table is None:
-        raise SourceError(f"unknown record type {found['source']!r} for dialect {dialect.name}", practice=practice,
+        # not quoted: a file name is the sender's free text, and may name a patient
+        raise SourceError(f"unknown record type in the file name for dialect {dialect.name}", practice=practice,
                           file=shown)
     return table, found.get("stamp")
 
