@@ -13,6 +13,14 @@ CODELISTS_DIR = CONFIG_DIR / "codelists"
 DEFAULT_FEEDS_DIR = CONFIG_DIR / "feeds"
 DEFAULT_PROJECTS_DIR = CONFIG_DIR / "projects"
 DEFAULT_DIALECTS_DIR = CONFIG_DIR / "dialects"
+CHECKOUT_DIR = PACKAGE_DIR.parent.parent
+MODE_ENV = "GPDATA_MODE"
+
+
+def production_mode(env: dict[str, str] | None = None) -> bool:
+    """``GPDATA_MODE=production``: keys are held to production rules (see gpdata.privacy.keys)."""
+    env = os.environ if env is None else env
+    return env.get(MODE_ENV, "development").lower() == "production"
 
 
 def dialects_dirs(env: dict[str, str] | None = None) -> tuple[Path, ...]:
@@ -29,6 +37,7 @@ class Settings:
     feeds_dir: Path
     store: Path  # a Path, or a gpdata.storage.StorePath for an s3:// store
     projects_dir: Path = DEFAULT_PROJECTS_DIR
+    secrets: Path = CHECKOUT_DIR / ".secrets"
 
     @property
     def sources(self) -> Path:
@@ -95,10 +104,6 @@ class Settings:
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 
-    @property
-    def secrets(self) -> Path:
-        return self.home / "secrets"
-
 
 def load(env: dict[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
@@ -106,7 +111,9 @@ def load(env: dict[str, str] | None = None) -> Settings:
     feeds = Path(env["GPDATA_FEEDS_DIR"]).resolve() if env.get("GPDATA_FEEDS_DIR") else DEFAULT_FEEDS_DIR
     store = _store(env["GPDATA_STORE"], env) if env.get("GPDATA_STORE") else home / "store"
     projects = Path(env["GPDATA_PROJECTS_DIR"]).resolve() if env.get("GPDATA_PROJECTS_DIR") else DEFAULT_PROJECTS_DIR
-    return Settings(home=home, feeds_dir=feeds, store=store, projects_dir=projects)
+    # Development keys (`make demo`, `gpdata dev-key`): outside GPDATA_HOME, so copying var/ never copies a key.
+    secrets = Path(env["GPDATA_SECRETS_DIR"]).resolve() if env.get("GPDATA_SECRETS_DIR") else CHECKOUT_DIR / ".secrets"
+    return Settings(home=home, feeds_dir=feeds, store=store, projects_dir=projects, secrets=secrets)
 
 
 def _store(value: str, env) -> Path:
