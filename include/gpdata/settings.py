@@ -38,6 +38,21 @@ class Settings:
     store: Path  # a Path, or a gpdata.storage.StorePath for an s3:// store
     projects_dir: Path = DEFAULT_PROJECTS_DIR
     secrets: Path = CHECKOUT_DIR / ".secrets"
+    inbox_root: Path | None = None  # None: GPDATA_HOME
+
+    @property
+    def inbox(self) -> Path:
+        """Where every feed's ``location`` must lie (GPDATA_INBOX_ROOT, default GPDATA_HOME)."""
+        return self.inbox_root or self.home
+
+    @property
+    def working_folders(self) -> tuple[Path, ...]:
+        """gpdata's own folders under GPDATA_HOME: never a delivery folder, even under the inbox root."""
+        local = [self.staging, self.state, self.quarantined_deliveries, self.quality, self.data_docs,
+                 self.extracts, self.register, self.airflow_home, self.secrets]
+        if not self.store_is_remote:
+            local.append(self.store)
+        return tuple(p for p in local if isinstance(p, Path))
 
     @property
     def sources(self) -> Path:
@@ -113,7 +128,9 @@ def load(env: dict[str, str] | None = None) -> Settings:
     projects = Path(env["GPDATA_PROJECTS_DIR"]).resolve() if env.get("GPDATA_PROJECTS_DIR") else DEFAULT_PROJECTS_DIR
     # Development keys (`make demo`, `gpdata dev-key`): outside GPDATA_HOME, so copying var/ never copies a key.
     secrets = Path(env["GPDATA_SECRETS_DIR"]).resolve() if env.get("GPDATA_SECRETS_DIR") else CHECKOUT_DIR / ".secrets"
-    return Settings(home=home, feeds_dir=feeds, store=store, projects_dir=projects, secrets=secrets)
+    inbox = Path(env["GPDATA_INBOX_ROOT"]).resolve() if env.get("GPDATA_INBOX_ROOT") else None
+    return Settings(home=home, feeds_dir=feeds, store=store, projects_dir=projects, secrets=secrets,
+                    inbox_root=inbox)
 
 
 def _store(value: str, env) -> Path:

@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from gpdata.storage import restrict_umask
+
+    restrict_umask()  # what any command writes is for its owner and group only
     try:
         return args.func(args)
     except GpdataError as exc:
