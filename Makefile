@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export GPDATA_HOME ?= $(CURDIR)/var
+# development keys (make demo, gpdata dev-key) live outside GPDATA_HOME
+export GPDATA_SECRETS_DIR ?= $(CURDIR)/.secrets
 
 .PHONY: install demo airflow test lint scan bench clean lock browser-deps
 
@@ -48,7 +50,7 @@ lint: $(STAMP)
 
 # Leak scan of everything the demo wrote (store, all table versions, manifests, extracts, register, Airflow output).
 scan: $(STAMP)
-	GPDATA_MASTER_KEY_FILE=$${GPDATA_MASTER_KEY_FILE:-$(GPDATA_HOME)/secrets/dev-master.key} $(BIN)/gpdata scan
+	GPDATA_MASTER_KEY_FILE=$${GPDATA_MASTER_KEY_FILE:-$(GPDATA_SECRETS_DIR)/dev-master.key} $(BIN)/gpdata scan
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

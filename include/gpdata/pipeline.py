@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gpdata import codes, quality, store
+from gpdata import codes, quality, storage, store
 from gpdata.errors import GpdataError, QualityGateError
 from gpdata.ingest import ledger, limits, sources
-from gpdata.ingest.feeds import Feed
+from gpdata.ingest.feeds import Feed, check_location
 from gpdata.model import TABLES
 from gpdata.privacy import deid, keys, nhsnumber, type1
 from gpdata.privacy.keys import load_master_key
@@ -184,6 +184,8 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     memory. Returns counts with ``status`` "unchanged" (and stages nothing) when nothing new was delivered."""
     practice = feed.ods_code
     started = time.monotonic()
+    storage.restrict_umask()                            # nothing written by the pipeline is world-readable
+    check_location(feed, settings.inbox, settings.working_folders)  # deliveries only from under the inbox root
     key = load_master_key(practice=practice)          # fail closed before touching any source
     keys.verify_store(settings.store, key, practice)  # the key the store was made with, no rotation under way
     lookup = deid.PostcodeLookup.load(settings.postcode_lookup)
@@ -266,6 +268,7 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
 
 def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = None) -> dict:
     """The quality gate. Raises QualityGateError (after recording why) if the batch must not commit."""
+    storage.restrict_umask()
     practice = feed.ods_code
     started = time.monotonic()
     base = staging_dir(settings, run_id, practice)
@@ -311,6 +314,7 @@ def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = N
 def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     """Replace (baseline) or merge into (incremental) the practice's partition of every curated table; then
     record the delivered files and the watermark in the ledger and write the run manifest."""
+    storage.restrict_umask()
     practice = feed.ods_code
     started = time.monotonic()
     base = staging_dir(settings, run_id, practice)

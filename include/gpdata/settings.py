@@ -13,13 +13,13 @@ CODELISTS_DIR = CONFIG_DIR / "codelists"
 DEFAULT_FEEDS_DIR = CONFIG_DIR / "feeds"
 DEFAULT_PROJECTS_DIR = CONFIG_DIR / "projects"
 DEFAULT_DIALECTS_DIR = CONFIG_DIR / "dialects"
-
-
+CHECKOUT_DIR = PACKAGE_DIR.parent.parent
 MODE_ENV = "GPDATA_MODE"
 
 
 def production_mode(env: dict[str, str] | None = None) -> bool:
-    """``GPDATA_MODE=production`` (any case): keys and secrets must come from files the operator made."""
+    """``GPDATA_MODE=production`` (any case): keys are held to production rules (see gpdata.privacy.keys) and
+    secrets must come from files the operator made."""
     env = os.environ if env is None else env
     return env.get(MODE_ENV, "development").strip().lower() == "production"
 
@@ -38,6 +38,22 @@ class Settings:
     feeds_dir: Path
     store: Path  # a Path, or a gpdata.storage.StorePath for an s3:// store
     projects_dir: Path = DEFAULT_PROJECTS_DIR
+    secrets: Path = CHECKOUT_DIR / ".secrets"
+    inbox_root: Path | None = None  # None: GPDATA_HOME
+
+    @property
+    def inbox(self) -> Path:
+        """Where every feed's ``location`` must lie (GPDATA_INBOX_ROOT, default GPDATA_HOME)."""
+        return self.inbox_root or self.home
+
+    @property
+    def working_folders(self) -> tuple[Path, ...]:
+        """gpdata's own folders under GPDATA_HOME: never a delivery folder, even under the inbox root."""
+        local = [self.staging, self.state, self.quarantined_deliveries, self.quality, self.data_docs,
+                 self.extracts, self.register, self.airflow_home, self.secrets]
+        if not self.store_is_remote:
+            local.append(self.store)
+        return tuple(p for p in local if isinstance(p, Path))
 
     @property
     def sources(self) -> Path:
@@ -104,10 +120,6 @@ class Settings:
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 
-    @property
-    def secrets(self) -> Path:
-        return self.home / "secrets"
-
 
 def load(env: dict[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
@@ -115,7 +127,11 @@ def load(env: dict[str, str] | None = None) -> Settings:
     feeds = Path(env["GPDATA_FEEDS_DIR"]).resolve() if env.get("GPDATA_FEEDS_DIR") else DEFAULT_FEEDS_DIR
     store = _store(env["GPDATA_STORE"], env) if env.get("GPDATA_STORE") else home / "store"
     projects = Path(env["GPDATA_PROJECTS_DIR"]).resolve() if env.get("GPDATA_PROJECTS_DIR") else DEFAULT_PROJECTS_DIR
-    return Settings(home=home, feeds_dir=feeds, store=store, projects_dir=projects)
+    # Development keys (`make demo`, `gpdata dev-key`): outside GPDATA_HOME, so copying var/ never copies a key.
+    secrets = Path(env["GPDATA_SECRETS_DIR"]).resolve() if env.get("GPDATA_SECRETS_DIR") else CHECKOUT_DIR / ".secrets"
+    inbox = Path(env["GPDATA_INBOX_ROOT"]).resolve() if env.get("GPDATA_INBOX_ROOT") else None
+    return Settings(home=home, feeds_dir=feeds, store=store, projects_dir=projects, secrets=secrets,
+                    inbox_root=inbox)
 
 
 def _store(value: str, env) -> Path:

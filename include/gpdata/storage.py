@@ -55,6 +55,18 @@ class StorePath(S3Path):
         return ArrowFSWrapper(S3FileSystem(**kwargs))
 
 
+# Every file gpdata writes is for its owner and group only (0640, folders 0750): the pipeline, the CLI and the
+# dissemination tasks run under this umask. The public register is the one exception (share.register).
+UMASK = 0o027
+
+
+def restrict_umask() -> int:
+    """Tighten the process umask to at least ``UMASK`` (never loosen a stricter one); returns the old one."""
+    old = os.umask(UMASK)
+    os.umask(old | UMASK)
+    return old
+
+
 def is_remote(path: Any) -> bool:
     return isinstance(path, StorePath) or str(path).startswith(REMOTE_SCHEMES)
 

@@ -6,7 +6,9 @@ Routes, all under ``/gpdata`` and all behind Airflow's authentication and the Pl
 
 - ``/``                              the page;
 - ``/status.json``                   the same data as JSON;
-- ``/data-docs/<ODS>/<path>``        the practice's Great Expectations Data Docs (counts, never values).
+- ``/data-docs/<ODS>/<path>``        the practice's Great Expectations Data Docs (counts, never values),
+                                     self-contained (no request to another host) and served under
+                                     ``Content-Security-Policy: sandbox`` (see gpdata_ui.datadocs).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 URL_PREFIX = "/gpdata"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -73,8 +75,9 @@ def create_app(dependencies: list | None = None) -> FastAPI:
         return JSONResponse(status.overview(_settings()), headers=HEADERS)
 
     @app.get("/data-docs/{practice}/{path:path}")
-    def data_docs(practice: str, path: str = "") -> FileResponse:
+    def data_docs(practice: str, path: str = "") -> Response:
         from gpdata import store
+        from gpdata_ui import datadocs
 
         if not store.ODS_RE.match(practice):
             raise HTTPException(status_code=404, detail="no such practice")
@@ -82,6 +85,13 @@ def create_app(dependencies: list | None = None) -> FastAPI:
         target = (root / (path or "index.html")).resolve()
         if not target.is_relative_to(root) or not target.is_file():
             raise HTTPException(status_code=404, detail="no such Data Docs page")
-        return FileResponse(target, headers=HEADERS)
+        headers = {**HEADERS, **datadocs.HEADERS}
+        if target.suffix.lower() in (".html", ".htm"):
+            page = datadocs.offline_page(target.read_text(errors="replace"), target, root)
+            return HTMLResponse(page, headers=headers)
+        if target.suffix.lower() == ".css":
+            return Response(datadocs.clean_css(target.read_text(errors="replace")), media_type="text/css",
+                            headers=headers)
+        return FileResponse(target, headers=headers)
 
     return app

@@ -5,7 +5,9 @@ gpdata_extract`; a release and the example projects' extracts follow (library ca
 starts with the FAB auth manager and the plugin, an operator (role Op) logs in through the login form in headless
 Chromium, and the page's numbers are checked against the run, release and extract manifests. The failing
 practice's cause must be on the page and in the failure callback's log line. Every plugin route must refuse
-requests without a login (401/403) and a user without the Plugins permission (403).
+requests without a login (401/403) and a user without the Plugins permission (403). Chromium runs offline (every
+host name but 127.0.0.1 fails to resolve) with its performance log on: no plugin page may request another
+host, and the Data Docs pages must render their content, sandboxed, from the plugin alone.
 
 Needs the Debian packages chromium and chromium-driver (`make browser-deps`, run by `make test`); without them
 the test fails. A screenshot is saved under test-artifacts/.
@@ -138,8 +140,10 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--window-size=1600,1200"):
+                "--window-size=1600,1200",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):  # offline, as on most NHS networks
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the pages make
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -294,3 +298,69 @@ def test_every_plugin_route_refuses_requests_without_a_permitted_login(stack):
             == 403, path
         assert httpx.get(base + path, headers={"Authorization": f"Bearer {op}"}, timeout=30).status_code \
             == 200, path
+
+
+def _requests(driver) -> list[dict]:
+    """Requests (URL, and response headers when there was a response) from the performance log since the last
+    call."""
+    sent, headers = {}, {}
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message["method"] == "Network.requestWillBeSent":
+            sent[params["requestId"]] = params["request"]["url"]
+        elif message["method"] == "Network.responseReceived":
+            headers[params["requestId"]] = {k.lower(): v for k, v in params["response"]["headers"].items()}
+    return [{"url": url, "headers": headers.get(rid)} for rid, url in sent.items()]
+
+
+def _foreign(requests: list[dict]) -> list[str]:
+    from urllib.parse import urlsplit
+
+    return [r["url"] for r in requests
+            if not r["url"].startswith(("data:", "about:", "blob:")) and urlsplit(r["url"]).hostname != "127.0.0.1"]
+
+
+def test_no_plugin_page_requests_another_host_and_data_docs_render_offline(stack, browser):
+    from selenium.webdriver.common.by import By
+
+    base, ods = stack["base"], stack["practices"][0]
+    if not browser.get_cookie("_token"):
+        _login(browser, base, *stack["users"]["Op"])
+    _requests(browser)  # forget what came before
+
+    browser.get(f"{base}/gpdata/")
+    _wait(lambda: _find(browser, "#practice-table"), what="the GP data page")
+    seen = _requests(browser)
+    assert seen and _foreign(seen) == [], _foreign(seen)
+
+    browser.get(f"{base}/gpdata/data-docs/{ods}/index.html")
+    _wait(lambda: _find(browser, "a.ge-offline-row-link"), what="the Data Docs index, drawn without scripts")
+    seen = _requests(browser)
+    assert _foreign(seen) == [], _foreign(seen)
+    [doc] = [r for r in seen if r["url"].endswith(f"/data-docs/{ods}/index.html")]
+    assert doc["headers"]["content-security-policy"].startswith("sandbox;")
+    assert "default-src 'self'" in doc["headers"]["content-security-policy"]
+    links = [a.get_attribute("href") for a in _find(browser, "a.ge-offline-row-link")]
+    validations = [u for u in links if "/validations/" in u]
+    suites = [u for u in links if "/expectations/" in u]
+    assert len(validations) >= len(TABLES) and len(suites) >= len(TABLES), links
+    shown = browser.find_element(By.TAG_NAME, "body").text  # the validation results tab (suites: a hidden tab)
+    assert all(f"gpdata_{t}" in shown for t in TABLES), shown
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "data-docs-index.png"))
+
+    patients = next(u for u in validations if "/gpdata_patients/" in u)
+    for url, expected in ((patients, ("Expectation Validation Result", "Evaluated Expectations", "birth_month")),
+                          (next(u for u in suites if u.endswith("/gpdata_patients.html")),
+                           ("Expectation Suite", "birth_month"))):
+        browser.get(url)
+        _wait(lambda: all(e in browser.find_element(By.TAG_NAME, "body").text for e in expected),
+              what=f"the content of {url}")
+        seen = _requests(browser)
+        assert _foreign(seen) == [], _foreign(seen)
+        assert all(r["headers"]["content-security-policy"].startswith("sandbox;")
+                   for r in seen if "/data-docs/" in r["url"] and r["headers"])
+        # styled by the vendored Bootstrap (its reboot sets the body's margin to 0; a bare page has 8px)
+        assert browser.find_element(By.TAG_NAME, "body").value_of_css_property("margin-top") == "0px"
+    browser.save_screenshot(str(ARTIFACTS / "data-docs-validation.png"))

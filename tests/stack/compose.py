@@ -76,6 +76,11 @@ def environment(service: dict) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
+def secret_files(doc: dict, service: dict) -> dict[str, Path]:
+    """The service's compose secrets as {container path (/run/secrets/<name>): host file}."""
+    return {f"/run/secrets/{name}": Path(doc["secrets"][name]["file"]) for name in service.get("secrets") or []}
+
+
 def command(service: dict) -> list[str]:
     cmd = service.get("command") or []
     return cmd.split() if isinstance(cmd, str) else list(cmd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +24,15 @@ SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "
 
 
 def compose_variables() -> dict[str, str]:
-    """Fresh values for every ${...} of .env.example (what an operator fills into .env)."""
+    """Fresh values for every ${...} of .env.example (what an operator fills into .env), with the two key
+    files the compose secrets point to (a production key file and an audit key, each 0600)."""
+    from gpdata.privacy import keys
+
+    folder = Path(tempfile.mkdtemp(prefix="gpdata-compose-keys-"))
+    keys.write_key_file(folder / "master.key")
+    fd = os.open(folder / "audit.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
     return {
         "AIRFLOW_UID": str(os.getuid()),
         "AIRFLOW_JWT_SECRET": secrets.token_hex(32),
@@ -32,9 +41,12 @@ def compose_variables() -> dict[str, str]:
         "_AIRFLOW_WWW_USER_USERNAME": ADMIN,
         # always starts with "-": a password read as a command-line option once broke airflow-init at random
         "_AIRFLOW_WWW_USER_PASSWORD": "-" + secrets.token_urlsafe(16),
-        "GPDATA_MASTER_KEY": secrets.token_hex(32),
-        "S3_ACCESS_KEY": secrets.token_hex(8),
-        "S3_SECRET_KEY": secrets.token_hex(16),
+        "GPDATA_MASTER_KEY_PATH": str(folder / "master.key"),
+        "GPDATA_AUDIT_KEY_PATH": str(folder / "audit.key"),
+        "S3_ROOT_USER": secrets.token_hex(8),
+        "S3_ROOT_PASSWORD": secrets.token_hex(16),
+        "S3_APP_ACCESS_KEY": secrets.token_hex(8),
+        "S3_APP_SECRET_KEY": secrets.token_hex(16),
         "GPDATA_BUCKET": "gpdata",
         "AWS_REGION": "eu-west-2",
     }

@@ -42,7 +42,9 @@ def _gpdata(home: Path, variables: dict[str, str], endpoint: str):
     """gpdata's settings from the compose file (store on s3://, credentials, production mode, key), with the
     object store's host and port and the container paths made native; two tiny synthetic practices."""
     doc = compose.load(COMPOSE_FILE, variables)
-    env = {k: v for k, v in compose.environment(doc["x-airflow-common"]).items()
+    worker = doc["services"]["airflow-worker"]  # the worker's environment: the keys are its secrets
+    files = compose.secret_files(doc, worker)
+    env = {k: str(files.get(v, v)) for k, v in compose.environment(worker).items()
            if k.startswith(("GPDATA_", "AWS_", "GX_"))}
     assert env["GPDATA_STORE"].startswith("s3://") and urlsplit(env["AWS_ENDPOINT_URL"]).hostname == "object-store"
     projects = env["GPDATA_PROJECTS_DIR"].replace("/opt/gpdata/include", str(REPO / "include"))

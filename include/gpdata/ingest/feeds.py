@@ -152,6 +152,24 @@ class Feed(BaseModel):
         return path.resolve()
 
 
+def check_location(feed: Feed, inbox_root: Path, forbidden: tuple[Path, ...] = ()) -> Path:
+    """The feed's delivery folder, if it lies under the inbox root (symbolic links resolved) and in none of
+    gpdata's own working folders; else a ConfigError naming the feed. A feed without a location (sql) passes."""
+    if feed.format == "sql" or not feed.location:
+        return Path(inbox_root)
+    where = f"feed {feed.source_file}" if feed.source_file else f"the feed of practice {feed.ods_code}"
+    location, root = feed.location_path(), Path(inbox_root).resolve()
+    if not location.is_relative_to(root):
+        raise ConfigError(f"{where}: location {feed.location} lies outside the inbox root {root} "
+                          "(GPDATA_INBOX_ROOT): deliveries are read only from under it", practice=feed.ods_code)
+    for folder in forbidden:
+        folder = Path(folder).resolve()
+        if location.is_relative_to(folder) or folder.is_relative_to(location):
+            raise ConfigError(f"{where}: location {feed.location} is, or holds, gpdata's own folder {folder}: "
+                              "point it at the practice's delivery folder", practice=feed.ods_code)
+    return location
+
+
 def load_feed(path: Path) -> Feed:
     return load_model(path, Feed, "feed")
 

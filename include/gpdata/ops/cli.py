@@ -153,9 +153,20 @@ def _scan(args) -> int:
 def _keys(args) -> int:
     import os
 
-    from gpdata.privacy.keys import KEY_FILE_ENV, add_key_version, load_master_key
+    from gpdata.privacy.keys import KEY_FILE_ENV, add_key_version, load_master_key, write_key_file
     from gpdata.store.rotation import rotate
 
+    if args.action in ("new", "add-version"):
+        if not args.key_file:
+            print(f"gpdata: error: keys {args.action} needs --key-file", file=sys.stderr)
+            return 2
+        if args.action == "new":
+            write_key_file(Path(args.key_file))
+            print(f"wrote a new master key file {args.key_file} (mode 0600; version v1)")
+        else:
+            print(f"added key version {add_key_version(Path(args.key_file))} to {args.key_file}; now re-key the "
+                  "store with it (`gpdata keys rekey`, or `docker compose run --rm gpdata-keys`)")
+        return 0
     if args.action == "show":
         key = load_master_key()
         print(f"key versions {', '.join(key.versions)} (current {key.version}); "
@@ -318,9 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_dev_key)
 
     ks = sub.add_parser("keys", help="show the key ring; rotate to a new key version and re-key the store")
-    ks.add_argument("action", choices=["show", "rotate", "rekey"],
+    ks.add_argument("action", choices=["show", "rotate", "rekey", "new", "add-version"],
                     help="rotate: add a version to the key file and re-key everything (or finish an interrupted "
-                         "rotation); rekey: the same for a ring extended by hand (v1:<hex>,v2:<hex>)")
+                         "rotation); rekey: the same for a ring extended by hand (v1:<hex>,v2:<hex>) or a key "
+                         "file given a version with add-version; new: write a new production key file (0600)")
     ks.add_argument("--key-file", help=f"key file (default ${'{'}GPDATA_MASTER_KEY_FILE{'}'})")
     ks.set_defaults(func=_keys)
 
@@ -361,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from gpdata.storage import restrict_umask
+
+    restrict_umask()  # what any command writes is for its owner and group only
     try:
         return args.func(args)
     except GpdataError as exc:

@@ -3,7 +3,8 @@
     python -m gpdata.ops.demo                       generate (once), run the DAG with `airflow dags test`
     python -m gpdata.ops.demo --airflow-standalone  start Airflow standalone on the same folders
 
-Everything lives under GPDATA_HOME (default ./var). The demo writes its own development key.
+Everything lives under GPDATA_HOME (default ./var) except the demo's development key, which it writes under
+.secrets/ in the checkout (GPDATA_SECRETS_DIR to move it), outside GPDATA_HOME: copying var/ never copies it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def _airflow(args: list[str], env: dict, log: Path) -> None:
 
 def prepare(cfg: settings.Settings, params: dict) -> Path:
     key_file = cfg.secrets / "dev-master.key"
+    if cfg.secrets.is_relative_to(cfg.home):
+        raise SystemExit(f"the key folder {cfg.secrets} lies inside GPDATA_HOME ({cfg.home}): set "
+                         "GPDATA_SECRETS_DIR to a folder outside it")
     if write_development_key(key_file):
         _say(f"made a development pseudonymisation key at {key_file} (synthetic data only; "
              "refused when GPDATA_MODE=production)")
@@ -126,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
           "gpdata audit verify)")
     print(f"""
 Outputs
+  development key        {key_file}   (outside GPDATA_HOME; refused when GPDATA_MODE=production)
   curated Delta tables   {cfg.store}/<table>   (how to read them: docs/analysts.md)
   quarantined rows       {cfg.store}/_quarantine   (reason and position, no identifiers)
   run manifests          {cfg.manifests}/<ODS>/

@@ -2,6 +2,10 @@
 
 One master key ring comes from the environment (``GPDATA_MASTER_KEY``, hex) or a key file named by
 ``GPDATA_MASTER_KEY_FILE`` (a secrets-backend mount in production; ``make demo`` writes a development one).
+In production mode a key is refused when its file is readable by group or others, when it is weak (all bytes
+equal, a repeated pattern, a byte sequence, a typed passphrase, a published test key) and when it is a
+development key, which is told by the key itself (its last 8 bytes are an HMAC of the first 24 under a public
+label), never by a flag in the file.
 Each pseudonymised field gets its own key, derived with HKDF-SHA256 under a versioned label, so a key for
 one field says nothing about another and a new version re-keys everything. Keys never come from code,
 Airflow Variables or XCom, and their bytes never appear in a repr, log or error.
@@ -21,13 +25,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gpdata import storage
+from gpdata import settings, storage
 from gpdata.errors import KeyConfigError
-from gpdata.settings import MODE_ENV, production_mode
 
 KEY_ENV = "GPDATA_MASTER_KEY"
 KEY_FILE_ENV = "GPDATA_MASTER_KEY_FILE"
 KEY_VERSION_ENV = "GPDATA_KEY_VERSION"
+MODE_ENV = settings.MODE_ENV
 MIN_KEY_BYTES = 32
 DEFAULT_VERSION = "v1"
 
@@ -35,6 +39,18 @@ DEFAULT_VERSION = "v1"
 FIELDS = ("nhs_number", "date_of_birth", "postcode", "practitioner", "record_id")
 VERSION_RE = re.compile(r"^v([1-9][0-9]{0,5})$")
 _CHECK_LABEL = b"gpdata key check value"
+_DEVELOPMENT_LABEL = b"gpdata development key: synthetic data only"
+_DEVELOPMENT_BODY = 24  # random bytes of a development key; 8 more are its fingerprint
+# SHA-256 of keys published with this project or with the standards it uses (test vectors, examples): never
+# acceptable in production. Most are also caught as weak; the list catches the rest by fingerprint.
+PUBLISHED_KEY_FINGERPRINTS = frozenset({
+    hashlib.sha256(bytes.fromhex(h)).hexdigest() for h in (
+        "5a" * 32, "ab" * 32, "42" * 32, "6b" * 32, "01" * 32, "02" * 32, "11" * 32,  # this project's tests
+        "0b" * 22, "0b" * 20, "aa" * 20, "aa" * 131,  # RFC 5869 / RFC 4231 keys
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",  # RFC 5869 case 2 style
+        "4a656665",  # RFC 4231 case 2 ("Jefe")
+    )
+})
 
 
 @dataclass(frozen=True)
@@ -100,6 +116,63 @@ def derive_key(master: bytes, label: str | bytes, length: int = 32, salt: bytes 
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(master)
 
 
+def production_mode(env: dict[str, str] | None = None) -> bool:
+    return settings.production_mode(env)
+
+
+def development_key_material() -> bytes:
+    """32 bytes for a development key: 24 random bytes and their fingerprint, so that production mode knows a
+    development key wherever it is copied, whatever file it is put in."""
+    body = secrets.token_bytes(_DEVELOPMENT_BODY)
+    return body + _development_tag(body)
+
+
+def _development_tag(body: bytes) -> bytes:
+    return hmac.new(_DEVELOPMENT_LABEL, body, hashlib.sha256).digest()[: MIN_KEY_BYTES - _DEVELOPMENT_BODY]
+
+
+def is_development_key(material: bytes) -> bool:
+    """True for a key made by ``development_key_material`` (a random key matches by chance with odds 2**-64)."""
+    if len(material) != MIN_KEY_BYTES:
+        return False
+    body, tag = material[:_DEVELOPMENT_BODY], material[_DEVELOPMENT_BODY:]
+    return hmac.compare_digest(tag, _development_tag(body))
+
+
+def weakness(material: bytes) -> str | None:
+    """Why a key is too weak for production, or None. Each rule refuses a random 32-byte key with odds below
+    2**-40: all bytes equal, a repeated pattern, an arithmetic byte sequence, only printable ASCII (a typed
+    passphrase), fewer than 16 distinct byte values (a random key has about 30), or a published test key."""
+    if hashlib.sha256(material).hexdigest() in PUBLISHED_KEY_FINGERPRINTS:
+        return "it is a published test key"
+    if len(set(material)) == 1:
+        return "all its bytes are equal"
+    for period in range(2, len(material) // 2 + 1):
+        if all(material[i] == material[i % period] for i in range(len(material))):
+            return f"it repeats a pattern of {period} bytes"
+    steps = {(b - a) % 256 for a, b in zip(material, material[1:], strict=False)}
+    if len(steps) == 1:
+        return "its bytes are a sequence"
+    if all(0x20 <= b < 0x7F for b in material):
+        return "it is printable text (a passphrase), not random bytes"
+    if len(material) >= MIN_KEY_BYTES and len(set(material)) < 16:
+        return f"it has only {len(set(material))} distinct byte values"
+    return None
+
+
+def check_secret_file(path: Path, what: str, env: dict[str, str] | None = None, practice: str | None = None) -> None:
+    """In production mode, refuse a secret file that group or others may read (or write)."""
+    if not production_mode(env):
+        return
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        raise KeyConfigError(f"{what} {path} does not exist", practice=practice) from None
+    if mode & 0o077:
+        raise KeyConfigError(f"{what} {path} is open to group or others (mode {mode & 0o777:04o}); it must be "
+                             f"readable by its owner only (chmod 600) when {MODE_ENV}=production", practice=practice)
+
+
 def _parse_ring(entries: list[tuple[str, str]], where: str, practice: str | None) -> tuple[tuple[str, bytes], ...]:
     ring = []
     for version, hexkey in entries:
@@ -162,14 +235,23 @@ def load_master_key(env: dict[str, str] | None = None, practice: str | None = No
     elif env.get(KEY_FILE_ENV):
         path = Path(env[KEY_FILE_ENV])
         doc = read_key_file(path, practice)
+        check_secret_file(path, "key file", env, practice)
         ring = _parse_ring(_file_entries(doc), f"key file {path}", practice)
-        development = doc.get("kind") == "development"
+        development = doc.get("kind") == "development"  # a flag can only make a key stricter, never laxer
     else:
         raise KeyConfigError(f"no pseudonymisation key: set {KEY_ENV} or {KEY_FILE_ENV}", practice=practice)
     if not ring:
         raise KeyConfigError("the key ring is empty", practice=practice)
+    development = development or any(is_development_key(material) for _, material in ring)
     if development and production_mode(env):
-        raise KeyConfigError(f"a development key is not allowed when {MODE_ENV}=production", practice=practice)
+        raise KeyConfigError(f"a development key is not allowed when {MODE_ENV}=production (it is told by its "
+                             "fingerprint; make a production key with `openssl rand -hex 32`)", practice=practice)
+    if production_mode(env):
+        for version, material in ring:
+            why = weakness(material)
+            if why:
+                raise KeyConfigError(f"the master key (version {version}) is refused when {MODE_ENV}=production: "
+                                     f"{why}", practice=practice)
     return MasterKey(ring=ring, development=development)
 
 
@@ -180,7 +262,9 @@ def add_key_version(path: Path) -> str:
     numbers = [int(v[1:]) for v, _ in entries if v.startswith("v") and v[1:].isdigit()]
     version = f"v{max(numbers, default=0) + 1}"
     new = {k: v for k, v in doc.items() if k not in ("key", "version")}
-    new["keys"] = [{"version": v, "key": k} for v, k in entries] + [{"version": version, "key": secrets.token_hex(32)}]
+    development = any(_is_development_hex(k) for _, k in entries)  # a development ring stays one
+    material = development_key_material() if development else secrets.token_bytes(MIN_KEY_BYTES)
+    new["keys"] = [{"version": v, "key": k} for v, k in entries] + [{"version": version, "key": material.hex()}]
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -189,14 +273,37 @@ def add_key_version(path: Path) -> str:
     return version
 
 
+def write_key_file(path: Path) -> None:
+    """Create a production key file (one random version, mode 0600); never overwrites one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"keys": [{"version": DEFAULT_VERSION, "key": secrets.token_hex(MIN_KEY_BYTES)}]}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyConfigError(f"key file {path} exists already: it is never overwritten") from None
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh)
+
+
+def _is_development_hex(hexkey: str) -> bool:
+    try:
+        return is_development_key(bytes.fromhex(hexkey.strip()))
+    except ValueError:
+        return False
+
+
 def write_development_key(path: Path) -> bool:
-    """Create a random development key file if there is none. Returns True if one was written."""
+    """Create a development key file (0600) if there is none. Returns True if one was written. The key is
+    random and carries its fingerprint, so production mode refuses it even without the file's ``kind``."""
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"kind": "development", "keys": [{"version": DEFAULT_VERSION, "key": secrets.token_hex(32)}],
+    doc = {"kind": "development", "keys": [{"version": DEFAULT_VERSION, "key": development_key_material().hex()}],
            "note": "gpdata development key: for synthetic data only, refused when GPDATA_MODE=production"}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # written meanwhile by another process: keep it
+        return False
     with os.fdopen(fd, "w") as fh:
         json.dump(doc, fh)
     return True

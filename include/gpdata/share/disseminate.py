@@ -155,7 +155,10 @@ def disseminate_all(cfg, key: MasterKey, *, requested_by: str, release_id: str |
                     today: dt.date | None = None, projects: list[Project] | None = None) -> dict[str, dict]:
     """Each project's extract (default: every active one) of a release (default: the latest), then the
     register of all projects."""
+    from gpdata import storage
     from gpdata.share import register
+
+    storage.restrict_umask()
     from gpdata.share.projects import load_projects
 
     everyone = load_projects(cfg.projects_dir)

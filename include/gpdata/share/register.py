@@ -9,6 +9,9 @@ from gpdata import audit
 from gpdata.share import csvsafe
 from gpdata.share.projects import Project
 
+# The register is published: its files are readable by anyone (0644, folder 0755), unlike every other output.
+PUBLIC_FILE_MODE = 0o644
+PUBLIC_DIR_MODE = 0o755
 COLUMNS = ["organisation", "project_id", "purpose", "legal_basis", "datasets", "national_data_optout",
            "approvals", "releases", "last_release_date"]
 
@@ -32,6 +35,7 @@ def rows(projects: list[Project], store_root: Path) -> list[dict]:
 
 def write(projects: list[Project], store_root: Path, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(PUBLIC_DIR_MODE)
     data = rows(projects, store_root)
     csvsafe.write(folder / "register.csv", COLUMNS, data)  # spreadsheet formulas neutralised
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>\n"
@@ -41,4 +45,7 @@ def write(projects: list[Project], store_root: Path, folder: Path) -> list[Path]
         "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>gpdata data release register</title>"
         "<h1>gpdata data release register</h1><p>Organisations that received data, why, under which legal "
         f"basis and when.</p><table><thead><tr>{head}</tr></thead><tbody>\n{cells}</tbody></table></html>\n")
-    return [folder / "register.csv", folder / "register.html"]
+    written = [folder / "register.csv", folder / "register.html"]
+    for path in written:  # public by design: readable by anyone, unlike every other output (umask 027)
+        path.chmod(PUBLIC_FILE_MODE)
+    return written

@@ -8,6 +8,7 @@ are never touched. Run manifests record the counts of every stage and the table 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -200,8 +201,18 @@ def row_counts(store: Path, practice: str | None = None) -> dict[str, int]:
     return {name: read_table(store, name, practice).num_rows for name in TABLES}
 
 
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 def safe_name(run_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+    """A file or folder name for a run id: the id itself when it is a plain word (letters, digits, ``_``, ``-``,
+    at most 64), else a readable stem of it and a hash of the whole id (``manual__2024-01-01T00_00_00_00_00-
+    <16 hex>``). Never ``.`` or ``..``, never a separator, so a run folder always lies inside its parent."""
+    run_id = str(run_id)
+    if _PLAIN_WORD.fullmatch(run_id):
+        return run_id
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", run_id).strip("_-")[:40] or "run"
+    return f"{stem}-{hashlib.sha256(run_id.encode()).hexdigest()[:16]}"
 
 
 def write_manifest(manifests: Path, practice: str, run_id: str, doc: dict) -> Path:

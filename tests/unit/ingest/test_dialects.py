@@ -48,6 +48,7 @@ def _store(cfg) -> dict[str, pa.Table]:
 
 def _fresh_home(tmp_path, monkeypatch, cfg, name):
     monkeypatch.setenv("GPDATA_HOME", str(tmp_path / name))
+    monkeypatch.setenv("GPDATA_INBOX_ROOT", str(tmp_path))  # deliveries beside the fresh home
     (tmp_path / name / "reference").mkdir(parents=True)
     (tmp_path / name / "reference" / "postcode_lsoa.csv").write_bytes(cfg.postcode_lookup.read_bytes())
     return settings.load()

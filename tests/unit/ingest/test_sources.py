@@ -75,6 +75,7 @@ def test_flatfile_practice_gives_the_same_store_as_fhir(generated, home, tmp_pat
     pipeline.run_practice(_feed("fhir", fhir_folder), cfg, "fhir", today=TODAY)
     from_fhir = _store_rows(cfg)
     monkeypatch.setenv("GPDATA_HOME", str(tmp_path / "flat"))
+    monkeypatch.setenv("GPDATA_INBOX_ROOT", str(tmp_path))  # deliveries beside this home
     (tmp_path / "flat" / "reference").mkdir(parents=True)
     (tmp_path / "flat" / "reference" / "postcode_lsoa.csv").write_bytes(cfg.postcode_lookup.read_bytes())
     flat_cfg = settings.load()
@@ -111,6 +112,7 @@ def test_delivery_unchanged_is_skipped_and_a_renamed_copy_is_not_read_twice(gene
 def _baseline_of(after, tmp_path, monkeypatch, cfg) -> dict[str, pa.Table]:
     """The store a single baseline delivery of the final state gives, in a home of its own."""
     monkeypatch.setenv("GPDATA_HOME", str(tmp_path / "full"))
+    monkeypatch.setenv("GPDATA_INBOX_ROOT", str(tmp_path))  # deliveries beside this home
     (tmp_path / "full" / "reference").mkdir(parents=True)
     (tmp_path / "full" / "reference" / "postcode_lsoa.csv").write_bytes(cfg.postcode_lookup.read_bytes())
     full_cfg = settings.load()
