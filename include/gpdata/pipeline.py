@@ -256,6 +256,7 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
         "_ledger": {"files": batch.files, "watermark": batch.watermark, "snapshot": batch.snapshot,
                     "full": batch.full},
     }
+    deid.guard_numeric({name: staged[name] for name in TABLES}, practice)  # the in-pipeline numeric leak check
     _write_tables(staging_dir(settings, run_id, practice) / "extracted", staged, counts)
     counts["seconds"]["extract_write"] = round(time.monotonic() - deid_at, 3)  # after the manifest's copy
     log.info("practice %s: %d patients excluded by type 1 opt-out; staged %s", practice,
@@ -345,6 +346,7 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     at_commit = _drop_pids(tables, active)
     if at_commit:
         counts["type1_optout"]["excluded_at_commit"] = at_commit
+    deid.guard_numeric(tables, practice, "commit")
     versions = store.commit_practice(settings.store, practice, tables, quarantine, key_version=current,
                                      deleted=deleted)
     # ... or while this one was writing: its erasure may have run before these rows landed.

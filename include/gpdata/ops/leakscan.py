@@ -6,6 +6,9 @@ Parquet file cell by cell (all versions of a Delta table, since old files stay o
 JSON, logs and other text by tokens. Matching is on token sequences, so "12 Oak Road" is found in
 "...12, OAK ROAD..." but "Hill" is not found inside "Hillside".
 
+Numeric Parquet columns are checked for ten-digit whole numbers that pass the NHS-number Modulus 11 check
+(an NHS number sent as a numeric result), whether or not the deliveries hold that number.
+
 Dates of birth on the first of a month are indistinguishable from a birth month and are not searched.
 Dates in Parquet are checked per patient: given the pseudonymiser, a row whose ``patient_pid`` belongs to a
 patient and which holds that patient's full date of birth in any date column is a leak. (An event on some
@@ -29,6 +32,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from gpdata.privacy import nhsnumber
 
 _TOKEN = re.compile(r"[A-Z0-9]+")
 PSEUDONYM_RE = r"^[0-9a-f]{64}$"
@@ -171,6 +176,10 @@ def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
                 if kind:
                     findings.append(Finding(str(path), f"column {name}", kind))
                     break
+        elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+            # A number that is a valid NHS number is a leak whether or not the deliveries hold it.
+            if pc.any(nhsnumber.in_numbers(col)).as_py():
+                findings.append(Finding(str(path), f"column {name}", "nhs_number"))
         elif dobs is not None and (pa.types.is_date(col.type) or pa.types.is_timestamp(col.type)):
             as_dates = pc.cast(col, pa.date32()) if pa.types.is_date(col.type) else pc.cast(
                 pc.floor_temporal(col, unit="day"), pa.date32())
