@@ -10,7 +10,24 @@ from gpdata.share import csvsafe
 from gpdata.share.projects import Project
 
 COLUMNS = ["organisation", "project_id", "purpose", "legal_basis", "datasets", "national_data_optout",
-           "approvals", "releases", "last_release_date"]
+           "approvals", "precision", "disclosure_risk", "releases", "last_release_date"]
+
+
+def _precision(p: Project) -> str:
+    finer = p.finer_precision()
+    return "coarsest (defaults)" if not finer else "finer than default: " + "; ".join(
+        f"{c} {v}" for c, v in finer.items())
+
+
+def _risk(p: Project, last: dict | None) -> str:
+    """The latest extract's risk, as shares (no counts: the register is publishable)."""
+    env = "" if p.environment == "standard" else f"trusted research environment ({p.environment_reason}); "
+    risk = (last or {}).get("risk")
+    if not risk:
+        return f"{env}minimum k {p.minimum_k}"
+    return (f"{env}minimum k {p.minimum_k} met; unique records {risk['unique_share']:.1%}; records in classes "
+            f"below 10 {risk['share_below_10']:.1%}; unique matches of a neighbour's birth year, sex and area "
+            f"{risk['linkage_unique_match_share']:.1%}")
 
 
 def rows(projects: list[Project], store_root: Path) -> list[dict]:
@@ -24,6 +41,8 @@ def rows(projects: list[Project], store_root: Path) -> list[dict]:
             "national_data_optout": "applied" if p.national_data_optout == "apply"
             else f"exempt: {p.exemption_reason}",
             "approvals": "; ".join(f"{a.panel} {a.reference} ({a.date})" for a in p.approvals),
+            "precision": _precision(p),
+            "disclosure_risk": _risk(p, mine[-1] if mine else None),
             "releases": "; ".join(sorted({e["release"] for e in mine})),
             "last_release_date": max((e["at"][:10] for e in mine), default=""),
         })

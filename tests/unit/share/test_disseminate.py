@@ -28,6 +28,9 @@ BASE = {
     "tables": {"patients": ["patient_pid", "birth_month", "sex"],
                "observations": ["patient_pid", "event_date", "code", "value"]},
     "date_from": "2019-01-01", "date_to": "2021-12-31", "expires": "2027-12-31",
+    # A store of two patients cannot reach k=5: these tests are about the rest of dissemination.
+    "environment": "trusted_research_environment", "environment_reason": "unit tests of a two-patient store",
+    "minimum_k": 1, "precision": {"birth_month": "month", "event_date": "day"}, "rare_codes": {"action": "keep"},
 }
 
 
@@ -170,3 +173,42 @@ def test_register_lists_projects_and_their_releases(world, tmp_path):
     text = csv_path.read_text()
     assert "REG" in text and rid in text and "'=HYPERLINK" in text
     assert "<script>" not in html_path.read_text() and "&lt;script&gt;" in html_path.read_text()
+
+
+def test_an_extract_below_its_minimum_k_is_refused_with_numbers_and_a_hint(world, tmp_path):
+    cfg, rid, key, _ = world
+    strict = _project(tmp_path, "STRICT", national_data_optout="exempt", exemption_reason="x", minimum_k=5,
+                      environment="standard", environment_reason=None, precision={})
+    with pytest.raises(GpdataError) as err:
+        _run(world, strict, tmp_path)
+    message = str(err.value)
+    assert message.startswith("project STRICT: extract refused: k-anonymity 1 is below the approved minimum k 5 "
+                              "(quasi-identifiers birth_band, sex; 2 patients; 100.0% of them in classes below 5")
+    assert "hint: small_classes: suppress gives k=2" in message
+    assert not (tmp_path / "out" / "STRICT").exists()
+    refusal = [e for e in audit.entries(cfg.store) if e["event"] == "refusal"][-1]
+    assert refusal["project"] == "STRICT" and "k-anonymity 1" in refusal["reason"]
+
+
+def test_every_extract_has_its_risk_report_beside_it(world, tmp_path):
+    cfg, rid, key, _ = world
+    project = _project(tmp_path, "RISKY", national_data_optout="exempt", exemption_reason="x")
+    _, manifest = _run(world, project, tmp_path)
+    report = json.loads((tmp_path / "out" / "RISKY" / rid / "risk.json").read_text())
+    assert report["quasi_identifiers"] == ["birth_month", "sex"] and report["k"] == 1
+    assert report["linkage"]["unique_match_share"] == 1.0 and report["records"] == 2
+    assert manifest["risk"]["k"] == 1 and manifest["precision"]["birth_month"] == "month"
+    entry = [e for e in audit.entries(cfg.store) if e["event"] == "extract"][-1]
+    assert entry["risk"]["unique_share"] == 1.0
+
+
+def test_projects_risk_prints_the_report_without_writing(world, tmp_path, monkeypatch, capsys):
+    from gpdata.ops import cli
+
+    cfg, rid, key, _ = world
+    _project(tmp_path, "RISKY", national_data_optout="exempt", exemption_reason="x")
+    before = len(audit.entries(cfg.store))
+    assert cli.main(["projects", "risk", "RISKY", "--release", rid, "--dir", str(tmp_path / "projects")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["project"] == "RISKY" and report["k"] == 1 and report["meets_minimum_k"]
+    assert not (cfg.extracts / "RISKY").exists() and len(audit.entries(cfg.store)) == before
