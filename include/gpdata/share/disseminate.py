@@ -37,16 +37,8 @@ from gpdata.privacy.deid import hmac_hex
 from gpdata.privacy.keys import MasterKey
 from gpdata.share import generalise, risk
 from gpdata.share.projects import AREA_LEVELS, BIRTH_LEVELS, Project
+from gpdata.share.publish import suppress
 from gpdata.store import release
-
-
-def suppress(n: int) -> int | str:
-    """Small-number suppression for published counts: 1-7 redacted, the rest rounded to the nearest 5."""
-    if n == 0:
-        return 0
-    if n <= 7:
-        return "[REDACTED]"
-    return int(5 * round(n / 5))
 
 
 def project_key(key: MasterKey, project_id: str, field: str) -> bytes:
@@ -237,14 +229,17 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
                    "rare_codes": report["rare_codes"]["rare_codes"],
                    "l": report.get("l_diversity", {}).get("l")},
                 "files_sha256": files, "date_from": project.date_from, "date_to": project.date_to,
-                "national_data_optout": project.national_data_optout,
+                "national_data_optout": project.national_data_optout, "removed_by_ndop": removed_by_ndop,
                 "exemption_reason": project.exemption_reason, "key_version": key.version,
                 "key_check": key.check_value()}
     store.write_json_atomic(folder / "risk.json", report)
     store.write_json_atomic(folder / "manifest.json", manifest)
     store.write_json_atomic(folder / "summary.json", {"project": project.project_id, "release": release_id,
                                                       "suppression": "1-7 redacted, others rounded to 5",
-                                                      "tables": summary})
+                                                      "tables": summary,
+                                                      "removed_by_national_data_optout":
+                                                          suppress(removed_by_ndop) if removed_by_ndop is not None
+                                                          else None})
     audit.append(store_root, "extract", **base, tables={t: c for t, c in project.tables.items()},
                  rows=counts, national_data_optout=project.national_data_optout,
                  removed_by_ndop=suppress(removed_by_ndop) if removed_by_ndop is not None else None,

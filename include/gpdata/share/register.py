@@ -20,14 +20,12 @@ def _precision(p: Project) -> str:
 
 
 def _risk(p: Project, last: dict | None) -> str:
-    """The latest extract's risk, as shares (no counts: the register is publishable)."""
+    """The approved minimum k and whether the latest extract met it. No count and no share of one: the register
+    is publishable, and a share of a small extract times its rounded size would give a small count back. The
+    figures are in the extract's risk report (access-controlled)."""
     env = "" if p.environment == "standard" else f"trusted research environment ({p.environment_reason}); "
-    risk = (last or {}).get("risk")
-    if not risk:
-        return f"{env}minimum k {p.minimum_k}"
-    return (f"{env}minimum k {p.minimum_k} met; unique records {risk['unique_share']:.1%}; records in classes "
-            f"below 10 {risk['share_below_10']:.1%}; unique matches of a neighbour's birth year, sex and area "
-            f"{risk['linkage_unique_match_share']:.1%}")
+    met = " met by the latest extract" if (last or {}).get("risk") else ""
+    return f"{env}minimum k {p.minimum_k}{met}"
 
 
 def rows(projects: list[Project], store_root: Path) -> list[dict]:
