@@ -29,6 +29,7 @@ from gpdata.model import TABLES
 from gpdata.privacy import deid, keys, nhsnumber, type1
 from gpdata.privacy.keys import load_master_key
 from gpdata.settings import Settings
+from gpdata.share import recall
 from gpdata.store import erasure
 
 log = logging.getLogger("gpdata.pipeline")
@@ -337,6 +338,11 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     type1.record(settings.store, practice, carried["type1_events"], current)
     active, _ = type1.active_dissenters(settings.store, current)
     to_erase = erasure.present(settings.store, optout_pids)  # a late opt-out: the store still holds them
+    # Extracts handed out first (idempotent; the store erasure below re-runs while the store still holds them).
+    recalled = recall.recall(settings.extracts, settings.store, key,
+                             pa.concat_arrays([to_erase.cast(pa.string()), erasure.pending(settings.store)]))
+    if recalled:
+        counts["extracts_recalled"] = recalled
     counts["erasure"] = erasure.erase(settings.store, to_erase) if len(to_erase) \
         or len(erasure.pending(settings.store)) else {}
     deletions = carried["deletions"]
@@ -355,6 +361,7 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
                              if "patient_pid" in t.column_names])
     late = late.filter(pc.is_in(late, value_set=held))
     if len(late):
+        counts["extracts_recalled_after_commit"] = recall.recall(settings.extracts, settings.store, key, late)
         counts["erasure_after_commit"] = erasure.erase(settings.store, late)
     state = ledger.PracticeState.load(settings.state, practice)
     patients = tables["patients"]

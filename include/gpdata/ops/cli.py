@@ -261,6 +261,26 @@ def _disseminate(args) -> int:
     return 0
 
 
+def _notifications(args) -> int:
+    import getpass
+
+    from gpdata.share import recall
+
+    cfg = settings.load()
+    if args.action == "done":
+        if not (args.project and args.release):
+            raise GpdataError("gpdata notifications done needs a project and a release")
+        n = recall.mark_notified(cfg.extracts, cfg.store, args.project, args.release, getpass.getuser())
+        print(f"{n} notification(s) closed for {args.project} {args.release}")
+        return 0 if n else 1
+    pending = recall.pending_notifications(cfg.extracts)
+    for item in pending:
+        print(f"{item['project']} {item['release']} {item['action']} {item['at']}: notify "
+              f"{', '.join(item['recipients']) or 'no recipient recorded'}")
+    print(f"{len(pending)} notification(s) pending")
+    return 0
+
+
 def _audit(args) -> int:
     from gpdata import audit
 
@@ -348,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--release", help="release id (default: the latest)")
     ds.add_argument("--requested-by", help="who asked (for the audit log; default: the user)")
     ds.set_defaults(func=_disseminate)
+
+    no = sub.add_parser("notifications", help="recipients to notify of extracts re-issued or withdrawn after an "
+                                              "erasure; done: record that they were notified")
+    no.add_argument("action", choices=["list", "done"], nargs="?", default="list")
+    no.add_argument("project", nargs="?")
+    no.add_argument("release", nargs="?")
+    no.set_defaults(func=_notifications)
 
     au = sub.add_parser("audit", help="verify the hash-chained audit log")
     au.add_argument("action", choices=["verify"])
