@@ -208,22 +208,99 @@ def optout_codes(path: Path = CONFIG_DIR / "optout.yaml") -> OptOutCodes:
     return OptOutCodes(**sets)
 
 
+@dataclass(frozen=True)
+class RestrictedCodes:
+    """Codes whose records are never extracted, by category (``identifying`` for the code lists; the legally
+    restricted categories of deid.yaml). Matched on the code itself, trimmed, Read v2 / CTV3 by stem, whatever
+    the source calls its system: a restricted code is never let through for how its system was written."""
+
+    categories: dict[str, frozenset[str]]  # category -> bare codes (SNOMED ids, Read/CTV3 stems)
+
+    def category(self, code: str | None) -> str | None:
+        if code is None:
+            return None
+        code = str(code).strip()
+        for form in (code, read_stem(code)):
+            for name, codes in self.categories.items():
+                if form in codes:
+                    return name
+        return None
+
+    def classify(self, codes: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """The category per row (null where the code is not restricted), decided once per distinct code."""
+        codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
+        enc = pc.dictionary_encode(codes.cast(pa.string()))
+        cats = pa.array([self.category(c) for c in enc.dictionary.to_pylist()], pa.string())
+        return pc.take(cats, enc.indices)
+
+    def __contains__(self, code: object) -> bool:
+        return self.category(code if isinstance(code, str) else None) is not None
+
+
 @lru_cache(maxsize=4)
-def restricted_codes(path: Path = CONFIG_DIR / "deid.yaml") -> frozenset[str]:
-    """``system|code`` keys of codes whose records are never extracted."""
+def restricted_codes(path: Path = CONFIG_DIR / "deid.yaml") -> RestrictedCodes:
+    """The restricted codes of ``deid.yaml``: its code lists (CSV files) and its legally restricted categories
+    (codes per system, inline)."""
     doc = _load_yaml(path)
-    keys: set[str] = set()
+    cats: dict[str, set[str]] = {}
     for i, entry in enumerate(doc.get("restricted_code_lists") or ()):
         try:
             file, column, system = path.parent / entry["file"], entry["column"], entry["system"]
         except (KeyError, TypeError):
             raise ConfigError(f"{path}: restricted_code_lists[{i}] needs file, column and system") from None
+        category = str(entry.get("category") or "identifying")
         try:
             with open(file, newline="", encoding="utf-8-sig") as fh:
                 reader = csv.DictReader(fh)
                 if column not in (reader.fieldnames or ()):
                     raise ConfigError(f"{file}: no column {column!r} (restricted_code_lists[{i}] in {path})")
-                keys.update(_key(system, row[column].strip()) for row in reader if row[column].strip())
+                found = [row[column].strip() for row in reader if (row[column] or "").strip()]
         except FileNotFoundError:
             raise ConfigError(f"{path}: restricted code list {file} does not exist") from None
-    return frozenset(keys)
+        cats.setdefault(category, set()).update(_bare(system, found))
+    categories = doc.get("restricted_categories") or {}
+    if not isinstance(categories, dict):
+        raise ConfigError(f"{path}: restricted_categories must map category names to code systems")
+    for name, systems in categories.items():
+        if not isinstance(systems, dict) or not systems or not all(
+                isinstance(v, list) and v for v in systems.values()):
+            raise ConfigError(f"{path}: restricted_categories.{name} must map code systems to non-empty code lists")
+        unknown = set(systems) - set(_CHECKS)
+        if unknown:
+            raise ConfigError(f"{path}: restricted_categories.{name}: unknown code system(s) {sorted(unknown)} "
+                              f"(use {sorted(_CHECKS)})")
+        for system, codes in systems.items():
+            cats.setdefault(str(name), set()).update(_bare(system, [str(c) for c in codes]))
+    return RestrictedCodes({name: frozenset(codes) for name, codes in cats.items()})
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    codes: tuple[str, ...]
+    units: tuple[str, ...]
+    min: float
+    max: float
+
+
+@lru_cache(maxsize=4)
+def measurements(path: Path = CONFIG_DIR / "quality.yaml") -> tuple[Measurement, ...]:
+    """The measurements of quality.yaml: their codes, units and plausible range. Only these codes keep a
+    numeric value at extraction (gpdata.privacy.deid); the quality gate checks their units and ranges."""
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (FileNotFoundError, yaml.YAMLError) as exc:
+        raise ConfigError(f"quality configuration {path}: {exc}") from None
+    out = []
+    for name, spec in (doc.get("measurements") or {}).items():
+        try:
+            codes: set[str] = set()
+            for rel in spec["code_lists"]:
+                with open(path.parent / rel, newline="", encoding="utf-8-sig") as fh:
+                    codes.update(row["code"].strip() for row in csv.DictReader(fh) if row.get("code"))
+            out.append(Measurement(name, tuple(sorted(codes)), tuple(spec["units"]), float(spec["min"]),
+                                   float(spec["max"])))
+        except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"quality configuration {path}: measurement {name!r} is incomplete or wrong "
+                              f"({exc.__class__.__name__}: {exc})") from None
+    return tuple(out)

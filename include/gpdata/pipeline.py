@@ -30,6 +30,7 @@ from gpdata.model import TABLES
 from gpdata.privacy import deid, keys, nhsnumber, type1
 from gpdata.privacy.keys import load_master_key
 from gpdata.settings import Settings
+from gpdata.share import recall
 from gpdata.store import erasure
 
 log = logging.getLogger("gpdata.pipeline")
@@ -259,6 +260,7 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
         "_ledger": {"files": batch.files, "watermark": batch.watermark, "snapshot": batch.snapshot,
                     "full": batch.full},
     }
+    deid.guard_numeric({name: staged[name] for name in TABLES}, practice)  # the in-pipeline numeric leak check
     _write_tables(staging_dir(settings, run_id, practice) / "extracted", staged, counts)
     counts["seconds"]["extract_write"] = round(time.monotonic() - deid_at, 3)  # after the manifest's copy
     log.info("practice %s: %d patients excluded by type 1 opt-out; staged %s", practice,
@@ -341,6 +343,11 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     type1.record(settings.store, practice, carried["type1_events"], current)
     active, _ = type1.active_dissenters(settings.store, current)
     to_erase = erasure.present(settings.store, optout_pids)  # a late opt-out: the store still holds them
+    # Extracts handed out first (idempotent; the store erasure below re-runs while the store still holds them).
+    recalled = recall.recall(settings.extracts, settings.store, key,
+                             pa.concat_arrays([to_erase.cast(pa.string()), erasure.pending(settings.store)]))
+    if recalled:
+        counts["extracts_recalled"] = recalled
     counts["erasure"] = erasure.erase(settings.store, to_erase) if len(to_erase) \
         or len(erasure.pending(settings.store)) else {}
     deletions = carried["deletions"]
@@ -350,6 +357,7 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     at_commit = _drop_pids(tables, active)
     if at_commit:
         counts["type1_optout"]["excluded_at_commit"] = at_commit
+    deid.guard_numeric(tables, practice, "commit")
     versions = store.commit_practice(settings.store, practice, tables, quarantine, key_version=current,
                                      deleted=deleted)
     # ... or while this one was writing: its erasure may have run before these rows landed.
@@ -358,6 +366,7 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
                              if "patient_pid" in t.column_names])
     late = late.filter(pc.is_in(late, value_set=held))
     if len(late):
+        counts["extracts_recalled_after_commit"] = recall.recall(settings.extracts, settings.store, key, late)
         counts["erasure_after_commit"] = erasure.erase(settings.store, late)
     state = ledger.PracticeState.load(settings.state, practice)
     patients = tables["patients"]

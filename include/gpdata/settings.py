@@ -68,6 +68,11 @@ class Settings:
         return self.reference / "postcode_lsoa.csv"
 
     @property
+    def area_lookup(self) -> Path:
+        """LSOA -> MSOA -> local authority (lsoa_code,msoa_code,lad_code), for generalising areas in extracts."""
+        return self.reference / "lsoa_areas.csv"
+
+    @property
     def staging(self) -> Path:
         """Pseudonymised batches between the extraction, quality and commit tasks."""
         return self.home / "staging"

@@ -222,11 +222,31 @@ def _projects(args) -> int:
 
     cfg = settings.load()
     projects = load_projects(Path(args.dir) if args.dir else cfg.projects_dir)
+    if args.action == "risk":
+        return _project_risk(args, cfg, projects)
     for p in projects:
         print(f"{p.project_id:16} {'active' if p.active else 'inactive':8} expires {p.expires}  NDOP "
               f"{p.national_data_optout:6} {p.organisation}: {', '.join(p.tables)}")
     print(f"{len(projects)} project(s) valid")
     return 0
+
+
+def _project_risk(args, cfg, projects) -> int:
+    """The risk report of a project's extract of a release, without writing the extract."""
+    import json
+
+    from gpdata.privacy.keys import load_master_key
+    from gpdata.share.disseminate import extract
+    from gpdata.store import release
+
+    chosen = [p for p in projects if p.project_id == args.project]
+    if not chosen:
+        raise GpdataError(f"no project {args.project!r} (see gpdata projects)")
+    release_id = args.release or release.latest_release(cfg.store)["release_id"]
+    report = extract(chosen[0], release_id, cfg.store, cfg.extracts, load_master_key(), requested_by="risk",
+                     areas=cfg.area_lookup, write=False)
+    print(json.dumps(report, indent=2, default=str))
+    return 0 if report["meets_minimum_k"] else 1
 
 
 def _date(text: str):
@@ -262,6 +282,26 @@ def _disseminate(args) -> int:
         print(f"{project}: release {m['release']} -> {cfg.extracts / project / m['release']} "
               + ", ".join(f"{t} {e['rows']}" for t, e in m["tables"].items()))
     print(f"register: {cfg.register}/register.html")
+    return 0
+
+
+def _notifications(args) -> int:
+    import getpass
+
+    from gpdata.share import recall
+
+    cfg = settings.load()
+    if args.action == "done":
+        if not (args.project and args.release):
+            raise GpdataError("gpdata notifications done needs a project and a release")
+        n = recall.mark_notified(cfg.extracts, cfg.store, args.project, args.release, getpass.getuser())
+        print(f"{n} notification(s) closed for {args.project} {args.release}")
+        return 0 if n else 1
+    pending = recall.pending_notifications(cfg.extracts)
+    for item in pending:
+        print(f"{item['project']} {item['release']} {item['action']} {item['at']}: notify "
+              f"{', '.join(item['recipients']) or 'no recipient recorded'}")
+    print(f"{len(pending)} notification(s) pending")
     return 0
 
 
@@ -343,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--note", help="create: a note kept in the release manifest")
     r.set_defaults(func=_release)
 
-    pj = sub.add_parser("projects", help="list and validate approved projects")
+    pj = sub.add_parser("projects", help="list and validate approved projects; risk: a project's risk report")
+    pj.add_argument("action", nargs="?", choices=["list", "risk"], default="list")
+    pj.add_argument("project", nargs="?", help="risk: the project id")
+    pj.add_argument("--release", help="risk: release id (default: the latest)")
     pj.add_argument("--dir", help="project folder (default $GPDATA_PROJECTS_DIR or include/config/projects)")
     pj.set_defaults(func=_projects)
 
@@ -358,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--release", help="release id (default: the latest)")
     ds.add_argument("--requested-by", help="who asked (for the audit log; default: the user)")
     ds.set_defaults(func=_disseminate)
+
+    no = sub.add_parser("notifications", help="recipients to notify of extracts re-issued or withdrawn after an "
+                                              "erasure; done: record that they were notified")
+    no.add_argument("action", choices=["list", "done"], nargs="?", default="list")
+    no.add_argument("project", nargs="?")
+    no.add_argument("release", nargs="?")
+    no.set_defaults(func=_notifications)
 
     au = sub.add_parser("audit", help="verify the keyed, hash-chained audit log against its published heads")
     au.add_argument("action", choices=["verify"])

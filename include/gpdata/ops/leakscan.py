@@ -6,6 +6,9 @@ Parquet file cell by cell (all versions of a Delta table, since old files stay o
 JSON, logs and other text by tokens. Matching is on token sequences, so "12 Oak Road" is found in
 "...12, OAK ROAD..." but "Hill" is not found inside "Hillside".
 
+Numeric Parquet columns are checked for ten-digit whole numbers that pass the NHS-number Modulus 11 check
+(an NHS number sent as a numeric result), whether or not the deliveries hold that number.
+
 Dates of birth on the first of a month are indistinguishable from a birth month and are not searched.
 Dates in Parquet are checked per patient: given the pseudonymiser, a row whose ``patient_pid`` belongs to a
 patient and which holds that patient's full date of birth in any date column is a leak. (An event on some
@@ -41,6 +44,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from gpdata.privacy import nhsnumber
 
 _TOKEN = re.compile(r"[A-Z0-9]+")
 PSEUDONYM_RE = r"^[0-9a-f]{64}$"
@@ -197,12 +202,13 @@ def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
                 if kind:
                     findings.append(Finding(str(path), f"column {name}", kind))
                     break
-        elif ids.nhs_numbers and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
-                                  or pa.types.is_decimal(col.type)):
+        elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type):
+            # A number that is a valid NHS number is a leak whether or not the deliveries hold it; one the
+            # deliveries hold (valid or not) is a leak too.
             values = pc.unique(col.combine_chunks()) if isinstance(col, pa.ChunkedArray) else pc.unique(col)
-            whole = pc.cast(values, pa.float64())
             known = pa.array(sorted(ids.nhs_numbers), pa.float64())
-            if pc.any(pc.fill_null(pc.is_in(whole, value_set=known), False)).as_py():
+            if pc.any(nhsnumber.in_numbers(values)).as_py() or pc.any(pc.fill_null(pc.is_in(
+                    pc.cast(values, pa.float64()), value_set=known), False)).as_py():
                 findings.append(Finding(str(path), f"column {name}", "nhs_number"))
         elif dobs is not None and (pa.types.is_date(col.type) or pa.types.is_timestamp(col.type)):
             as_dates = pc.cast(col, pa.date32()) if pa.types.is_date(col.type) else pc.cast(

@@ -200,4 +200,13 @@ def overview(settings: Settings) -> dict:
         "feeds_error": feeds_error,
         "releases": releases(settings),
         "projects": projects(settings),
+        "notifications": notifications(settings),
     }
+
+
+def notifications(settings: Settings) -> list[dict]:
+    """Recipients still to be told that an extract they hold was re-issued or withdrawn after an erasure."""
+    from gpdata.share.recall import pending_notifications
+
+    return [{k: n.get(k) for k in ("project", "release", "action", "recipients", "at")}
+            for n in pending_notifications(settings.extracts)]

@@ -4,8 +4,13 @@
   invalid ones are marked for quarantine without their value.
 * Date of birth and postcode become linkage pseudonyms; for analysis the date of birth is generalised to
   its month and the postcode to its LSOA and outward code.
-* Names, addresses, telecoms and free text are dropped, as is every record whose code is on a restricted
-  list. Output columns come only from the curated allow-list, so an unexpected source field never passes.
+* Names, addresses, telecoms and free text are dropped, as is every record whose code is restricted
+  (identifying codes, and the legally restricted categories of include/config/deid.yaml: HFEA fertility
+  treatment, gender reassignment), in any of its SNOMED CT, Read v2 or CTV3 forms. Output columns come only
+  from the curated allow-list, so an unexpected source field never passes.
+* A numeric value is kept only for a code configured as a measurement (unit and range, quality.yaml); any
+  other code's value and unit are dropped. ``guard_numeric`` refuses a staged table with a numeric cell that
+  is a valid NHS number, whatever else let it through.
 * HMACs are computed once per distinct value (dictionary encode, HMAC the dictionary, take).
 """
 
@@ -21,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpdata.arrowutil import const, first_reason
-from gpdata.codes import code_keys
-from gpdata.errors import ConfigError
+from gpdata.codes import RestrictedCodes, code_keys, measurements
+from gpdata.errors import ConfigError, GpdataError
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, PARTITION, POSITION, staged_schema
 from gpdata.privacy import nhsnumber
 from gpdata.privacy.keys import MasterKey
@@ -135,8 +140,35 @@ def _finish(name: str, columns: dict[str, pa.Array], n: int, practice: str, vers
                                  else pa.nulls(n, f.type) for f in schema], schema=schema)
 
 
+def _restricted(table: pa.Table, restricted: RestrictedCodes | frozenset[str], by_category: dict) -> pa.Array:
+    """Per row: is its code restricted? Counts the hits per category into ``by_category``."""
+    if not isinstance(restricted, RestrictedCodes):  # ``system|code`` keys (a hand-made set)
+        hit = pc.is_in(code_keys(table["code_system"], table["code"]), pa.array(sorted(restricted), pa.string()))
+        return pc.fill_null(hit, False)
+    cats = restricted.classify(table["code"])
+    for item in pc.value_counts(cats.drop_null()).to_pylist():
+        by_category[item["values"]] = by_category.get(item["values"], 0) + item["counts"]
+    return pc.is_valid(cats)
+
+
+def guard_numeric(tables: dict[str, pa.Table], practice: str, stage: str = "extract") -> None:
+    """Refuse tables with a numeric cell that is a valid NHS number (the in-pipeline leak check of numbers):
+    names the practice, table, column and count, never the value."""
+    found = []
+    for name, table in tables.items():
+        for field in table.schema:
+            if pa.types.is_integer(field.type) or pa.types.is_floating(field.type):
+                n = pc.sum(nhsnumber.in_numbers(table[field.name])).as_py() or 0
+                if n:
+                    found.append(f"{name}.{field.name}: {n} value(s)")
+    if found:
+        raise GpdataError("numeric values that are valid NHS numbers would be written (" + "; ".join(found)
+                          + "): nothing is written; find the source field that carries them", practice=practice,
+                          stage=stage)
+
+
 def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymiser,
-               postcodes: PostcodeLookup, restricted: frozenset[str],
+               postcodes: PostcodeLookup, restricted: RestrictedCodes | frozenset[str],
                known: pa.Table | None = None,
                known_practitioners: pa.Table | None = None) -> tuple[dict[str, pa.Table], dict]:
     """Turn canonical tables into staged, pseudonymised tables plus counts of what was dropped.
@@ -144,7 +176,8 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
     ``known`` (incremental deliveries): the practice's patient map (``ref_pid`` -> ``patient_pid``), so events of
     patients delivered in an earlier batch are linked to them; ``known_practitioners`` likewise (``ref_pid`` ->
     ``practitioner_pid``, ``role_code``) for their clinicians."""
-    counts: dict = {"restricted_code_records": {}, "unmatched_postcodes": 0}
+    counts: dict = {"restricted_code_records": {}, "unmatched_postcodes": 0, "values_dropped": 0,
+                    "numeric_nhs_numbers_dropped": 0}
     staged: dict[str, pa.Table] = {}
 
     # Patients
@@ -185,13 +218,26 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
     }, prac.num_rows, practice, pseudo.version)
     prac_roles = prac["role_code"].combine_chunks()
 
-    restricted_set = pa.array(sorted(restricted), pa.string())
+    counts["restricted_code_categories"] = {}
+    measured = pa.array(sorted({c for m in measurements() for c in m.codes}), pa.string())
     for name in EVENT_TABLES:
         table = canonical[name]
         if table.num_rows and table.schema.get_field_index("code") >= 0:
-            hit = pc.fill_null(pc.is_in(code_keys(table["code_system"], table["code"]), restricted_set), False)
+            hit = _restricted(table, restricted, counts["restricted_code_categories"])
             counts["restricted_code_records"][name] = pc.sum(hit).as_py() or 0
             table = table.filter(pc.invert(hit))
+        if table.num_rows and "value" in table.column_names:
+            # A value only where a measurement is expected; elsewhere it is dropped with its unit.
+            keep = pc.fill_null(pc.is_in(table["code"], value_set=measured), False)
+            nhs_like = nhsnumber.in_numbers(table["value"])  # even for a measurement: never a real result
+            counts["numeric_nhs_numbers_dropped"] += (
+                pc.sum(nhs_like).as_py() or 0)
+            keep = pc.and_(keep, pc.invert(nhs_like))
+            counts["values_dropped"] += (pc.sum(pc.and_(
+                pc.invert(keep), pc.is_valid(table["value"]))).as_py() or 0)
+            for col in ("value", "unit"):
+                kept = pc.if_else(keep, table[col], pa.nulls(table.num_rows, table.schema.field(col).type))
+                table = table.set_column(table.schema.get_field_index(col), col, kept)
         m = table.num_rows
         refs = table["patient_ref"].combine_chunks()
         in_batch = pc.is_in(refs, value_set=patient_refs)

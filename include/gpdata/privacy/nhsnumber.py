@@ -38,3 +38,16 @@ def check_digit(first_nine: str) -> int | None:
     if check == 11:
         return 0
     return None if check == 10 else check
+
+
+def in_numbers(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """True where a numeric value is a whole number of ten digits that passes the Modulus 11 check: an NHS
+    number sent as a number (a result typed into the wrong field). Nulls and other values are False."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_decimal(arr.type)):
+        return pa.array(np.zeros(len(arr), dtype=bool), pa.bool_())
+    x = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(x) & (x >= 1e9) & (x < 1e10) & (np.floor(x) == x)
+    text = pa.array(np.where(whole, np.nan_to_num(x), 0).astype(np.int64).astype(str), pa.string())
+    return pa.array(whole & is_valid(text).to_numpy(zero_copy_only=False), pa.bool_())

@@ -9,18 +9,12 @@ measurements. Malformed codes, dates before birth and referential integrity are 
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import pyarrow as pa
-import yaml
 
-from gpdata.errors import ConfigError
+from gpdata.codes import Measurement, measurements  # noqa: F401 (re-exported)
 from gpdata.model import CURATED, PARTITION, PSEUDONYM_FIELDS
-from gpdata.settings import CONFIG_DIR
 
 PSEUDONYM_REGEX = r"^[0-9a-f]{64}$"
 EARLIEST = dt.date(1900, 1, 1)
@@ -32,36 +26,6 @@ VALUE_SETS = {
     "category": ["condition", "observation"],
 }
 UNIQUE_KEY = {"patients": "patient_pid", "practitioners": "practitioner_pid"}
-
-
-@dataclass(frozen=True)
-class Measurement:
-    name: str
-    codes: tuple[str, ...]
-    units: tuple[str, ...]
-    min: float
-    max: float
-
-
-@lru_cache(maxsize=4)
-def measurements(path: Path = CONFIG_DIR / "quality.yaml") -> tuple[Measurement, ...]:
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except (FileNotFoundError, yaml.YAMLError) as exc:
-        raise ConfigError(f"quality configuration {path}: {exc}") from None
-    out = []
-    for name, spec in (doc.get("measurements") or {}).items():
-        try:
-            codes: set[str] = set()
-            for rel in spec["code_lists"]:
-                with open(path.parent / rel, newline="", encoding="utf-8-sig") as fh:
-                    codes.update(row["code"].strip() for row in csv.DictReader(fh) if row.get("code"))
-            out.append(Measurement(name, tuple(sorted(codes)), tuple(spec["units"]), float(spec["min"]),
-                                   float(spec["max"])))
-        except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
-            raise ConfigError(f"quality configuration {path}: measurement {name!r} is incomplete or wrong "
-                              f"({exc.__class__.__name__}: {exc})") from None
-    return tuple(out)
 
 
 def latest_allowed(table: str, today: dt.date) -> dt.date:

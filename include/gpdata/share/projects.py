@@ -28,6 +28,31 @@ class CodeListCohort(BaseModel):
     code_lists: list[str] = Field(min_length=1, description="CSV files with a `code` column, relative to this file")
 
 
+BIRTH_LEVELS = ("month", "year", "band5")               # finest first; the default is the last (coarsest)
+AREA_LEVELS = ("lsoa", "msoa", "local_authority")
+ETHNICITY_LEVELS = ("category", "group")                # NHS ethnic category (A-Z) or its 5 groups + not stated
+DATE_LEVELS = ("day", "shift", "month", "year")
+DATE_COLUMNS = ("event_date", "registration_date", "due_date", "death_month", "start_time")
+DEFAULT_MINIMUM_K = 5
+
+
+class RareCodes(BaseModel):
+    """Codes held by fewer than ``min_patients`` patients in the extract: kept, grouped to the code list (a
+    parent concept) of the project's cohort that holds them (dropped when none does), or dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min_patients: int = Field(default=8, ge=1)
+    action: Literal["keep", "group", "drop"] = "drop"
+
+
+class Sensitive(BaseModel):
+    """The attribute l-diversity is measured for: a column of an extract table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    table: str
+    column: str
+
+
 class Project(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,6 +69,17 @@ class Project(BaseModel):
     exemption_reason: str | None = None
     expires: dt.date
     active: bool = True
+    precision: dict[str, str] = Field(default_factory=dict, description=(
+        "Column -> approved precision: birth_month month|year|band5, lsoa_code lsoa|msoa|local_authority, "
+        "ethnic_category category|group, a date column day|shift|month|year. Unlisted: the coarsest"))
+    rare_codes: RareCodes = RareCodes()
+    small_classes: Literal["refuse", "suppress"] = Field(default="refuse", description=(
+        "Below minimum_k: refuse the extract, or suppress (blank) the quasi-identifiers of the records in "
+        "classes below it"))
+    minimum_k: int = Field(default=DEFAULT_MINIMUM_K, ge=1)
+    environment: Literal["standard", "trusted_research_environment"] = "standard"
+    environment_reason: str | None = None
+    sensitive: Sensitive | None = None
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("project_id")
@@ -79,7 +115,38 @@ class Project(BaseModel):
             raise ValueError("date_to is before date_from")
         if self.national_data_optout == "exempt" and not self.exemption_reason:
             raise ValueError("an exemption from the National Data Opt-out needs its exemption_reason")
+        if self.minimum_k < DEFAULT_MINIMUM_K and self.environment != "trusted_research_environment":
+            raise ValueError(f"minimum_k below {DEFAULT_MINIMUM_K} needs environment: trusted_research_environment")
+        if self.environment == "trusted_research_environment" and not self.environment_reason:
+            raise ValueError("environment: trusted_research_environment needs its environment_reason")
+        levels = {"birth_month": BIRTH_LEVELS, "lsoa_code": AREA_LEVELS, "ethnic_category": ETHNICITY_LEVELS,
+                  **dict.fromkeys(DATE_COLUMNS, DATE_LEVELS)}
+        for column, level in self.precision.items():
+            if column not in levels:
+                raise ValueError(f"precision: {column!r} has no precision levels (use {', '.join(levels)})")
+            if level not in levels[column]:
+                raise ValueError(f"precision: {column} {level!r} is not one of {', '.join(levels[column])}")
+        if self.sensitive and self.sensitive.column not in self.tables.get(self.sensitive.table, ()):
+            raise ValueError(f"sensitive: {self.sensitive.table}.{self.sensitive.column} is not an approved column")
         return self
+
+    def level(self, column: str) -> str:
+        """The approved precision of a column: declared, else the coarsest."""
+        if column in self.precision:
+            return self.precision[column]
+        if column == "birth_month":
+            return BIRTH_LEVELS[-1]
+        if column == "lsoa_code":
+            return AREA_LEVELS[-1]
+        if column == "ethnic_category":
+            return ETHNICITY_LEVELS[-1]
+        return DATE_LEVELS[-1]
+
+    def finer_precision(self) -> dict[str, str]:
+        """The declared precisions finer than the default (recorded in the register)."""
+        coarsest = {"birth_month": BIRTH_LEVELS[-1], "lsoa_code": AREA_LEVELS[-1],
+                    "ethnic_category": ETHNICITY_LEVELS[-1]}
+        return {c: v for c, v in sorted(self.precision.items()) if v != coarsest.get(c, DATE_LEVELS[-1])}
 
     def check_current(self, today: dt.date) -> None:
         if today > self.expires:

@@ -13,7 +13,22 @@ from gpdata.share.projects import Project
 PUBLIC_FILE_MODE = 0o644
 PUBLIC_DIR_MODE = 0o755
 COLUMNS = ["organisation", "project_id", "purpose", "legal_basis", "datasets", "national_data_optout",
-           "approvals", "releases", "last_release_date"]
+           "approvals", "precision", "disclosure_risk", "releases", "last_release_date"]
+
+
+def _precision(p: Project) -> str:
+    finer = p.finer_precision()
+    return "coarsest (defaults)" if not finer else "finer than default: " + "; ".join(
+        f"{c} {v}" for c, v in finer.items())
+
+
+def _risk(p: Project, last: dict | None) -> str:
+    """The approved minimum k and whether the latest extract met it. No count and no share of one: the register
+    is publishable, and a share of a small extract times its rounded size would give a small count back. The
+    figures are in the extract's risk report (access-controlled)."""
+    env = "" if p.environment == "standard" else f"trusted research environment ({p.environment_reason}); "
+    met = " met by the latest extract" if (last or {}).get("risk") else ""
+    return f"{env}minimum k {p.minimum_k}{met}"
 
 
 def rows(projects: list[Project], store_root: Path) -> list[dict]:
@@ -27,6 +42,8 @@ def rows(projects: list[Project], store_root: Path) -> list[dict]:
             "national_data_optout": "applied" if p.national_data_optout == "apply"
             else f"exempt: {p.exemption_reason}",
             "approvals": "; ".join(f"{a.panel} {a.reference} ({a.date})" for a in p.approvals),
+            "precision": _precision(p),
+            "disclosure_risk": _risk(p, mine[-1] if mine else None),
             "releases": "; ".join(sorted({e["release"] for e in mine})),
             "last_release_date": max((e["at"][:10] for e in mine), default=""),
         })

@@ -93,14 +93,26 @@ def generate_practice(out_dir: Path, ods_code: str, *, n_patients: int = 10_000,
     return truth, pairs
 
 
+def area_lookup(lsoas: list[str]) -> str:
+    """The LSOA -> MSOA -> local authority lookup of the synthetic LSOAs (``E01`` + 1000 + area*100 + j): five
+    LSOAs to an MSOA, one local authority per area. CSV text: lsoa_code,msoa_code,lad_code."""
+    lines = ["lsoa_code,msoa_code,lad_code"]
+    for lsoa in lsoas:
+        n = int(lsoa[3:]) - 1000
+        area, j = divmod(n, 100)
+        lines.append(f"{lsoa},E02{area * 100 + j // 5:06d},E08{area:06d}")
+    return "\n".join(lines) + "\n"
+
+
 def generate(root: Path, *, n_practices: int = 3, n_patients: int = 10_000, seed: int = 42,
              ods_codes: list[str] | None = None, events_per_patient: float = 100.0,
              dirty_fraction: float = 0.01, optout_fraction: float = 0.03, ndop_fraction: float = 0.05,
              today: dt.date | None = None, progress: Callable[[str], None] | None = None,
              codelist_dir: Path | None = None) -> list[PracticeTruth]:
-    """Writes root/sources/<ODS>/bundle-NNNN.json for each practice, root/reference/postcode_lsoa.csv
-    and root/reference/ndop.csv. Default ODS codes: deterministic from seed, format one letter + 5 digits
-    (e.g. 'A81001'); all distinct. progress(msg) is called once per practice with a one-line message.
+    """Writes root/sources/<ODS>/bundle-NNNN.json for each practice, root/reference/postcode_lsoa.csv,
+    root/reference/lsoa_areas.csv and root/reference/ndop.csv. Default ODS codes: deterministic from seed,
+    format one letter + 5 digits (e.g. 'A81001'); all distinct. progress(msg) is called once per practice with
+    a one-line message.
 
     When `ods_codes` is given it decides the number of practices (n_practices is then ignored)."""
     root = Path(root)
@@ -142,6 +154,7 @@ def generate(root: Path, *, n_practices: int = 3, n_patients: int = 10_000, seed
     ref.mkdir(parents=True, exist_ok=True)
     lines = ["postcode,lsoa_code"] + [f"{pc},{ls}" for pc, ls in sorted(lookup)]
     (ref / "postcode_lsoa.csv").write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+    (ref / "lsoa_areas.csv").write_bytes(area_lookup(sorted({ls for _, ls in lookup})).encode("utf-8"))
     valid_numbers.sort()
     rng = np.random.default_rng([seed, TAG_NDOP])
     k = round(ndop_fraction * len(valid_numbers))

@@ -1,6 +1,8 @@
 """Dissemination: minimum data, National Data Opt-out, project pseudonyms, audit and register."""
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 
 import pyarrow as pa
@@ -28,6 +30,9 @@ BASE = {
     "tables": {"patients": ["patient_pid", "birth_month", "sex"],
                "observations": ["patient_pid", "event_date", "code", "value"]},
     "date_from": "2019-01-01", "date_to": "2021-12-31", "expires": "2027-12-31",
+    # A store of two patients cannot reach k=5: these tests are about the rest of dissemination.
+    "environment": "trusted_research_environment", "environment_reason": "unit tests of a two-patient store",
+    "minimum_k": 1, "precision": {"birth_month": "month", "event_date": "day"}, "rare_codes": {"action": "keep"},
 }
 
 
@@ -171,3 +176,91 @@ def test_register_lists_projects_and_their_releases(world, tmp_path):
     text = csv_path.read_text()
     assert "REG" in text and rid in text and "'=HYPERLINK" in text
     assert "<script>" not in html_path.read_text() and "&lt;script&gt;" in html_path.read_text()
+
+
+def test_an_extract_below_its_minimum_k_is_refused_with_numbers_and_a_hint(world, tmp_path):
+    cfg, rid, key, _ = world
+    strict = _project(tmp_path, "STRICT", national_data_optout="exempt", exemption_reason="x", minimum_k=5,
+                      environment="standard", environment_reason=None, precision={})
+    with pytest.raises(GpdataError) as err:
+        _run(world, strict, tmp_path)
+    message = str(err.value)
+    assert message.startswith("project STRICT: extract refused: k-anonymity 1 is below the approved minimum k 5 "
+                              "(quasi-identifiers birth_band, sex; 2 patients; 100.0% of them in classes below 5")
+    assert "hint: small_classes: suppress gives k=2" in message
+    assert not (tmp_path / "out" / "STRICT").exists()
+    refusal = [e for e in audit.entries(cfg.store) if e["event"] == "refusal"][-1]
+    assert refusal["project"] == "STRICT" and "k-anonymity 1" in refusal["reason"]
+
+
+def test_every_extract_has_its_risk_report_beside_it(world, tmp_path):
+    cfg, rid, key, _ = world
+    project = _project(tmp_path, "RISKY", national_data_optout="exempt", exemption_reason="x")
+    _, manifest = _run(world, project, tmp_path)
+    report = json.loads((tmp_path / "out" / "RISKY" / rid / "risk.json").read_text())
+    assert report["quasi_identifiers"] == ["birth_month", "sex"] and report["k"] == 1
+    assert report["linkage"]["unique_match_share"] == 1.0 and report["records"] == 2
+    assert manifest["risk"]["k"] == 1 and manifest["precision"]["birth_month"] == "month"
+    entry = [e for e in audit.entries(cfg.store) if e["event"] == "extract"][-1]
+    assert entry["risk"]["unique_share"] == 1.0
+
+
+def test_projects_risk_prints_the_report_without_writing(world, tmp_path, monkeypatch, capsys):
+    from gpdata.ops import cli
+
+    cfg, rid, key, _ = world
+    _project(tmp_path, "RISKY", national_data_optout="exempt", exemption_reason="x")
+    before = len(audit.entries(cfg.store))
+    assert cli.main(["projects", "risk", "RISKY", "--release", rid, "--dir", str(tmp_path / "projects")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["project"] == "RISKY" and report["k"] == 1 and report["meets_minimum_k"]
+    assert not (cfg.extracts / "RISKY").exists() and len(audit.entries(cfg.store)) == before
+
+
+def test_a_late_optout_after_an_extract_reissues_it_without_the_patient(world, tmp_path):
+    from gpdata.ops import status
+    from gpdata.share import recall
+
+    cfg, rid, key, pids = world
+    project = _project(tmp_path, "HELD", national_data_optout="exempt", exemption_reason="x")
+    disseminate.extract(project, rid, cfg.store, cfg.extracts, key, requested_by="tester", today=TODAY)
+    folder = cfg.extracts / "HELD" / rid
+    theirs = hmac.digest(disseminate.project_key(key, "HELD", "nhs_number"), pids["p1"].encode(), "sha256").hex()
+    assert theirs in pq.read_table(folder / "patients.parquet")["patient_pid"].to_pylist()
+
+    late = practice_resources() + [f.observation("late", "p1", f.DISSENT, "2025-01-01")]
+    f.write_bundle(cfg.sources / "A81001", late)
+    counts = pipeline.run_practice(Feed(ods_code="A81001", name="t", location=str(cfg.sources / "A81001"),
+                                        max_quarantine_fraction=1), cfg, "late")
+    assert counts["extracts_recalled"] == [{
+        "project": "HELD", "release": rid, "action": "reissued", "patients": 1,
+        "rows_removed": {"observations": 2, "patients": 1}, "recipients": ["University of Example"],
+        "at": counts["extracts_recalled"][0]["at"]}]
+    for name in ("patients", "observations"):
+        assert theirs not in pq.read_table(folder / f"{name}.parquet")["patient_pid"].to_pylist()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "reissued" and manifest["tables"]["patients"]["rows"] == 1
+    assert all(hashlib.sha256((folder / n).read_bytes()).hexdigest() == h for n, h in manifest["files_sha256"].items())
+    entry = [e for e in audit.entries(cfg.store) if e["event"] == "extract_reissued"][-1]
+    assert entry["project"] == "HELD" and entry["recipients_to_notify"] == ["University of Example"]
+    assert theirs not in json.dumps(audit.entries(cfg.store)) and pids["p1"] not in json.dumps(counts)
+    page = status.overview(cfg)["notifications"]
+    assert [(n["project"], n["release"], n["recipients"]) for n in page] == [("HELD", rid, ["University of Example"])]
+    assert recall.mark_notified(cfg.extracts, cfg.store, "HELD", rid, "operator") == 1
+    assert status.overview(cfg)["notifications"] == []
+
+
+def test_an_extract_that_falls_below_its_minimum_k_is_withdrawn(world, tmp_path):
+    from gpdata.share import recall
+
+    cfg, rid, key, pids = world
+    # No quasi-identifier: the two patients form one class, k=2, which the approval's minimum k (2) accepts.
+    project = _project(tmp_path, "THIN", national_data_optout="exempt", exemption_reason="x", minimum_k=2,
+                       tables={"patients": ["patient_pid"], "observations": ["patient_pid", "event_date", "code"]})
+    disseminate.extract(project, rid, cfg.store, cfg.extracts, key, requested_by="tester", today=TODAY)
+    folder = cfg.extracts / "THIN" / rid
+    assert json.loads((folder / "manifest.json").read_text())["risk"]["k"] == 2
+    done = recall.recall(cfg.extracts, cfg.store, key, pa.array([pids["p1"]]))
+    assert [d["action"] for d in done] == ["withdrawn"]
+    assert not list(folder.glob("*.parquet")) and json.loads((folder / "manifest.json").read_text())["status"] \
+        == "withdrawn"
