@@ -2,6 +2,7 @@ import pytest
 
 from gpdata.errors import SourceError
 from gpdata.ingest.sources.fhir import read_bundles
+from gpdata.model import ISSUE
 from tests import factory as f
 from tests.conftest import practice_resources
 
@@ -54,3 +55,55 @@ def test_missing_or_empty_delivery(tmp_path):
         read_bundles(tmp_path / "nope", "A81001")
     with pytest.raises(SourceError, match="no FHIR bundles"):
         read_bundles(tmp_path, "A81001")
+
+
+def _shape_variants() -> list[dict]:
+    """Shapes real senders use (GP Connect access-record responses): one object where FHIR has a list, a string
+    reference, an object coding, a number for a string."""
+    pat = f.patient("p1", "9990000018")
+    pat["generalPractitioner"] = {"reference": "Practitioner/prac-1"}
+    pat["name"] = pat["name"][0]
+    pat["address"] = pat["address"][0]
+    pat["identifier"] = pat["identifier"][0]
+    obs = f.observation("o1", "p1", f.BMI, "2020-01-01", value="27.5", unit="kg/m2")
+    obs["subject"] = "Patient/p1"
+    obs["code"]["coding"] = obs["code"]["coding"][0]
+    cond = f.condition("c1", "p1", f.HYPERTENSION, "2019-05-05")
+    cond["code"]["coding"][0]["code"] = int(f.HYPERTENSION)
+    return [f.organization("A81001"), *f.practitioner("prac-1", "123456789012"), pat, obs, cond]
+
+
+def test_shape_variants_are_read(tmp_path):
+    f.write_bundle(tmp_path, _shape_variants())
+    tables = read_bundles(tmp_path, "A81001")
+    pat = tables["patients"].to_pylist()[0]
+    assert (pat["nhs_number"], pat["family_name"], pat["postcode"], pat["gp_ref"]) == \
+        ("9990000018", "Testperson", "LS1 4AB", "prac-1")
+    obs = {o["source_id"]: o for o in tables["observations"].to_pylist()}
+    assert (obs["o1"]["patient_ref"], obs["o1"]["code"], obs["o1"]["value"]) == ("p1", f.BMI, 27.5)
+    assert obs["c1"]["code"] == f.HYPERTENSION
+    assert all(ISSUE not in t.column_names for t in tables.values())
+
+
+def test_unreadable_entry_is_quarantined_by_entry_or_named_in_strict_mode(tmp_path):
+    resources = _shape_variants()
+    resources[3]["name"] = 12345                       # a name that is a number: no way to read it
+    resources[4]["subject"] = {"reference": ["Patient/p1"]}
+    f.write_bundle(tmp_path, resources)
+    report: dict = {}
+    tables = read_bundles(tmp_path, "A81001", report=report)
+    assert tables["patients"][ISSUE].to_pylist() == ["unreadable_entry"]
+    assert tables["patients"]["nhs_number"].to_pylist() == [None]  # nothing else of it is kept
+    assert tables["observations"][ISSUE].to_pylist() == ["unreadable_entry", None]
+    assert report["unreadable_entries"] == {"Patient.name": 1, "Observation.subject.reference": 1}
+    with pytest.raises(SourceError) as err:
+        read_bundles(tmp_path, "A81001", strict=True)
+    assert str(err.value) == ("practice A81001: file bundle-0001.json: row 3: unreadable element Patient.name")
+
+
+def test_unmapped_resource_types_are_counted(tmp_path):
+    f.write_bundle(tmp_path, [*practice_resources(), {"resourceType": "Encounter", "id": "e1"},
+                              {"resourceType": "Encounter", "id": "e2"}, {"resourceType": "Location", "id": "l"}])
+    report: dict = {}
+    read_bundles(tmp_path, "A81001", report=report)
+    assert report["unmapped_resources"] == {"Encounter": 2, "Location": 1}
