@@ -216,6 +216,8 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
                 columns[col] = table[col]
         if name == "medications":
             columns["authorisation_id"] = pseudo(table["authorisation_ref"], "record_id")
+        if name == "observations":
+            columns["panel_id"] = pseudo(table["panel_ref"], "record_id")
         if name == "appointments":
             columns["staff_role"] = staff_role
         staged[name] = _finish(name, columns, m, practice, pseudo.version)

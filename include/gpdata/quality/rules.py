@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from gpdata.arrowutil import const, first_reason
 from gpdata.codes import codes_valid
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, POSITION, QUARANTINE_SCHEMA, TABLES
-from gpdata.quality import suites
+from gpdata.quality import suites, units
 
 # Tables whose (system, code) must be well formed. Appointments carry no code.
 _CODED = {t for t in EVENT_TABLES if t != "appointments"}
@@ -239,6 +239,8 @@ def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.d
     started = time.monotonic()
     for name in TABLES:  # patients first: events are checked against the patients that passed
         table = staged[name]
+        if name == "observations":  # measurement values in another UCUM unit: to the configured one
+            table, counts["units_converted"] = units.to_configured(table)
         reasons = row_reasons(name, table, today, birth_month=birth, known_patients=patient_pids)
         bad = pc.is_valid(reasons)
         clean = table.filter(pc.invert(bad))

@@ -26,6 +26,7 @@ _COLUMNS: dict[str, tuple[str, object]] = {
     "practitioner_pid": (_PSEUDONYM, "903230..."),
     "record_id": (_PSEUDONYM, "2a4eef..."),
     "authorisation_id": (_PSEUDONYM, "6628b1..."),
+    "panel_id": (_PSEUDONYM, "41d07c..."),
     "birth_month": (_QUASI, "1980-05-01"),
     "death_month": (_QUASI, "2024-02-01"),
     "sex": (_QUASI, "female"),

@@ -31,9 +31,15 @@ REGISTRATION_URLS = (
     "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-RegistrationDetails-1",
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-RegistrationDetails",
 )
+VACCINATION_PROCEDURE_URLS = (
+    "https://fhir.hl7.org.uk/STU3/StructureDefinition/Extension-CareConnect-VaccinationProcedure-1",
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-VaccinationProcedure",
+)
 _PREFERRED = ("snomed", "dmd", "readv2", "ctv3")
 NHS_REF = "nhs:"  # a subject given by NHS-number identifier, until it is resolved to the Patient resource
 _NHS_SYSTEMS = {"fhir.nhs.uk/id/nhs-number", "2.16.840.1.113883.2.1.4.1"}
+_EFFECTIVE = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued")
+_ONSET = ("onsetDateTime", "onsetPeriod", "recordedDate", "assertedDate")
 # Where a resource says when it happened, in order of preference (all FHIR R4 and STU3 forms).
 _DATE_FIELDS = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "onsetDateTime", "onsetPeriod",
                 "assertedDate", "recordedDate", "performedDateTime", "performedPeriod", "occurrenceDateTime",
@@ -283,6 +289,8 @@ class _Rows:
         self.organisations: set[str] = set()
         self.unmapped: dict[str, int] = defaultdict(int)
         self.unreadable: dict[str, int] = defaultdict(int)
+        self.medications: dict[str, tuple[str | None, str | None]] = {}  # Medication id -> (system, code)
+        self.med_refs: list[tuple[int, str]] = []  # (row of medications, Medication id) to resolve at the end
 
     def add(self, table: str, _issue: str | None = None, **values) -> None:
         cols = self.cols[table]
@@ -297,7 +305,7 @@ _TABLE_OF = {"Patient": "patients", "Practitioner": "practitioners", "Condition"
              "MedicationRequest": "medications", "AllergyIntolerance": "allergies", "Immunization": "immunisations",
              "ServiceRequest": "referrals", "ReferralRequest": "referrals", "Appointment": "appointments"}
 # Resource types read for what they tell about others (roles, organisations), not as rows of their own.
-_CONTEXT = {"PractitionerRole", "Organization"}
+_CONTEXT = {"PractitionerRole", "Organization", "Medication"}
 
 
 def _event(res: dict, rtype: str, pos: dict, patient_key: str, practitioner, date, concept, text,
@@ -351,20 +359,36 @@ def _patient(res: dict, rows: _Rows, pos: dict) -> None:
 
 def _observation(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
     is_condition = rtype == "Condition"
-    date = _when(res, rtype, ("onsetDateTime", "onsetPeriod", "recordedDate", "assertedDate") if is_condition
-                 else ("effectiveDateTime", "effectivePeriod", "issued"))
-    quantity = _obj(res.get("valueQuantity"), f"{rtype}.valueQuantity") or {}
+    date = _when(res, rtype, _ONSET if is_condition else _EFFECTIVE)
+    value, unit = _quantity(res, rtype)
     code = _obj(res.get("code"), f"{rtype}.code") or {}
-    rows.add("observations", **_event(
-        res, rtype, pos, "subject", _first_practitioner(rtype, asserter=res.get("asserter"),
-                                                        recorder=res.get("recorder"),
-                                                        performer=res.get("performer")),
-        date, code, _texts(rtype, **{"code.text": code.get("text"), "note": res.get("note"),
-                                      "valueString": res.get("valueString"), "comment": res.get("comment")}),
-        category="condition" if is_condition else "observation",
-        value=_number(quantity.get("value"), f"{rtype}.valueQuantity.value"),
-        unit=_text(quantity.get("code"), f"{rtype}.valueQuantity.code")
-        or _text(quantity.get("unit"), f"{rtype}.valueQuantity.unit")))
+    event = _event(res, rtype, pos, "subject", _first_practitioner(rtype, asserter=res.get("asserter"),
+                                                                   recorder=res.get("recorder"),
+                                                                   performer=res.get("performer")),
+                   date, code, _texts(rtype, **{"code.text": code.get("text"), "note": res.get("note"),
+                                                 "valueString": res.get("valueString"),
+                                                 "comment": res.get("comment")}),
+                   category="condition" if is_condition else "observation", value=value, unit=unit)
+    components = [] if is_condition else _objs(res.get("component"), f"{rtype}.component")
+    parts = []
+    for i, comp in enumerate(components):  # each value of a panel (e.g. blood pressure) is a row of its own
+        where = f"{rtype}.component[{i}]"
+        c_system, c_code = _code(comp.get("code"), f"{where}.code")
+        c_value, c_unit = _quantity(comp, where)
+        parts.append(dict(event, source_id=f"{event['source_id']}#component-{i}" if event["source_id"] else None,
+                          code_system=c_system, code=c_code, value=c_value, unit=c_unit, free_text=None,
+                          panel_ref=event["source_id"]))
+    rows.add("observations", **event)
+    for part in parts:
+        rows.add("observations", **part)
+
+
+def _quantity(element: dict, where: str) -> tuple[float | None, str | None]:
+    """(value, unit) of an element's valueQuantity: the UCUM code where there is one, else the unit text."""
+    quantity = _obj(element.get("valueQuantity"), f"{where}.valueQuantity") or {}
+    return (_number(quantity.get("value"), f"{where}.valueQuantity.value"),
+            _text(quantity.get("code"), f"{where}.valueQuantity.code")
+            or _text(quantity.get("unit"), f"{where}.valueQuantity.unit"))
 
 
 def _medication(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
@@ -373,17 +397,27 @@ def _medication(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
     if is_issue:
         date = _when(res, rtype, ("authoredOn",))
     else:
-        date = _when(res, rtype, ("effectivePeriod", "dateAsserted", "authoredOn"))
+        date = _when(res, rtype, ("effectiveDateTime", "effectivePeriod", "dateAsserted", "authoredOn"))
     quantity = _obj((_obj(res.get("dispenseRequest"), f"{rtype}.dispenseRequest") or {}).get("quantity"),
                     f"{rtype}.dispenseRequest.quantity") or {}
     based_on = _objs(res.get("basedOn"), f"{rtype}.basedOn")
+    concept, path, medication = res.get("medicationCodeableConcept"), "medicationCodeableConcept", None
+    if concept is None and res.get("medicationReference") is not None:
+        medication = _ref(res.get("medicationReference"), f"{rtype}.medicationReference")
+        for i, held in enumerate(_objs(res.get("contained"), f"{rtype}.contained")):
+            if held.get("resourceType") == "Medication" and _text(held.get("id"), f"{rtype}.contained[{i}].id") \
+                    == medication:
+                concept, path, medication = held.get("code"), f"contained[{i}].code", None
+                break
+    if medication is not None:
+        rows.med_refs.append((len(rows.issues["medications"]), medication))
     rows.add("medications", **_event(
         res, rtype, pos, "subject",
         _first_practitioner(rtype, requester=res.get("requester"), informationSource=res.get("informationSource"),
                             recorder=res.get("recorder")),
-        date, res.get("medicationCodeableConcept"),
+        date, concept,
         _texts(rtype, dosage=res.get("dosage"), dosageInstruction=res.get("dosageInstruction"),
-               note=res.get("note")), concept_path="medicationCodeableConcept",
+               note=res.get("note")), concept_path=path,
         medication_type="issue" if is_issue else "authorisation", status=_text(res.get("status"), f"{rtype}.status"),
         quantity=_number(quantity.get("value"), f"{rtype}.dispenseRequest.quantity.value"),
         quantity_unit=_text(quantity.get("unit"), f"{rtype}.dispenseRequest.quantity.unit"),
@@ -400,9 +434,10 @@ def _referral(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
             res, rtype, pos, "subject", practitioner, _when(res, rtype, ("authoredOn",)), res.get("code"), text,
             status=status, due_date=_when(res, rtype, ("occurrenceDateTime", "occurrencePeriod"))))
     else:
-        concept, path = res.get("code"), "code"
-        if concept is None:
-            concept, path = _obj(res.get("serviceRequested"), f"{rtype}.serviceRequested"), "serviceRequested"
+        concept, path = res.get("code"), "code"  # else what was requested, else why (GP Connect: reasonCode)
+        for name in ("serviceRequested", "reasonCode"):
+            if _code(concept, f"{rtype}.{path}")[1] is None and res.get(name) is not None:
+                concept, path = _obj(res.get(name), f"{rtype}.{name}"), name
         rows.add("referrals", **_event(
             res, rtype, pos, "subject", practitioner, _when(res, rtype, ("authoredOn",)), concept, text,
             concept_path=path, status=status, priority=_text(res.get("priority"), f"{rtype}.priority")))
@@ -457,15 +492,23 @@ def _route(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
         rows.add("allergies", **_event(
             res, rtype, pos, "patient", _first_practitioner(rtype, recorder=res.get("recorder"),
                                                             asserter=res.get("asserter")),
-            _when(res, rtype, ("onsetDateTime", "onsetPeriod", "recordedDate", "assertedDate")), res.get("code"),
+            _when(res, rtype, _ONSET), res.get("code"),
             _texts(rtype, note=res.get("note"))))
     elif rtype == "Immunization":
+        concept, path = res.get("vaccineCode"), "vaccineCode"
+        if _code(concept, f"{rtype}.vaccineCode")[0] not in _PREFERRED:  # e.g. a NullFlavor by design
+            for i, ext in enumerate(_objs(res.get("extension"), f"{rtype}.extension")):
+                if ext.get("url") in VACCINATION_PROCEDURE_URLS:
+                    concept, path = ext.get("valueCodeableConcept"), f"extension[{i}].valueCodeableConcept"
+                    break
         rows.add("immunisations", **_event(
             res, rtype, pos, "patient", _first_practitioner(rtype, performer=res.get("performer"),
                                                             practitioner=res.get("practitioner")),
-            _when(res, rtype, ("occurrenceDateTime", "date")), res.get("vaccineCode"),
-            _texts(rtype, note=res.get("note")), concept_path="vaccineCode",
+            _when(res, rtype, ("occurrenceDateTime", "date", "recorded")), concept,
+            _texts(rtype, note=res.get("note")), concept_path=path,
             status=_text(res.get("status"), f"{rtype}.status")))
+    elif rtype == "Medication":
+        rows.medications[_text(res.get("id"), "Medication.id") or ""] = _code(res.get("code"), "Medication.code")
     elif rtype in ("ServiceRequest", "ReferralRequest"):
         _referral(res, rtype, rows, pos)
     elif rtype == "Appointment":
@@ -551,6 +594,14 @@ def _resolve_nhs_refs(rows: _Rows) -> None:
                                               and r.startswith(NHS_REF) else r for r in refs]
 
 
+def _resolve_medications(rows: _Rows) -> None:
+    """The code of a medication named through medicationReference: the Medication resource in the delivery
+    (a reference it does not hold leaves the code empty: the row is quarantined as an invalid code)."""
+    meds = rows.cols["medications"]
+    for row, ref in rows.med_refs:
+        meds["code_system"][row], meds["code"][row] = rows.medications.get(ref, (None, None))
+
+
 def read_bundles(location: Path, practice: str, only: list[str] | None = None,
                  type1: OptOutCodes | None = None, *, report: dict | None = None,
                  strict: bool = False) -> dict[str, pa.Table]:
@@ -604,6 +655,11 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
                     raise SourceError(f"unreadable element {exc.path}", practice=practice, file=path.name,
                                       row=index) from None
                 _unreadable_row(res, rtype, rows, pos, exc.path)
+            else:
+                if rtype == "Medication" and isinstance(entry.get("fullUrl"), str):  # referenced by fullUrl
+                    full = _lenient_ref(entry["fullUrl"])
+                    if full:
+                        rows.medications[full] = rows.medications.get(res.get("id") or "", (None, None))
             if scan:
                 _type1_evidence(res, rows, pos, type1)
     others = rows.organisations - {practice}
@@ -611,6 +667,7 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
         raise SourceError(f"delivery names another practice's ODS code ({', '.join(sorted(others))})",
                           practice=practice, file=str(location))
     _resolve_nhs_refs(rows)
+    _resolve_medications(rows)
     prac = rows.cols["practitioners"]
     prac["role_code"] = [rows.roles.get(r or "", (None, None))[0] for r in prac["source_id"]]
     prac["role_name"] = [rows.roles.get(r or "", (None, None))[1] for r in prac["source_id"]]
