@@ -36,6 +36,7 @@ VACCINATION_PROCEDURE_URLS = (
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-VaccinationProcedure",
 )
 _PREFERRED = ("snomed", "dmd", "readv2", "ctv3")
+ODS_REF = "ods:"  # an organisation given by its ODS code (identifier), not by reference
 NHS_REF = "nhs:"  # a subject given by NHS-number identifier, until it is resolved to the Patient resource
 _NHS_SYSTEMS = {"fhir.nhs.uk/id/nhs-number", "2.16.840.1.113883.2.1.4.1"}
 _EFFECTIVE = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued")
@@ -287,6 +288,8 @@ class _Rows:
         self.issues: dict[str, list] = {t: [] for t in SCHEMAS}
         self.roles: dict[str, tuple[str | None, str | None]] = {}
         self.organisations: set[str] = set()
+        self.org_ods: dict[str, str] = {}  # Organization id (and fullUrl) -> ODS code
+        self.patient_orgs: list[tuple[str, list[str]]] = []  # (file, organisations a patient is registered at)
         self.unmapped: dict[str, int] = defaultdict(int)
         self.unreadable: dict[str, int] = defaultdict(int)
         self.medications: dict[str, tuple[str | None, str | None]] = {}  # Medication id -> (system, code)
@@ -346,6 +349,17 @@ def _patient(res: dict, rows: _Rows, pos: dict) -> None:
     telecom = [_text(t.get("value"), f"Patient.telecom[{i}].value")
                for i, t in enumerate(_objs(res.get("telecom"), "Patient.telecom"))]
     gps = _objs(res.get("generalPractitioner"), "Patient.generalPractitioner")
+    orgs = []  # where the patient is registered: references to Organizations, or ODS codes given as identifiers
+    managing = _objs(res.get("managingOrganization"), "Patient.managingOrganization")
+    for name, items in (("generalPractitioner", gps), ("managingOrganization", managing)):
+        for i, item in enumerate(items):
+            ident = _obj(item.get("identifier"), f"Patient.{name}[{i}].identifier") or {}
+            if ident.get("system") == ODS_SYSTEM and _text(ident.get("value"), f"Patient.{name}[{i}].identifier"):
+                orgs.append(ODS_REF + _text(ident.get("value"), f"Patient.{name}[{i}].identifier.value"))
+            ref = _ref(item, f"Patient.{name}[{i}]")
+            if ref:
+                orgs.append(ref)
+    rows.patient_orgs.append((pos["_src_file"], orgs))
     rows.add("patients", source_id=_text(res.get("id"), "Patient.id"), nhs_number=nhs, family_name=family,
              given_names=given, birth_date=_text(res.get("birthDate"), "Patient.birthDate"),
              gender=_text(res.get("gender"), "Patient.gender"),
@@ -484,6 +498,9 @@ def _route(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
                 ods = _text(ident.get("value"), f"Organization.identifier[{i}].value")
                 if ods:
                     rows.organisations.add(ods)
+                    rows.org_ods.setdefault(_text(res.get("id"), "Organization.id") or "", ods)
+                    if pos.get("_full_url"):
+                        rows.org_ods.setdefault(pos["_full_url"], ods)
     elif rtype in ("Condition", "Observation"):
         _observation(res, rtype, rows, pos)
     elif rtype in ("MedicationStatement", "MedicationRequest"):
@@ -594,6 +611,24 @@ def _resolve_nhs_refs(rows: _Rows) -> None:
                                               and r.startswith(NHS_REF) else r for r in refs]
 
 
+def _check_practice(rows: _Rows, practice: str, location: Path) -> None:
+    """The delivery must be the practice's own: every patient registered (``generalPractitioner``,
+    ``managingOrganization``) at an organisation is registered at this practice. Other organisations (the
+    laboratory, the hospital, a previous practice) may appear freely. Where no patient names its organisation,
+    a delivery that holds Organization resources must hold the practice's own among them."""
+    for file, refs in rows.patient_orgs:
+        codes = {r[len(ODS_REF):] if r.startswith(ODS_REF) else rows.org_ods.get(r) for r in refs} - {None}
+        others = codes - {practice}
+        if others and practice not in codes:
+            raise SourceError(f"the delivery's patients are registered at another practice "
+                              f"({', '.join(sorted(others))}), not {practice}", practice=practice, file=file)
+    linked = any(r.startswith(ODS_REF) or r in rows.org_ods for _, refs in rows.patient_orgs for r in refs)
+    if not linked and rows.organisations and practice not in rows.organisations:
+        raise SourceError(f"the delivery names another practice's organisation "
+                          f"({', '.join(sorted(rows.organisations))}) and not {practice}", practice=practice,
+                          file=str(location.name))
+
+
 def _resolve_medications(rows: _Rows) -> None:
     """The code of a medication named through medicationReference: the Medication resource in the delivery
     (a reference it does not hold leaves the code empty: the row is quarantined as an invalid code)."""
@@ -648,6 +683,8 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
             if not isinstance(rtype, str) or not rtype.strip():
                 raise SourceError("unreadable element resourceType", practice=practice, file=path.name, row=index)
             pos = {"_src_file": path.name, "_src_entry": index}
+            if rtype == "Organization" and isinstance(entry.get("fullUrl"), str):
+                pos["_full_url"] = _lenient_ref(entry["fullUrl"])
             try:
                 _route(res, rtype, rows, pos)
             except Unreadable as exc:
@@ -662,10 +699,7 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
                         rows.medications[full] = rows.medications.get(res.get("id") or "", (None, None))
             if scan:
                 _type1_evidence(res, rows, pos, type1)
-    others = rows.organisations - {practice}
-    if others:
-        raise SourceError(f"delivery names another practice's ODS code ({', '.join(sorted(others))})",
-                          practice=practice, file=str(location))
+    _check_practice(rows, practice, location)
     _resolve_nhs_refs(rows)
     _resolve_medications(rows)
     prac = rows.cols["practitioners"]
