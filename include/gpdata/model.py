@@ -52,6 +52,7 @@ CURATED: dict[str, pa.Schema] = {
         _f("lsoa_code", _STR, "Lower layer super output area of the home postcode (2021)"),
         _f("postcode_district", _STR, "Outward code of the home postcode (e.g. LS1)"),
         _f("registration_date", _DATE, "Date the current registration at the practice started"),
+        _f("registration_end_date", _DATE, "Date the registration at the practice ended (null while registered)"),
         _f("death_month", _DATE, "Date of death generalised to the first day of its month"),
     ]),
     "practitioners": pa.schema(_COMMON + [
@@ -129,7 +130,7 @@ CANONICAL: dict[str, pa.Schema] = {
         pa.field("given_names", _STR), pa.field("birth_date", _DATE), pa.field("gender", _STR),
         pa.field("address", _STR), pa.field("postcode", _STR), pa.field("telecom", _STR),
         pa.field("ethnic_category", _STR), pa.field("registration_date", _DATE),
-        pa.field("deceased_date", _DATE), pa.field("gp_ref", _STR)),
+        pa.field("deceased_date", _DATE), pa.field("gp_ref", _STR), pa.field("registration_end_date", _DATE)),
     "practitioners": _canon(
         pa.field("source_id", _STR), pa.field("sds_user_id", _STR), pa.field("family_name", _STR),
         pa.field("given_names", _STR), pa.field("role_code", _STR), pa.field("role_name", _STR)),

@@ -158,6 +158,7 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
         "lsoa_code": lsoa,
         "postcode_district": pc.utf8_slice_codeunits(postcode, 0, -3),
         "registration_date": pat["registration_date"],
+        "registration_end_date": pat["registration_end_date"],
         "death_month": _month(pat["deceased_date"].combine_chunks()),
         POSITION[0]: pat["_src_file"], POSITION[1]: pat["_src_entry"],
         ISSUE: _issues(pat, first_reason(n, [(pc.is_null(pat["nhs_number"]), "missing_nhs_number"),

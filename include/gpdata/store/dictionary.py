@@ -34,6 +34,7 @@ _COLUMNS: dict[str, tuple[str, object]] = {
     "lsoa_code": (_QUASI, "E01000001"),
     "postcode_district": (_QUASI, "LS1"),
     "registration_date": (_DATE, "2001-02-01"),
+    "registration_end_date": (_DATE, "2024-03-01"),
     "event_date": (_DATE, "2020-01-01"),
     "due_date": (_DATE, "2026-06-01"),
     "start_time": (_DATE, "2024-03-01T09:10:00Z"),

@@ -335,7 +335,7 @@ def _patient(res: dict, rows: _Rows, pos: dict) -> None:
     family, given = _first_name(res, "Patient")
     addresses = _objs(res.get("address"), "Patient.address")
     address = next((a for a in addresses if a.get("use") == "home"), addresses[0] if addresses else {})
-    ethnic = registration = None
+    ethnic = registration = registration_end = None
     for i, ext in enumerate(_objs(res.get("extension"), "Patient.extension")):
         url = ext.get("url")
         where = f"Patient.extension[{i}]"
@@ -346,6 +346,7 @@ def _patient(res: dict, rows: _Rows, pos: dict) -> None:
                 if sub.get("url") == "registrationPeriod":
                     period = _obj(sub.get("valuePeriod"), f"{where}.extension[{j}].valuePeriod") or {}
                     registration = _text(period.get("start"), f"{where}.extension[{j}].valuePeriod.start")
+                    registration_end = _text(period.get("end"), f"{where}.extension[{j}].valuePeriod.end")
     telecom = [_text(t.get("value"), f"Patient.telecom[{i}].value")
                for i, t in enumerate(_objs(res.get("telecom"), "Patient.telecom"))]
     gps = _objs(res.get("generalPractitioner"), "Patient.generalPractitioner")
@@ -366,7 +367,7 @@ def _patient(res: dict, rows: _Rows, pos: dict) -> None:
              address=", ".join(_strs(address.get("line"), "Patient.address.line")) or None,
              postcode=_text(address.get("postalCode"), "Patient.address.postalCode"),
              telecom=", ".join(t for t in telecom if t) or None,
-             ethnic_category=ethnic, registration_date=registration,
+             ethnic_category=ethnic, registration_date=registration, registration_end_date=registration_end,
              deceased_date=_text(res.get("deceasedDateTime"), "Patient.deceasedDateTime"),
              gp_ref=_ref(gps[0], "Patient.generalPractitioner[0]") if gps else None, **pos)
 
