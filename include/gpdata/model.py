@@ -15,7 +15,8 @@ ISSUE = "_issue"                        # a reason found before pseudonymisation
 
 # Pseudonym columns and the field key each is made with.
 PSEUDONYM_FIELDS = {"patient_pid": "nhs_number", "dob_pid": "date_of_birth", "postcode_pid": "postcode",
-                    "practitioner_pid": "practitioner", "record_id": "record_id", "authorisation_id": "record_id"}
+                    "practitioner_pid": "practitioner", "record_id": "record_id", "authorisation_id": "record_id",
+                    "panel_id": "record_id"}
 
 TABLES = ("patients", "practitioners", "observations", "medications", "allergies", "immunisations",
           "referrals", "recalls", "appointments")
@@ -51,6 +52,7 @@ CURATED: dict[str, pa.Schema] = {
         _f("lsoa_code", _STR, "Lower layer super output area of the home postcode (2021)"),
         _f("postcode_district", _STR, "Outward code of the home postcode (e.g. LS1)"),
         _f("registration_date", _DATE, "Date the current registration at the practice started"),
+        _f("registration_end_date", _DATE, "Date the registration at the practice ended (null while registered)"),
         _f("death_month", _DATE, "Date of death generalised to the first day of its month"),
     ]),
     "practitioners": pa.schema(_COMMON + [
@@ -65,6 +67,7 @@ CURATED: dict[str, pa.Schema] = {
         _f("code", _STR, "Clinical code"),
         _f("value", _F64, "Numeric result, if any"),
         _f("unit", _STR, "UCUM unit of the value"),
+        _f("panel_id", _STR, "record_id of the panel (e.g. a blood pressure) this value is a component of"),
     ]),
     "medications": pa.schema(_COMMON + _EVENT + [
         _f("event_date", _DATE, "Date authorised (authorisation) or issued (issue)"),
@@ -127,11 +130,12 @@ CANONICAL: dict[str, pa.Schema] = {
         pa.field("given_names", _STR), pa.field("birth_date", _DATE), pa.field("gender", _STR),
         pa.field("address", _STR), pa.field("postcode", _STR), pa.field("telecom", _STR),
         pa.field("ethnic_category", _STR), pa.field("registration_date", _DATE),
-        pa.field("deceased_date", _DATE), pa.field("gp_ref", _STR)),
+        pa.field("deceased_date", _DATE), pa.field("gp_ref", _STR), pa.field("registration_end_date", _DATE)),
     "practitioners": _canon(
         pa.field("source_id", _STR), pa.field("sds_user_id", _STR), pa.field("family_name", _STR),
         pa.field("given_names", _STR), pa.field("role_code", _STR), pa.field("role_name", _STR)),
-    "observations": _canon(*_EV, pa.field("category", _STR), pa.field("value", _F64), pa.field("unit", _STR)),
+    "observations": _canon(*_EV, pa.field("category", _STR), pa.field("value", _F64), pa.field("unit", _STR),
+                           pa.field("panel_ref", _STR)),
     "medications": _canon(*_EV, pa.field("medication_type", _STR), pa.field("status", _STR),
                           pa.field("quantity", _F64), pa.field("quantity_unit", _STR),
                           pa.field("authorisation_ref", _STR)),

@@ -167,6 +167,13 @@ def guard_numeric(tables: dict[str, pa.Table], practice: str, stage: str = "extr
                           stage=stage)
 
 
+def _issues(table: pa.Table, found: pa.Array) -> pa.Array:
+    """A reason the source adapter gave (e.g. an unreadable FHIR entry) first, then those found here."""
+    if ISSUE not in table.column_names:
+        return found
+    return pc.coalesce(table[ISSUE].combine_chunks(), found)
+
+
 def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymiser,
                postcodes: PostcodeLookup, restricted: RestrictedCodes | frozenset[str],
                known: pa.Table | None = None,
@@ -200,10 +207,11 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
         "lsoa_code": lsoa,
         "postcode_district": pc.utf8_slice_codeunits(postcode, 0, -3),
         "registration_date": pat["registration_date"],
+        "registration_end_date": pat["registration_end_date"],
         "death_month": _month(pat["deceased_date"].combine_chunks()),
         POSITION[0]: pat["_src_file"], POSITION[1]: pat["_src_entry"],
-        ISSUE: first_reason(n, [(pc.is_null(pat["nhs_number"]), "missing_nhs_number"),
-                            (pc.invert(valid), "invalid_nhs_number")]),
+        ISSUE: _issues(pat, first_reason(n, [(pc.is_null(pat["nhs_number"]), "missing_nhs_number"),
+                                             (pc.invert(valid), "invalid_nhs_number")])),
     }, n, practice, pseudo.version)
     patient_refs = pat["source_id"].combine_chunks()
 
@@ -214,7 +222,7 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
     staged["practitioners"] = _finish("practitioners", {
         "practitioner_pid": prac_pids, "role_code": prac["role_code"], "role_name": prac["role_name"],
         POSITION[0]: prac["_src_file"], POSITION[1]: prac["_src_entry"],
-        ISSUE: first_reason(prac.num_rows, [(pc.is_null(prac_ids), "missing_record_id")]),
+        ISSUE: _issues(prac, first_reason(prac.num_rows, [(pc.is_null(prac_ids), "missing_record_id")])),
     }, prac.num_rows, practice, pseudo.version)
     prac_roles = prac["role_code"].combine_chunks()
 
@@ -261,9 +269,9 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
             "patient_pid": pids,
             "practitioner_pid": practitioner_pid,
             POSITION[0]: table["_src_file"], POSITION[1]: table["_src_entry"],
-            ISSUE: first_reason(m, [(pc.is_null(table["source_id"]), "missing_record_id"),
-                                (pc.invert(found), "unknown_patient"),
-                                (pc.is_null(pids), "patient_invalid_nhs_number")]),
+            ISSUE: _issues(table, first_reason(m, [(pc.is_null(table["source_id"]), "missing_record_id"),
+                                                   (pc.invert(found), "unknown_patient"),
+                                                   (pc.is_null(pids), "patient_invalid_nhs_number")])),
         }
         curated = set(CURATED[name].names)
         for col in table.column_names:
@@ -271,6 +279,8 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
                 columns[col] = table[col]
         if name == "medications":
             columns["authorisation_id"] = pseudo(table["authorisation_ref"], "record_id")
+        if name == "observations":
+            columns["panel_id"] = pseudo(table["panel_ref"], "record_id")
         if name == "appointments":
             columns["staff_role"] = staff_role
         staged[name] = _finish(name, columns, m, practice, pseudo.version)

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from gpdata.arrowutil import const, first_reason
 from gpdata.codes import codes_valid
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, POSITION, QUARANTINE_SCHEMA, TABLES
-from gpdata.quality import suites
+from gpdata.quality import suites, units
 
 # Tables whose (system, code) must be well formed. Appointments carry no code.
 _CODED = {t for t in EVENT_TABLES if t != "appointments"}
@@ -79,9 +79,33 @@ def _measurement_rules(table: pa.Table) -> list[tuple[pa.Array, str]]:
             (pc.and_(with_value, out_of_range), "implausible_value")]
 
 
+def _patient_date_rules(table: pa.Table) -> list[tuple[pa.Array, str]]:
+    """Impossible patient dates. Birth and death are kept to the month: a registration is before birth when it
+    is before the birth month; a death is before registration when its month is before the registration's."""
+    birth, death = table["birth_month"], table["death_month"]
+    start = table["registration_date"]
+    end = table["registration_end_date"] if "registration_end_date" in table.column_names else None
+    rules = [(pc.less(start, birth), "registration_before_birth"),
+             (pc.less(death, birth), "death_before_birth"),
+             (pc.less(death, pc.floor_temporal(start, unit="month")), "death_before_registration")]
+    if end is not None:
+        rules.append((pc.less(end, start), "registration_end_before_start"))
+    return rules
+
+
+def _after_death(table: pa.Table, death_month: tuple[pa.Array, pa.Array]) -> pa.Array:
+    """Events dated after the patient's death beyond the grace period. Death is kept to the month, so the
+    grace runs from the month's 31st day."""
+    pids, months = death_month
+    died = pc.take(months, pc.index_in(table["patient_pid"], value_set=pids))
+    limit = pc.add(died.cast(pa.int32()), pa.scalar(31 + suites.death_grace_days(), pa.int32())).cast(pa.date32())
+    return pc.greater(table["event_date"], limit)
+
+
 def row_reasons(table_name: str, table: pa.Table, today: dt.date,
                 birth_month: tuple[pa.Array, pa.Array] | None = None,
-                known_patients: pa.Array | None = None) -> pa.Array:
+                known_patients: pa.Array | None = None,
+                death_month: tuple[pa.Array, pa.Array] | None = None) -> pa.Array:
     """The first rule each row breaks (a reason code), or null where the row is clean. A reason found
     before pseudonymisation (``_issue``) comes first."""
     rules: list[tuple[pa.Array, str]] = []
@@ -89,6 +113,7 @@ def row_reasons(table_name: str, table: pa.Table, today: dt.date,
         rules += [(pc.is_null(table["patient_pid"]), "missing_key"),
                   (pc.greater(table["birth_month"], pa.scalar(today)), "future_date"),
                   (pc.less(table["birth_month"], pa.scalar(suites.EARLIEST)), "date_before_1900"),
+                  *_patient_date_rules(table),
                   (_duplicates(table["patient_pid"].combine_chunks()), "duplicate_record")]
     elif table_name == "practitioners":
         rules += [(_duplicates(table["practitioner_pid"].combine_chunks()), "duplicate_record")]
@@ -102,6 +127,8 @@ def row_reasons(table_name: str, table: pa.Table, today: dt.date,
             pids, months = birth_month
             born = pc.take(months, pc.index_in(table["patient_pid"], value_set=pids))
             rules.append((pc.less(date, born), "before_birth"))
+        if death_month is not None and table_name not in suites.AFTER_DEATH_ALLOWED:
+            rules.append((_after_death(table, death_month), "after_death"))
         if table_name in _CODED:
             rules.append((pc.invert(codes_valid(table["code_system"].combine_chunks(),
                                                 table["code"].combine_chunks())), "invalid_code"))
@@ -256,11 +283,14 @@ def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.d
     passed: dict[str, pa.Table] = {}
     counts: dict = {"rows_in": {}, "rows_passed": {}, "quarantined": {}}
     failures: list[str] = []
-    patient_pids = birth = None
+    patient_pids = birth = death = None
     started = time.monotonic()
     for name in TABLES:  # patients first: events are checked against the patients that passed
         table = staged[name]
-        reasons = row_reasons(name, table, today, birth_month=birth, known_patients=patient_pids)
+        if name == "observations":  # measurement values in another UCUM unit: to the configured one
+            table, counts["units_converted"] = units.to_configured(table)
+        reasons = row_reasons(name, table, today, birth_month=birth, known_patients=patient_pids,
+                              death_month=death)
         bad = pc.is_valid(reasons)
         clean = table.filter(pc.invert(bad))
         passed[name] = clean.select(CURATED[name].names).cast(CURATED[name])
@@ -272,6 +302,9 @@ def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.d
                 patient_pids = pa.concat_arrays([patient_pids, known_patients[0].filter(older)])
                 months = pa.concat_arrays([months, known_patients[1].filter(older)])
             birth = (patient_pids, months)
+            dead = pc.is_valid(clean["death_month"])
+            death = (clean["patient_pid"].filter(dead).combine_chunks(),
+                     clean["death_month"].filter(dead).combine_chunks())
         rejected = table.filter(bad)
         rej_reasons = reasons.filter(bad)
         n_bad = rejected.num_rows

@@ -10,11 +10,16 @@ measurements. Malformed codes, dates before birth and referential integrity are 
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
+from pathlib import Path
 
 import pyarrow as pa
+import yaml
 
 from gpdata.codes import Measurement, measurements  # noqa: F401 (re-exported)
+from gpdata.errors import ConfigError
 from gpdata.model import CURATED, PARTITION, PSEUDONYM_FIELDS
+from gpdata.settings import CONFIG_DIR
 
 PSEUDONYM_REGEX = r"^[0-9a-f]{64}$"
 EARLIEST = dt.date(1900, 1, 1)
@@ -26,6 +31,24 @@ VALUE_SETS = {
     "category": ["condition", "observation"],
 }
 UNIQUE_KEY = {"patients": "patient_pid", "practitioners": "practitioner_pid"}
+# Tables whose rows may be dated after the patient's death (an appointment booked before it).
+AFTER_DEATH_ALLOWED = {"appointments"}
+# Patient dates that must not be before another (column A >= column B, where both are recorded).
+PATIENT_DATE_ORDER = (("registration_date", "birth_month"), ("death_month", "birth_month"),
+                      ("registration_end_date", "registration_date"))
+
+
+@lru_cache(maxsize=4)
+def death_grace_days(path: Path = CONFIG_DIR / "quality.yaml") -> int:
+    """Days after the month of death an event may still be dated (a late entry, a post-mortem result)."""
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+        value = int(doc.get("events_after_death_grace_days", 0))
+    except (FileNotFoundError, yaml.YAMLError, TypeError, ValueError) as exc:
+        raise ConfigError(f"quality configuration {path}: events_after_death_grace_days: {exc}") from None
+    if value < 0:
+        raise ConfigError(f"quality configuration {path}: events_after_death_grace_days must be 0 or more")
+    return value
 
 
 def latest_allowed(table: str, today: dt.date) -> dt.date:
@@ -56,6 +79,11 @@ def suite(table: str, practice: str, today: dt.date, empty: frozenset[str] = fro
         if f.name in VALUE_SETS:
             exps.append(e.ExpectColumnValuesToBeInSet(column=f.name, value_set=VALUE_SETS[f.name]))
     exps.append(e.ExpectColumnValuesToBeUnique(column=UNIQUE_KEY.get(table, "record_id")))
+    if table == "patients":
+        for later, earlier in PATIENT_DATE_ORDER:
+            if later in schema.names and earlier in schema.names and not {later, earlier} & empty:
+                exps.append(e.ExpectColumnPairValuesAToBeGreaterThanB(
+                    column_A=later, column_B=earlier, or_equal=True, ignore_row_if="either_value_is_missing"))
     if table == "observations" and with_measurements:
         exps += measurement_suite()
     return exps

@@ -32,7 +32,11 @@ from .people import (
 from .records import BASE_ORD, FUTURE_MAX_DAYS, OPTOUT_START, TIMES, DateStrings, Person, RecordBuilder
 
 DEFAULT_TODAY = dt.date(2026, 1, 1)
-DIRTY_KEYS = ("invalid_nhs_number", "future_date", "before_birth", "unknown_code", "duplicate")
+# Impossible patient dates (quarantined by the patient-level date rules), a few of each on otherwise clean patients.
+PATIENT_DATE_KEYS = ("registration_before_birth", "death_before_birth", "death_before_registration",
+                     "registration_end_before_start", "after_death")
+DIRTY_KEYS = ("invalid_nhs_number", "future_date", "before_birth", "unknown_code", "duplicate", *PATIENT_DATE_KEYS)
+AFTER_DEATH_DAYS = 120  # an event this long after death: beyond any month of death plus a grace period
 GENERATE_BUNDLE_SIZE = 500  # bundle size used by generate()
 EARLIEST_TODAY = dt.date(2011, 1, 1)  # births reach back 101 years, dirty dates 10 more; all after 1900
 _DAYS_PER_YEAR = 365.25
@@ -361,6 +365,12 @@ def _generate_practice(out_dir: Path, ods: str, *, index: int, nhs_offset: int, 
     dirty_ok = ~invalid & ~active_optout
     dup_patient = (drng.random(n) < dirty_fraction / 4) & dirty_ok
 
+    # Impossible patient dates: from a stream of their own, so the other dirt is drawn as before; their patients
+    # carry no other dirt (a quarantined patient's events are unknown patients, not before_birth)
+    date_dirt = _patient_date_dirt(np.random.default_rng(ss.spawn(1)[0]), dirty_fraction,
+                                   dirty_ok & ~dup_patient & (n_optout_codes == 0), dead, birth, reg, end, today_ord)
+    for i in date_dirt:
+        dirty_ok[i] = False
     builder = RecordBuilder(lib, rng, drng, ids, clinicians, today_ord, dirty_fraction, dates)
     managing = {"identifier": {"system": C.ODS_SYSTEM, "value": ods}}
     genders = ("male", "female", "other", "unknown")
@@ -427,8 +437,16 @@ def _generate_practice(out_dir: Path, ods: str, *, index: int, nhs_offset: int, 
                 letter = C.ETHNIC_LETTERS[grp] if grp >= 0 else "Z"
                 ext.append({"url": C.ETHNIC_EXT_URL, "valueCodeableConcept": {
                     "coding": [{"system": C.ETHNIC_SYSTEM, "code": letter}]}})
+            period = {"start": ds[L["reg"][i] - BASE_ORD]}
+            bad_date = date_dirt.get(i)
+            if bad_date is not None:
+                kind, day = bad_date
+                if kind == "registration_before_birth":
+                    period["start"] = dt.date.fromordinal(day).isoformat()
+                elif kind == "registration_end_before_start":
+                    period["end"] = dt.date.fromordinal(day).isoformat()
             ext.append({"url": C.REGISTRATION_EXT_URL, "extension": [
-                {"url": "registrationPeriod", "valuePeriod": {"start": ds[L["reg"][i] - BASE_ORD]}}]})
+                {"url": "registrationPeriod", "valuePeriod": period}]})
             patient = {"resourceType": "Patient", "id": rid, "extension": ext,
                        "identifier": [{"system": C.NHS_NUMBER_SYSTEM, "value": written}],
                        "name": [{"use": "official", "family": family, "given": given}],
@@ -437,6 +455,10 @@ def _generate_practice(out_dir: Path, ods: str, *, index: int, nhs_offset: int, 
                        "gender": genders[g], "birthDate": ds[L["birth"][i] - BASE_ORD]}
             if L["dead"][i]:
                 patient["deceasedDateTime"] = ds[L["end"][i] - BASE_ORD] + TIMES[L["death_slot"][i]]
+            if bad_date is not None and bad_date[0] in ("death_before_birth", "death_before_registration"):
+                patient["deceasedDateTime"] = dt.date.fromordinal(bad_date[1]).isoformat()
+            if bad_date is not None and bad_date[0] != "after_death":
+                dirty[bad_date[0]] += 1
             patient["address"] = [{"use": "home", "line": lines, "city": area.town,
                                    "postalCode": area.postcodes[L["pc_idx"][i]]}]
             patient["generalPractitioner"] = [gp_refs[L["gp_pick"][i]]]
@@ -458,6 +480,12 @@ def _generate_practice(out_dir: Path, ods: str, *, index: int, nhs_offset: int, 
                 chol0=L["chol0"][i], hba0=L["hba0"][i], h_adult=L["h_adult"][i], bmi0=L["bmi0"][i],
                 dirty_ok=L["dirty_ok"][i])
             out = builder.build(person)
+            if bad_date is not None and bad_date[0] == "after_death":
+                late = next((r for r in out.resources if r["resourceType"] == "Observation"
+                             and "effectiveDateTime" in r), None)
+                if late is not None:
+                    late["effectiveDateTime"] = dt.date.fromordinal(bad_date[1]).isoformat()
+                    dirty["after_death"] += 1
             entries.extend(out.resources)
             for k, v in out.dirty.items():
                 dirty[k] += v
@@ -486,3 +514,38 @@ def _generate_practice(out_dir: Path, ods: str, *, index: int, nhs_offset: int, 
         ods_code=ods, n_patients=n, n_optout_active=n_active, n_optout_withdrawn=n_withdrawn,
         n_invalid_nhs_number=n_invalid, resources=dict(sorted(counts.items())), dirty=dirty)
     return truth, area.pairs(), valid_out
+
+
+def _patient_date_dirt(prng: np.random.Generator, dirty_fraction: float, clean: np.ndarray, dead: np.ndarray,
+                       birth: np.ndarray, reg: np.ndarray, end: np.ndarray, today_ord: int) -> dict[int, tuple]:
+    """Patient index -> (kind, the ordinal of the impossible date) for a few patients of each PATIENT_DATE_KEYS
+    kind (one per 2,500 patients at dirty_fraction 0.01, at least one when there is dirt), each on its own
+    otherwise clean patient: a registration 40-400 days before birth, a death 40-400 days before birth, a death
+    45 days before the registration's month, a registration end 1-400 days before its start, and an event
+    AFTER_DEATH_DAYS after death."""
+    n = len(clean)
+    if dirty_fraction <= 0 or n == 0:
+        return {}
+    k = max(1, round(n * dirty_fraction / 25))
+    order = prng.permutation(n)
+    offsets = prng.integers(40, 401, n)
+    can = {
+        "registration_before_birth": clean,
+        "death_before_birth": clean & dead,  # dead patients only: the living have future bookings
+        "death_before_registration": clean & dead & (reg - birth > 120),
+        "registration_end_before_start": clean & (reg - birth > 410),  # so the end never falls on the birth
+        "after_death": clean & dead & (end + AFTER_DEATH_DAYS < today_ord - 1),
+    }
+    day = {
+        "registration_before_birth": birth - offsets,
+        "death_before_birth": birth - offsets,
+        "death_before_registration": reg - 45,
+        "registration_end_before_start": reg - np.minimum(offsets - 39, 400),
+        "after_death": end + AFTER_DEATH_DAYS,
+    }
+    out: dict[int, tuple] = {}
+    for kind in PATIENT_DATE_KEYS:
+        chosen = [int(i) for i in order if can[kind][i] and int(i) not in out][:k]
+        for i in chosen:
+            out[i] = (kind, int(day[kind][i]))
+    return out

@@ -133,6 +133,7 @@ def recount(practice: Practice, today: dt.date) -> Recount:
         if not (nhs_number_valid(value) and nhs_number_in_test_range(value)):
             n_invalid += 1
     future = before = unknown = 0
+    by_kind, dead = _patient_dates(patients)
     obs_by_patient: dict[str, list[dict]] = {}
     for r in unique.values():
         rt = r["resourceType"]
@@ -145,6 +146,9 @@ def recount(practice: Practice, today: dt.date) -> Recount:
             future += 1
         elif any(d < birth for d, _ in dates):
             before += 1
+        elif rt != "Appointment" and patient_id_of(r) in dead \
+                and any(d > dead[patient_id_of(r)] for d, ok in dates if not ok):  # event dates, not due dates
+            by_kind["after_death"] += 1
         elif rt in CODE_PATHS and _bad_code(r[CODE_PATHS[rt]]):
             unknown += 1
         if rt == "Observation":
@@ -154,4 +158,35 @@ def recount(practice: Practice, today: dt.date) -> Recount:
         n_patients=len(patients), n_optout_active=states["active"], n_optout_withdrawn=states["withdrawn"],
         n_invalid_nhs_number=n_invalid, resources=dict(sorted(counts.items())),
         dirty={"invalid_nhs_number": n_invalid, "future_date": future, "before_birth": before,
-               "unknown_code": unknown, "duplicate": n_entries - len(unique)})
+               "unknown_code": unknown, "duplicate": n_entries - len(unique), **by_kind})
+
+
+def _patient_dates(patients: dict[str, dict]) -> tuple[Counter, dict[str, str]]:
+    """Patients with an impossible date, by the first patient-level rule they break (gpdata.quality.rules: birth
+    and death kept to the month), and the date after which events of each clean dead patient are after death
+    (the month of death, its 31 days and a 30-day grace)."""
+    kinds: Counter = Counter({k: 0 for k in ("registration_before_birth", "death_before_birth",
+                                             "death_before_registration", "registration_end_before_start",
+                                             "after_death")})
+    dead: dict[str, str] = {}
+    for pid, r in patients.items():
+        value = r["identifier"][0]["value"]
+        if not (nhs_number_valid(value) and nhs_number_in_test_range(value)):
+            continue
+        birth = r["birthDate"][:7]
+        period = next((e["extension"][0]["valuePeriod"] for e in r.get("extension", ())
+                       if e.get("url") == C.REGISTRATION_EXT_URL), {})
+        start, end = period.get("start", ""), period.get("end")
+        death = r.get("deceasedDateTime", "")[:10]
+        if start and start < birth + "-01":
+            kinds["registration_before_birth"] += 1
+        elif death and death[:7] < birth:
+            kinds["death_before_birth"] += 1
+        elif death and start and death[:7] < start[:7]:
+            kinds["death_before_registration"] += 1
+        elif end and start and end < start:
+            kinds["registration_end_before_start"] += 1
+        elif death:
+            month = dt.date.fromisoformat(death[:7] + "-01")
+            dead[pid] = (month + dt.timedelta(days=31 + 30)).isoformat()
+    return kinds, dead

@@ -7,6 +7,7 @@ from gpdata.model import CURATED, POSITION, staged_schema
 from gpdata.privacy import keys
 from gpdata.privacy.deid import Pseudonymiser
 from tests import factory as f
+from tests.conftest import practice_resources
 from tests.test_helpers import staged_tables
 
 
@@ -55,3 +56,12 @@ def test_different_master_keys_give_disjoint_pseudonyms():
     b = Pseudonymiser(keys.load_master_key({keys.KEY_ENV: "02" * 32}))(values, "nhs_number").to_pylist()
     again = Pseudonymiser(keys.load_master_key({keys.KEY_ENV: "01" * 32}))(values, "nhs_number").to_pylist()
     assert not set(a) & set(b) and a == again and len(set(a)) == 3
+
+
+def test_unreadable_fhir_entry_keeps_its_reason_through_deidentification(tmp_path):
+    bad = f.observation("bad1", "p1", f.BMI, "2020-01-01")
+    bad["code"] = {"coding": [["nested"]]}  # no way to read this coding
+    staged, _, _ = staged_tables(tmp_path, [bad])
+    obs = staged["observations"].to_pylist()
+    assert [o["_src_entry"] for o in obs if o["_issue"] == "unreadable_entry"] == [len(practice_resources())]
+    assert sum(1 for o in obs if o["_issue"] is None) > 0

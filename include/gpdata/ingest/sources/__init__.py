@@ -49,12 +49,14 @@ class Batch:
     watermark: str | None = None
     snapshot: str | None = None
     unmapped: dict[str, list[str]] = field(default_factory=dict)  # table -> delivered columns no field maps
+    resources: dict = field(default_factory=dict)  # FHIR: unmapped resource types and unreadable entries, counted
 
     def summary(self) -> dict:
         out = {"mode": "baseline" if self.full else "incremental", "deliveries": self.deliveries,
                "files": len(self.files), "duplicates_skipped": self.skipped, "watermark": self.watermark}
         if self.unmapped:
             out["unmapped_columns"] = self.unmapped
+        out.update(self.resources)
         return out
 
 
@@ -126,12 +128,13 @@ def _fhir(feed, state: PracticeState, quarantine_dir: Path, force: bool, token: 
     snapshot = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
     if snapshot == state.snapshot and not force:
         return None
+    report: dict = {}
     try:
-        tables = read_bundles(location, feed.ods_code, only=names)
+        tables = read_bundles(location, feed.ods_code, only=names, report=report)
     except SourceError as exc:
         raise _fail(exc, bundle_files(location), quarantine_dir) from None
     return Batch(tables=tables, deleted=_empty_deleted(), full=True, files=files, skipped=skipped,
-                 deliveries=[f"snapshot {snapshot[:12]}"], snapshot=snapshot)
+                 deliveries=[f"snapshot {snapshot[:12]}"], snapshot=snapshot, resources=report)
 
 
 def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,
@@ -340,7 +343,8 @@ def check_sample(feed, sample: Path) -> dict[str, int]:
     if feed.format == "fhir":
         from gpdata.ingest.sources.fhir import read_bundles
 
-        return {name: t.num_rows for name, t in read_bundles(sample, feed.ods_code).items()}
+        # strict: an entry the pipeline would quarantine is named here (file, entry, FHIR path)
+        return {name: t.num_rows for name, t in read_bundles(sample, feed.ods_code, strict=True).items()}
     from gpdata.ingest.dialects import load_dialect
     from gpdata.ingest.sources.flatfile import list_files, read_file
 

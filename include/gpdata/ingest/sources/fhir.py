@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from gpdata.codes import OptOutCodes, optout_codes, system_label, trim_code
 from gpdata.errors import SourceError
-from gpdata.model import CANONICAL, TYPE1_EVIDENCE, TYPE1_EVIDENCE_SCHEMA
+from gpdata.model import CANONICAL, ISSUE, TYPE1_EVIDENCE, TYPE1_EVIDENCE_SCHEMA
 
 SCHEMAS = {**CANONICAL, TYPE1_EVIDENCE: TYPE1_EVIDENCE_SCHEMA}
 
@@ -31,9 +31,16 @@ REGISTRATION_URLS = (
     "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-RegistrationDetails-1",
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-RegistrationDetails",
 )
+VACCINATION_PROCEDURE_URLS = (
+    "https://fhir.hl7.org.uk/STU3/StructureDefinition/Extension-CareConnect-VaccinationProcedure-1",
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-VaccinationProcedure",
+)
 _PREFERRED = ("snomed", "dmd", "readv2", "ctv3")
+ODS_REF = "ods:"  # an organisation given by its ODS code (identifier), not by reference
 NHS_REF = "nhs:"  # a subject given by NHS-number identifier, until it is resolved to the Patient resource
 _NHS_SYSTEMS = {"fhir.nhs.uk/id/nhs-number", "2.16.840.1.113883.2.1.4.1"}
+_EFFECTIVE = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued")
+_ONSET = ("onsetDateTime", "onsetPeriod", "recordedDate", "assertedDate")
 # Where a resource says when it happened, in order of preference (all FHIR R4 and STU3 forms).
 _DATE_FIELDS = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "onsetDateTime", "onsetPeriod",
                 "assertedDate", "recordedDate", "performedDateTime", "performedPeriod", "occurrenceDateTime",
@@ -47,32 +54,145 @@ def _is_nhs_system(system) -> bool:
     return key.rstrip("/") in _NHS_SYSTEMS
 
 
-def _ref(reference) -> str | None:
-    """The id a reference points to: ``Patient/<id>``, ``urn:uuid:<id>``, a bare string, or an NHS-number
-    identifier (``nhs:<number>``, resolved to the Patient resource once the delivery is read)."""
+class Unreadable(Exception):
+    """A resource element whose shape cannot be read (``path``: its FHIR path, never its value)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+# Defensive accessors. FHIR lets real senders vary shapes a little (one object where a list is expected, a
+# number where a string is, a list of one where an object is): those are read. Anything else is Unreadable,
+# which names the element's path, so the entry is quarantined with a reason and never crashes the run.
+
+def _obj(value, path: str) -> dict | None:
+    """An object (or None); a list holding one object is read as that object."""
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, list):
+        items = [v for v in value if v is not None]
+        if not items:
+            return None
+        if isinstance(items[0], dict):
+            return items[0]
+    raise Unreadable(path)
+
+
+def _objs(value, path: str) -> list[dict]:
+    """A list of objects; a single object is read as a list of one."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if item is not None and not isinstance(item, dict):
+                raise Unreadable(f"{path}[{i}]")
+        return [v for v in value if v is not None]
+    raise Unreadable(path)
+
+
+def _text(value, path: str) -> str | None:
+    """A string, trimmed (None when empty); a number is read as its text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise Unreadable(path)
+
+
+def _strs(value, path: str) -> list[str]:
+    """A list of strings; a single string is read as a list of one."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for i, item in enumerate(items):
+        text = _text(item, f"{path}[{i}]" if isinstance(value, list) else path)
+        if text:
+            out.append(text)
+    return out
+
+
+def _number(value, path: str) -> float | None:
+    """A number; a string holding a decimal number is read as it."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise Unreadable(path) from None
+        if number == number and abs(number) != float("inf"):
+            return number
+    raise Unreadable(path)
+
+
+def _integer(value, path: str) -> int | None:
+    number = _number(value, path)
+    if number is None:
+        return None
+    if number != int(number) or abs(number) > 2**31 - 1:
+        raise Unreadable(path)
+    return int(number)
+
+
+def _ref(reference, path: str = "reference") -> str | None:
+    """The id a reference points to: ``Patient/<id>``, ``urn:uuid:<id>``, ``#<id>`` (contained), a bare string,
+    or an NHS-number identifier (``nhs:<number>``, resolved to the Patient resource once the delivery is read)."""
+    if isinstance(reference, list):
+        reference = _obj(reference, path)
+    if reference is None:
+        return None
     if isinstance(reference, str):
         ref = reference
     elif isinstance(reference, dict):
-        ref = reference.get("reference")
+        ref = _text(reference.get("reference"), f"{path}.reference")
         if not ref:
-            ident = reference.get("identifier")
-            if isinstance(ident, dict) and _is_nhs_system(ident.get("system")) and isinstance(ident.get("value"), str):
-                return NHS_REF + ident["value"]
+            ident = _obj(reference.get("identifier"), f"{path}.identifier")
+            value = _text(ident.get("value"), f"{path}.identifier.value") if ident else None
+            if ident and _is_nhs_system(ident.get("system")) and value:
+                return NHS_REF + value
             return None
     else:
+        raise Unreadable(path)
+    ref = ref.strip()
+    if not ref:
         return None
-    if not isinstance(ref, str) or not ref.strip():
-        return None
-    return ref.strip().rsplit("/", 1)[-1].removeprefix("urn:uuid:")
+    return ref.rsplit("/", 1)[-1].removeprefix("urn:uuid:").removeprefix("#") or None
 
 
-def _code(concept: dict | None) -> tuple[str | None, str | None]:
+def _lenient_ref(reference) -> str | None:
+    try:
+        return _ref(reference)
+    except Unreadable:
+        return None
+
+
+def _codings(concept, path: str) -> list[tuple[str | None, str | None, str | None]]:
+    """(system label, code, display) of each coding of a CodeableConcept; codes trimmed."""
+    concept = _obj(concept, path)
+    if not concept:
+        return []
+    out = []
+    for i, coding in enumerate(_objs(concept.get("coding"), f"{path}.coding")):
+        where = f"{path}.coding[{i}]"
+        system = _text(coding.get("system"), f"{where}.system")
+        out.append((system_label(system), trim_code(_text(coding.get("code"), f"{where}.code")),
+                    _text(coding.get("display"), f"{where}.display")))
+    return out
+
+
+def _code(concept, path: str = "code") -> tuple[str | None, str | None]:
     """The preferred (system, code) of a CodeableConcept: SNOMED first, then dm+d, Read v2, CTV3. Systems are
     normalised (URI variants, OIDs) and codes trimmed."""
     best: tuple[int, str | None, str | None] = (len(_PREFERRED) + 1, None, None)
-    for coding in (concept or {}).get("coding") or ():
-        system = system_label(coding.get("system"))
-        code = trim_code(coding.get("code"))
+    for system, code, _ in _codings(concept, path):
         rank = _PREFERRED.index(system) if system in _PREFERRED else len(_PREFERRED)
         if rank < best[0] and code:
             best = (rank, system, code)
@@ -88,188 +208,347 @@ def _every_code(res) -> list[str]:
             code = node.get("code")
             if isinstance(code, str):
                 found.append(code)
+            elif isinstance(code, (int, float)) and not isinstance(code, bool):
+                found.append(str(code))
             stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
         elif isinstance(node, list):
             stack.extend(v for v in node if isinstance(v, (dict, list)))
     return found
 
 
-def _clinical_date(res: dict):
-    for name in _DATE_FIELDS:
+def _when(res: dict, rtype: str, names: tuple[str, ...]) -> str | None:
+    """The first date among ``names``: a dateTime, an instant or a Period's start."""
+    for name in names:
         value = res.get(name)
-        if isinstance(value, dict):
-            value = value.get("start")
-        if isinstance(value, str) and value.strip():
-            return value.strip()
+        if isinstance(value, (dict, list)):
+            period = _obj(value, f"{rtype}.{name}")
+            value = period.get("start") if period else None
+            name = f"{name}.start"
+        text = _text(value, f"{rtype}.{name}")
+        if text:
+            return text
     return None
 
 
+def _clinical_date(res: dict):
+    try:
+        return _when(res, "", _DATE_FIELDS)
+    except Unreadable:
+        return None
+
+
 def _type1_evidence(res: dict, rows: _Rows, pos: dict, codes: OptOutCodes) -> None:
-    """A type 1 dissent or withdrawal code anywhere in the resource, with its patient and date."""
+    """A type 1 dissent or withdrawal code anywhere in the resource, with its patient and date. Reads any shape:
+    it runs on unreadable entries too, so their evidence is never lost."""
     kinds = {codes.kind(c) for c in _every_code(res)} - {None}
     if not kinds:
         return
     if res.get("resourceType") == "Patient":
         ref = res.get("id") if isinstance(res.get("id"), str) else None
     else:
-        ref = next((r for r in (_ref(res.get(k)) for k in ("subject", "patient")) if r), None)
+        ref = next((r for r in (_lenient_ref(res.get(k)) for k in ("subject", "patient")) if r), None)
     nhs = ref[len(NHS_REF):] if ref and ref.startswith(NHS_REF) else None
     rows.add(TYPE1_EVIDENCE, patient_ref=None if nhs else ref, nhs_number=nhs, event_date=_clinical_date(res),
              kind="dissent" if "dissent" in kinds else "withdrawn", **pos)
 
 
-def _first_practitioner(*candidates) -> str | None:
-    for cand in candidates:
-        if isinstance(cand, list):
-            for item in cand:
-                ref = _ref(item.get("actor", item) if isinstance(item, dict) else None)
-                if ref:
-                    return ref
-        elif isinstance(cand, dict):
-            ref = _ref(cand)
+def _first_practitioner(rtype: str, **candidates) -> str | None:
+    """The first practitioner among the named elements (a reference, or a list of references or of
+    participants with an ``actor``)."""
+    for name, cand in candidates.items():
+        for i, item in enumerate(_objs(cand, f"{rtype}.{name}")):
+            where = f"{rtype}.{name}[{i}]"
+            inner = item.get("actor", item.get("agent"))
+            ref = _ref(inner, f"{where}.actor") if inner is not None else _ref(item, where)
             if ref:
                 return ref
     return None
 
 
-def _texts(*parts) -> str | None:
+def _texts(rtype: str, **parts) -> str | None:
+    """Free text of the named elements (strings, or objects or lists of objects with a ``text``)."""
     out = []
-    for part in parts:
+    for name, part in parts.items():
         if isinstance(part, str):
             out.append(part)
-        elif isinstance(part, list):
-            out.extend(p.get("text", "") for p in part if isinstance(p, dict))
-        elif isinstance(part, dict) and part.get("text"):
-            out.append(part["text"])
+        elif part is not None:
+            for i, item in enumerate(_objs(part, f"{rtype}.{name}")):
+                text = _text(item.get("text"), f"{rtype}.{name}[{i}].text")
+                if text:
+                    out.append(text)
     text = " | ".join(t for t in out if t)
     return text or None
 
 
 class _Rows:
-    """Column-wise accumulators, one per canonical table."""
+    """Column-wise accumulators, one per canonical table, and what the delivery says beyond them."""
 
     def __init__(self) -> None:
         self.cols: dict[str, dict[str, list]] = {t: defaultdict(list) for t in SCHEMAS}
+        self.issues: dict[str, list] = {t: [] for t in SCHEMAS}
         self.roles: dict[str, tuple[str | None, str | None]] = {}
         self.organisations: set[str] = set()
+        self.org_ods: dict[str, str] = {}  # Organization id (and fullUrl) -> ODS code
+        self.patient_orgs: list[tuple[str, list[str]]] = []  # (file, organisations a patient is registered at)
+        self.unmapped: dict[str, int] = defaultdict(int)
+        self.unreadable: dict[str, int] = defaultdict(int)
+        self.medications: dict[str, tuple[str | None, str | None]] = {}  # Medication id -> (system, code)
+        self.med_refs: list[tuple[int, str]] = []  # (row of medications, Medication id) to resolve at the end
 
-    def add(self, table: str, **values) -> None:
+    def add(self, table: str, _issue: str | None = None, **values) -> None:
         cols = self.cols[table]
         for name in SCHEMAS[table].names:
             cols[name].append(values.get(name))
+        self.issues[table].append(_issue)
 
 
-def _event(res: dict, pos: dict, patient_key: str, practitioner, date, concept, text, **extra) -> dict:
-    system, code = _code(concept)
-    return dict(source_id=res.get("id"), patient_ref=_ref(res.get(patient_key)), practitioner_ref=practitioner,
+# The table each mapped resource type goes to (ServiceRequest and ReferralRequest: referrals or recalls).
+_TABLE_OF = {"Patient": "patients", "Practitioner": "practitioners", "Condition": "observations",
+             "Observation": "observations", "MedicationStatement": "medications",
+             "MedicationRequest": "medications", "AllergyIntolerance": "allergies", "Immunization": "immunisations",
+             "ServiceRequest": "referrals", "ReferralRequest": "referrals", "Appointment": "appointments"}
+# Resource types read for what they tell about others (roles, organisations), not as rows of their own.
+_CONTEXT = {"PractitionerRole", "Organization", "Medication"}
+
+
+def _event(res: dict, rtype: str, pos: dict, patient_key: str, practitioner, date, concept, text,
+           concept_path: str = "code", **extra) -> dict:
+    system, code = _code(concept, f"{rtype}.{concept_path}")
+    return dict(source_id=_text(res.get("id"), f"{rtype}.id"),
+                patient_ref=_ref(res.get(patient_key), f"{rtype}.{patient_key}"), practitioner_ref=practitioner,
                 event_date=date, code_system=system, code=code, free_text=text, **pos, **extra)
 
 
+def _first_name(res: dict, rtype: str) -> tuple[str | None, str | None]:
+    names = _objs(res.get("name"), f"{rtype}.name")
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    return (_text(name.get("family"), f"{rtype}.name.family"),
+            " ".join(_strs(name.get("given"), f"{rtype}.name.given")) or None)
+
+
 def _patient(res: dict, rows: _Rows, pos: dict) -> None:
-    nhs = next((i.get("value") for i in res.get("identifier") or ()
-                if isinstance(i, dict) and _is_nhs_system(i.get("system"))), None)
-    name = (res.get("name") or [{}])[0]
-    address = (res.get("address") or [{}])[0]
-    ethnic = registration = None
-    for ext in res.get("extension") or ():
+    nhs = None
+    for i, ident in enumerate(_objs(res.get("identifier"), "Patient.identifier")):
+        if _is_nhs_system(ident.get("system")):
+            nhs = _text(ident.get("value"), f"Patient.identifier[{i}].value")
+            break
+    family, given = _first_name(res, "Patient")
+    addresses = _objs(res.get("address"), "Patient.address")
+    address = next((a for a in addresses if a.get("use") == "home"), addresses[0] if addresses else {})
+    ethnic = registration = registration_end = None
+    for i, ext in enumerate(_objs(res.get("extension"), "Patient.extension")):
         url = ext.get("url")
+        where = f"Patient.extension[{i}]"
         if url in ETHNIC_CATEGORY_URLS:
-            ethnic = _code(ext.get("valueCodeableConcept"))[1]
+            ethnic = _code(ext.get("valueCodeableConcept"), f"{where}.valueCodeableConcept")[1]
         elif url in REGISTRATION_URLS:
-            for sub in ext.get("extension") or ():
+            for j, sub in enumerate(_objs(ext.get("extension"), f"{where}.extension")):
                 if sub.get("url") == "registrationPeriod":
-                    registration = (sub.get("valuePeriod") or {}).get("start")
-    rows.add("patients", source_id=res.get("id"), nhs_number=nhs, family_name=name.get("family"),
-             given_names=" ".join(name.get("given") or ()) or None, birth_date=res.get("birthDate"),
-             gender=res.get("gender"), address=", ".join(address.get("line") or ()) or None,
-             postcode=address.get("postalCode"),
-             telecom=", ".join(t.get("value", "") for t in res.get("telecom") or ()) or None,
-             ethnic_category=ethnic, registration_date=registration,
-             deceased_date=res.get("deceasedDateTime"), gp_ref=_ref((res.get("generalPractitioner") or [None])[0]),
-             **pos)
+                    period = _obj(sub.get("valuePeriod"), f"{where}.extension[{j}].valuePeriod") or {}
+                    registration = _text(period.get("start"), f"{where}.extension[{j}].valuePeriod.start")
+                    registration_end = _text(period.get("end"), f"{where}.extension[{j}].valuePeriod.end")
+    telecom = [_text(t.get("value"), f"Patient.telecom[{i}].value")
+               for i, t in enumerate(_objs(res.get("telecom"), "Patient.telecom"))]
+    gps = _objs(res.get("generalPractitioner"), "Patient.generalPractitioner")
+    orgs = []  # where the patient is registered: references to Organizations, or ODS codes given as identifiers
+    managing = _objs(res.get("managingOrganization"), "Patient.managingOrganization")
+    for name, items in (("generalPractitioner", gps), ("managingOrganization", managing)):
+        for i, item in enumerate(items):
+            ident = _obj(item.get("identifier"), f"Patient.{name}[{i}].identifier") or {}
+            if ident.get("system") == ODS_SYSTEM and _text(ident.get("value"), f"Patient.{name}[{i}].identifier"):
+                orgs.append(ODS_REF + _text(ident.get("value"), f"Patient.{name}[{i}].identifier.value"))
+            ref = _ref(item, f"Patient.{name}[{i}]")
+            if ref:
+                orgs.append(ref)
+    rows.patient_orgs.append((pos["_src_file"], orgs))
+    rows.add("patients", source_id=_text(res.get("id"), "Patient.id"), nhs_number=nhs, family_name=family,
+             given_names=given, birth_date=_text(res.get("birthDate"), "Patient.birthDate"),
+             gender=_text(res.get("gender"), "Patient.gender"),
+             address=", ".join(_strs(address.get("line"), "Patient.address.line")) or None,
+             postcode=_text(address.get("postalCode"), "Patient.address.postalCode"),
+             telecom=", ".join(t for t in telecom if t) or None,
+             ethnic_category=ethnic, registration_date=registration, registration_end_date=registration_end,
+             deceased_date=_text(res.get("deceasedDateTime"), "Patient.deceasedDateTime"),
+             gp_ref=_ref(gps[0], "Patient.generalPractitioner[0]") if gps else None, **pos)
 
 
-def _route(res: dict, rows: _Rows, pos: dict) -> None:
-    rtype = res.get("resourceType")
+def _observation(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
+    is_condition = rtype == "Condition"
+    date = _when(res, rtype, _ONSET if is_condition else _EFFECTIVE)
+    value, unit = _quantity(res, rtype)
+    code = _obj(res.get("code"), f"{rtype}.code") or {}
+    event = _event(res, rtype, pos, "subject", _first_practitioner(rtype, asserter=res.get("asserter"),
+                                                                   recorder=res.get("recorder"),
+                                                                   performer=res.get("performer")),
+                   date, code, _texts(rtype, **{"code.text": code.get("text"), "note": res.get("note"),
+                                                 "valueString": res.get("valueString"),
+                                                 "comment": res.get("comment")}),
+                   category="condition" if is_condition else "observation", value=value, unit=unit)
+    components = [] if is_condition else _objs(res.get("component"), f"{rtype}.component")
+    parts = []
+    for i, comp in enumerate(components):  # each value of a panel (e.g. blood pressure) is a row of its own
+        where = f"{rtype}.component[{i}]"
+        c_system, c_code = _code(comp.get("code"), f"{where}.code")
+        c_value, c_unit = _quantity(comp, where)
+        parts.append(dict(event, source_id=f"{event['source_id']}#component-{i}" if event["source_id"] else None,
+                          code_system=c_system, code=c_code, value=c_value, unit=c_unit, free_text=None,
+                          panel_ref=event["source_id"]))
+    rows.add("observations", **event)
+    for part in parts:
+        rows.add("observations", **part)
+
+
+def _quantity(element: dict, where: str) -> tuple[float | None, str | None]:
+    """(value, unit) of an element's valueQuantity: the UCUM code where there is one, else the unit text."""
+    quantity = _obj(element.get("valueQuantity"), f"{where}.valueQuantity") or {}
+    return (_number(quantity.get("value"), f"{where}.valueQuantity.value"),
+            _text(quantity.get("code"), f"{where}.valueQuantity.code")
+            or _text(quantity.get("unit"), f"{where}.valueQuantity.unit"))
+
+
+def _medication(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
+    intent = _text(res.get("intent"), f"{rtype}.intent") or "order"
+    is_issue = rtype == "MedicationRequest" and intent == "order"
+    if is_issue:
+        date = _when(res, rtype, ("authoredOn",))
+    else:
+        date = _when(res, rtype, ("effectiveDateTime", "effectivePeriod", "dateAsserted", "authoredOn"))
+    quantity = _obj((_obj(res.get("dispenseRequest"), f"{rtype}.dispenseRequest") or {}).get("quantity"),
+                    f"{rtype}.dispenseRequest.quantity") or {}
+    based_on = _objs(res.get("basedOn"), f"{rtype}.basedOn")
+    concept, path, medication = res.get("medicationCodeableConcept"), "medicationCodeableConcept", None
+    if concept is None and res.get("medicationReference") is not None:
+        medication = _ref(res.get("medicationReference"), f"{rtype}.medicationReference")
+        for i, held in enumerate(_objs(res.get("contained"), f"{rtype}.contained")):
+            if held.get("resourceType") == "Medication" and _text(held.get("id"), f"{rtype}.contained[{i}].id") \
+                    == medication:
+                concept, path, medication = held.get("code"), f"contained[{i}].code", None
+                break
+    if medication is not None:
+        rows.med_refs.append((len(rows.issues["medications"]), medication))
+    rows.add("medications", **_event(
+        res, rtype, pos, "subject",
+        _first_practitioner(rtype, requester=res.get("requester"), informationSource=res.get("informationSource"),
+                            recorder=res.get("recorder")),
+        date, concept,
+        _texts(rtype, dosage=res.get("dosage"), dosageInstruction=res.get("dosageInstruction"),
+               note=res.get("note")), concept_path=path,
+        medication_type="issue" if is_issue else "authorisation", status=_text(res.get("status"), f"{rtype}.status"),
+        quantity=_number(quantity.get("value"), f"{rtype}.dispenseRequest.quantity.value"),
+        quantity_unit=_text(quantity.get("unit"), f"{rtype}.dispenseRequest.quantity.unit"),
+        authorisation_ref=_ref(based_on[0], f"{rtype}.basedOn[0]") if based_on else None))
+
+
+def _referral(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
+    requester = res.get("requester")
+    practitioner = _first_practitioner(rtype, requester=requester)
+    text = _texts(rtype, note=res.get("note"), description=res.get("description"))
+    status = _text(res.get("status"), f"{rtype}.status")
+    if _text(res.get("intent"), f"{rtype}.intent") == "plan":
+        rows.add("recalls", **_event(
+            res, rtype, pos, "subject", practitioner, _when(res, rtype, ("authoredOn",)), res.get("code"), text,
+            status=status, due_date=_when(res, rtype, ("occurrenceDateTime", "occurrencePeriod"))))
+    else:
+        concept, path = res.get("code"), "code"  # else what was requested, else why (GP Connect: reasonCode)
+        for name in ("serviceRequested", "reasonCode"):
+            if _code(concept, f"{rtype}.{path}")[1] is None and res.get(name) is not None:
+                concept, path = _obj(res.get(name), f"{rtype}.{name}"), name
+        rows.add("referrals", **_event(
+            res, rtype, pos, "subject", practitioner, _when(res, rtype, ("authoredOn",)), concept, text,
+            concept_path=path, status=status, priority=_text(res.get("priority"), f"{rtype}.priority")))
+
+
+def _appointment(res: dict, rows: _Rows, pos: dict) -> None:
+    patient = practitioner = None
+    for i, part in enumerate(_objs(res.get("participant"), "Appointment.participant")):
+        actor = _obj(part.get("actor"), f"Appointment.participant[{i}].actor") or {}
+        ref = _text(actor.get("reference"), f"Appointment.participant[{i}].actor.reference") or ""
+        if "Patient/" in ref and patient is None:
+            patient = _ref(actor)
+        elif "Practitioner/" in ref and practitioner is None:
+            practitioner = _ref(actor)
+    start = _text(res.get("start"), "Appointment.start")
+    rows.add("appointments", source_id=_text(res.get("id"), "Appointment.id"), patient_ref=patient,
+             practitioner_ref=practitioner, event_date=start, code_system=None, code=None,
+             free_text=_texts("Appointment", description=res.get("description"), comment=res.get("comment")),
+             status=_text(res.get("status"), "Appointment.status"), start_time=start,
+             duration_minutes=_integer(res.get("minutesDuration"), "Appointment.minutesDuration"), **pos)
+
+
+def _route(res: dict, rtype: str, rows: _Rows, pos: dict) -> None:
     if rtype == "Patient":
         _patient(res, rows, pos)
     elif rtype == "Practitioner":
-        name = (res.get("name") or [{}])[0]
-        sds = next((i.get("value") for i in res.get("identifier") or () if i.get("system") == SDS_USER_SYSTEM),
-                   None)
-        rows.add("practitioners", source_id=res.get("id"), sds_user_id=sds, family_name=name.get("family"),
-                 given_names=" ".join(name.get("given") or ()) or None, **pos)
+        sds = None
+        for i, ident in enumerate(_objs(res.get("identifier"), "Practitioner.identifier")):
+            if ident.get("system") == SDS_USER_SYSTEM:
+                sds = _text(ident.get("value"), f"Practitioner.identifier[{i}].value")
+                break
+        family, given = _first_name(res, "Practitioner")
+        rows.add("practitioners", source_id=_text(res.get("id"), "Practitioner.id"), sds_user_id=sds,
+                 family_name=family, given_names=given, **pos)
     elif rtype == "PractitionerRole":
-        for concept in res.get("code") or ():
-            coding = (concept.get("coding") or [{}])[0]
-            rows.roles[_ref(res.get("practitioner")) or ""] = (coding.get("code"), coding.get("display"))
+        for i, concept in enumerate(_objs(res.get("code"), "PractitionerRole.code")):
+            codings = _codings(concept, f"PractitionerRole.code[{i}]")
+            code, display = (codings[0][1], codings[0][2]) if codings else (None, None)
+            rows.roles[_ref(res.get("practitioner"), "PractitionerRole.practitioner") or ""] = (code, display)
             break
     elif rtype == "Organization":
-        for ident in res.get("identifier") or ():
+        for i, ident in enumerate(_objs(res.get("identifier"), "Organization.identifier")):
             if ident.get("system") == ODS_SYSTEM:
-                rows.organisations.add(ident.get("value"))
+                ods = _text(ident.get("value"), f"Organization.identifier[{i}].value")
+                if ods:
+                    rows.organisations.add(ods)
+                    rows.org_ods.setdefault(_text(res.get("id"), "Organization.id") or "", ods)
+                    if pos.get("_full_url"):
+                        rows.org_ods.setdefault(pos["_full_url"], ods)
     elif rtype in ("Condition", "Observation"):
-        is_condition = rtype == "Condition"
-        date = (res.get("onsetDateTime") or res.get("recordedDate") or res.get("assertedDate")) if is_condition \
-            else (res.get("effectiveDateTime") or (res.get("effectivePeriod") or {}).get("start")
-                  or res.get("issued"))
-        quantity = res.get("valueQuantity") or {}
-        rows.add("observations", **_event(
-            res, pos, "subject", _first_practitioner(res.get("asserter"), res.get("recorder"), res.get("performer")),
-            date, res.get("code"), _texts((res.get("code") or {}).get("text"), res.get("note"),
-                                          res.get("valueString"), res.get("comment")),
-            category="condition" if is_condition else "observation",
-            value=quantity.get("value"), unit=quantity.get("code") or quantity.get("unit")))
+        _observation(res, rtype, rows, pos)
     elif rtype in ("MedicationStatement", "MedicationRequest"):
-        is_issue = rtype == "MedicationRequest" and res.get("intent", "order") == "order"
-        if is_issue:
-            date = res.get("authoredOn")
-        else:
-            date = (res.get("effectivePeriod") or {}).get("start") or res.get("dateAsserted") or res.get("authoredOn")
-        quantity = ((res.get("dispenseRequest") or {}).get("quantity")) or {}
-        rows.add("medications", **_event(
-            res, pos, "subject",
-            _first_practitioner(res.get("requester"), res.get("informationSource"), res.get("recorder")),
-            date, res.get("medicationCodeableConcept"), _texts(res.get("dosage"), res.get("dosageInstruction"),
-                                                               res.get("note")),
-            medication_type="issue" if is_issue else "authorisation", status=res.get("status"),
-            quantity=quantity.get("value"), quantity_unit=quantity.get("unit"),
-            authorisation_ref=_ref((res.get("basedOn") or [None])[0])))
+        _medication(res, rtype, rows, pos)
     elif rtype == "AllergyIntolerance":
         rows.add("allergies", **_event(
-            res, pos, "patient", _first_practitioner(res.get("recorder"), res.get("asserter")),
-            res.get("onsetDateTime") or res.get("recordedDate") or res.get("assertedDate"), res.get("code"),
-            _texts(res.get("note"))))
+            res, rtype, pos, "patient", _first_practitioner(rtype, recorder=res.get("recorder"),
+                                                            asserter=res.get("asserter")),
+            _when(res, rtype, _ONSET), res.get("code"),
+            _texts(rtype, note=res.get("note"))))
     elif rtype == "Immunization":
+        concept, path = res.get("vaccineCode"), "vaccineCode"
+        if _code(concept, f"{rtype}.vaccineCode")[0] not in _PREFERRED:  # e.g. a NullFlavor by design
+            for i, ext in enumerate(_objs(res.get("extension"), f"{rtype}.extension")):
+                if ext.get("url") in VACCINATION_PROCEDURE_URLS:
+                    concept, path = ext.get("valueCodeableConcept"), f"extension[{i}].valueCodeableConcept"
+                    break
         rows.add("immunisations", **_event(
-            res, pos, "patient", _first_practitioner(res.get("performer"), res.get("practitioner")),
-            res.get("occurrenceDateTime") or res.get("date"), res.get("vaccineCode"), _texts(res.get("note")),
-            status=res.get("status")))
+            res, rtype, pos, "patient", _first_practitioner(rtype, performer=res.get("performer"),
+                                                            practitioner=res.get("practitioner")),
+            _when(res, rtype, ("occurrenceDateTime", "date", "recorded")), concept,
+            _texts(rtype, note=res.get("note")), concept_path=path,
+            status=_text(res.get("status"), f"{rtype}.status")))
+    elif rtype == "Medication":
+        rows.medications[_text(res.get("id"), "Medication.id") or ""] = _code(res.get("code"), "Medication.code")
     elif rtype in ("ServiceRequest", "ReferralRequest"):
-        practitioner = _first_practitioner(res.get("requester"), (res.get("requester") or {}).get("agent"))
-        text = _texts(res.get("note"), res.get("description"))
-        if res.get("intent") == "plan":
-            rows.add("recalls", **_event(
-                res, pos, "subject", practitioner, res.get("authoredOn"), res.get("code"), text,
-                status=res.get("status"), due_date=res.get("occurrenceDateTime")))
-        else:
-            concept = res.get("code") or (res.get("serviceRequested") or [None])[0]
-            rows.add("referrals", **_event(
-                res, pos, "subject", practitioner, res.get("authoredOn"), concept, text,
-                status=res.get("status"), priority=res.get("priority")))
+        _referral(res, rtype, rows, pos)
     elif rtype == "Appointment":
-        patient = practitioner = None
-        for part in res.get("participant") or ():
-            ref = (part.get("actor") or {}).get("reference") or ""
-            if "Patient/" in ref and patient is None:
-                patient = _ref(part["actor"])
-            elif "Practitioner/" in ref and practitioner is None:
-                practitioner = _ref(part["actor"])
-        start = res.get("start")
-        rows.add("appointments", source_id=res.get("id"), patient_ref=patient, practitioner_ref=practitioner,
-                 event_date=start, code_system=None, code=None, free_text=_texts(res.get("description"),
-                                                                                 res.get("comment")),
-                 status=res.get("status"), start_time=start, duration_minutes=res.get("minutesDuration"), **pos)
+        _appointment(res, rows, pos)
+    else:
+        rows.unmapped[rtype] += 1
+
+
+def _unreadable_row(res: dict, rtype: str, rows: _Rows, pos: dict, path: str) -> None:
+    """An entry that could not be read: a row of its table holding only what identifies it (its id, its
+    patient when that can be read) and the reason, so the quality gate quarantines it by entry."""
+    rows.unreadable[path] += 1
+    table = _TABLE_OF.get(rtype)
+    if table == "referrals" and res.get("intent") == "plan":
+        table = "recalls"
+    if table is None:
+        return
+    source_id = res.get("id") if isinstance(res.get("id"), str) else None
+    patient = None
+    if table not in ("patients", "practitioners"):
+        patient = next((r for r in (_lenient_ref(res.get(k)) for k in ("subject", "patient")) if r), None)
+    rows.add(table, _issue="unreadable_entry", source_id=source_id, patient_ref=patient, **pos)
 
 
 def _dates(values: list) -> pa.Array:
@@ -284,7 +563,8 @@ def _timestamps(values: list) -> pa.Array:
     return pc.cast(with_zone, pa.timestamp("us", tz="UTC"))
 
 
-def _table(name: str, cols: dict[str, list]) -> pa.Table:
+def _table(name: str, cols: dict[str, list], issues: list) -> pa.Table:
+    """A canonical table, plus ``_issue`` when an entry of it could not be read: why (null for the others)."""
     schema = SCHEMAS[name]
     arrays = []
     for field in schema:
@@ -301,7 +581,10 @@ def _table(name: str, cols: dict[str, list]) -> pa.Table:
                                     for v in values], field.type))
         else:
             arrays.append(pa.array([v if v is None or isinstance(v, str) else str(v) for v in values], field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    if not any(issues):
+        return table
+    return table.append_column(pa.field(ISSUE, pa.string()), pa.array(issues, pa.string()))
 
 
 def bundle_files(location: Path) -> list[Path]:
@@ -329,10 +612,43 @@ def _resolve_nhs_refs(rows: _Rows) -> None:
                                               and r.startswith(NHS_REF) else r for r in refs]
 
 
+def _check_practice(rows: _Rows, practice: str, location: Path) -> None:
+    """The delivery must be the practice's own: every patient registered (``generalPractitioner``,
+    ``managingOrganization``) at an organisation is registered at this practice. Other organisations (the
+    laboratory, the hospital, a previous practice) may appear freely. Where no patient names its organisation,
+    a delivery that holds Organization resources must hold the practice's own among them."""
+    for file, refs in rows.patient_orgs:
+        codes = {r[len(ODS_REF):] if r.startswith(ODS_REF) else rows.org_ods.get(r) for r in refs} - {None}
+        others = codes - {practice}
+        if others and practice not in codes:
+            raise SourceError(f"the delivery's patients are registered at another practice "
+                              f"({', '.join(sorted(others))}), not {practice}", practice=practice, file=file)
+    linked = any(r.startswith(ODS_REF) or r in rows.org_ods for _, refs in rows.patient_orgs for r in refs)
+    if not linked and rows.organisations and practice not in rows.organisations:
+        raise SourceError(f"the delivery names another practice's organisation "
+                          f"({', '.join(sorted(rows.organisations))}) and not {practice}", practice=practice,
+                          file=str(location.name))
+
+
+def _resolve_medications(rows: _Rows) -> None:
+    """The code of a medication named through medicationReference: the Medication resource in the delivery
+    (a reference it does not hold leaves the code empty: the row is quarantined as an invalid code)."""
+    meds = rows.cols["medications"]
+    for row, ref in rows.med_refs:
+        meds["code_system"][row], meds["code"][row] = rows.medications.get(ref, (None, None))
+
+
 def read_bundles(location: Path, practice: str, only: list[str] | None = None,
-                 type1: OptOutCodes | None = None) -> dict[str, pa.Table]:
+                 type1: OptOutCodes | None = None, *, report: dict | None = None,
+                 strict: bool = False) -> dict[str, pa.Table]:
     """Read every bundle in a practice's delivery folder (or the ``only`` ones) into canonical tables, plus
-    ``type1_evidence``: every type 1 code found anywhere in a resource (``type1``: the configured codes)."""
+    ``type1_evidence``: every type 1 code found anywhere in a resource (``type1``: the configured codes).
+
+    An entry whose shape cannot be read becomes a row of its table with ``_issue`` "unreadable_entry" (the
+    quality gate quarantines it by entry); with ``strict``, it raises a SourceError naming the practice, file,
+    entry and FHIR path instead (never a value). ``report``, if given, receives the counts of resources by type
+    that no table maps (``unmapped_resources``) and of unreadable entries by FHIR path (``unreadable_entries``).
+    """
     type1 = type1 or optout_codes()
     needles = type1.needles()
     location = Path(location)
@@ -356,21 +672,41 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
                               file=path.name) from None
         if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
             raise SourceError("not a FHIR Bundle", practice=practice, file=path.name)
-        for index, entry in enumerate(doc.get("entry") or ()):
+        entries = doc.get("entry")
+        if entries is not None and not isinstance(entries, list):
+            raise SourceError("Bundle.entry is not a list", practice=practice, file=path.name)
+        for index, entry in enumerate(entries or ()):
             res = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(res, dict) or "resourceType" not in res:
                 raise SourceError("bundle entry without a resource", practice=practice, file=path.name,
                                   row=index)
+            rtype = res["resourceType"]
+            if not isinstance(rtype, str) or not rtype.strip():
+                raise SourceError("unreadable element resourceType", practice=practice, file=path.name, row=index)
             pos = {"_src_file": path.name, "_src_entry": index}
-            _route(res, rows, pos)
+            if rtype == "Organization" and isinstance(entry.get("fullUrl"), str):
+                pos["_full_url"] = _lenient_ref(entry["fullUrl"])
+            try:
+                _route(res, rtype, rows, pos)
+            except Unreadable as exc:
+                if strict:
+                    raise SourceError(f"unreadable element {exc.path}", practice=practice, file=path.name,
+                                      row=index) from None
+                _unreadable_row(res, rtype, rows, pos, exc.path)
+            else:
+                if rtype == "Medication" and isinstance(entry.get("fullUrl"), str):  # referenced by fullUrl
+                    full = _lenient_ref(entry["fullUrl"])
+                    if full:
+                        rows.medications[full] = rows.medications.get(res.get("id") or "", (None, None))
             if scan:
                 _type1_evidence(res, rows, pos, type1)
-    others = rows.organisations - {practice}
-    if others:
-        raise SourceError(f"delivery names another practice's ODS code ({', '.join(sorted(others))})",
-                          practice=practice, file=str(location))
+    _check_practice(rows, practice, location)
     _resolve_nhs_refs(rows)
+    _resolve_medications(rows)
     prac = rows.cols["practitioners"]
     prac["role_code"] = [rows.roles.get(r or "", (None, None))[0] for r in prac["source_id"]]
     prac["role_name"] = [rows.roles.get(r or "", (None, None))[1] for r in prac["source_id"]]
-    return {name: _table(name, cols) for name, cols in rows.cols.items()}
+    if report is not None:
+        report["unmapped_resources"] = dict(sorted(rows.unmapped.items()))
+        report["unreadable_entries"] = dict(sorted(rows.unreadable.items()))
+    return {name: _table(name, cols, rows.issues[name]) for name, cols in rows.cols.items()}
