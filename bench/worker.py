@@ -33,6 +33,7 @@ def _environment(work: Path, input_home: Path) -> None:
     work.mkdir(parents=True)
     shutil.copytree(input_home / "reference", work / "reference")
     os.environ.update({"GPDATA_HOME": str(work), "GPDATA_MASTER_KEY_FILE": str(work / "dev.key"),
+                       "GPDATA_INBOX_ROOT": str(input_home),  # the generated deliveries, outside the fresh home
                        "GX_ANALYTICS_ENABLED": "False", "GPDATA_MAX_FILE_BYTES": str(MAX_FILE_BYTES)})
     for name in ("GPDATA_MASTER_KEY", "GPDATA_STORE", "GPDATA_MODE"):
         os.environ.pop(name, None)

@@ -335,8 +335,10 @@ def test_no_plugin_page_requests_another_host_and_data_docs_render_offline(stack
     assert seen and _foreign(seen) == [], _foreign(seen)
 
     browser.get(f"{base}/gpdata/data-docs/{ods}/index.html")
+    seen = _requests(browser)  # what the page asked for while it loaded
+    assert _foreign(seen) == [], _foreign(seen)
     _wait(lambda: _find(browser, "a.ge-offline-row-link"), what="the Data Docs index, drawn without scripts")
-    seen = _requests(browser)
+    seen += _requests(browser)
     assert _foreign(seen) == [], _foreign(seen)
     [doc] = [r for r in seen if r["url"].endswith(f"/data-docs/{ods}/index.html")]
     assert doc["headers"]["content-security-policy"].startswith("sandbox;")
