@@ -196,10 +196,12 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
     if not write:
         return report
     if not report["meets_minimum_k"]:
+        hint = _hint(project, selected["patients"], key, areas) if "patients" in selected \
+            else "fewer patients than the minimum k: no generalisation of the approval reaches it"
         cause = (f"k-anonymity {report['k']} is below the approved minimum k {project.minimum_k} "
                  f"(quasi-identifiers {', '.join(report['quasi_identifiers'])}; {report['records']} patients; "
                  f"{report['share_below_5']:.1%} of them in classes below 5, {report['unique_share']:.1%} unique); "
-                 f"hint: {_hint(project, selected['patients'], key, areas)}")
+                 f"hint: {hint}")
         audit.append(store_root, "refusal", **base, reason=cause)
         raise GpdataError(f"project {project.project_id}: extract refused: {cause}")
     outputs = {}
