@@ -120,7 +120,7 @@ def _fhir(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> Batc
         hashes[digest] = path.name
         files.append({"name": path.name, "sha256": digest, "delivery": "snapshot"})
     if not files:
-        raise SourceError(f"no FHIR bundles (*.json) in {location}", practice=feed.ods_code)
+        raise SourceError(f"no FHIR bundles (*.json, *.xml) in {location}", practice=feed.ods_code)
     snapshot = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
     if snapshot == state.snapshot and not force:
         return None

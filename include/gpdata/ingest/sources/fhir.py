@@ -588,7 +588,71 @@ def _table(name: str, cols: dict[str, list], issues: list) -> pa.Table:
 
 
 def bundle_files(location: Path) -> list[Path]:
-    return sorted(p for p in location.glob("*.json") if p.is_file())
+    """The delivery's bundles: FHIR JSON (``*.json``) and FHIR XML (``*.xml``)."""
+    return sorted(p for p in location.iterdir() if p.is_file() and p.suffix.lower() in (".json", ".xml"))
+
+
+FHIR_NS = "http://hl7.org/fhir"
+_RESOURCE_HOLDERS = {"resource", "contained", "outcome"}  # elements whose child is a whole resource
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _xml_children(element) -> dict:
+    """The FHIR JSON form of an XML element's attributes and children (FHIR XML rules: a primitive's value in its
+    ``value`` attribute, ``id`` and an extension's ``url`` as attributes, a repeated element as a list; the
+    extensions of a primitive under ``_name``, as in JSON)."""
+    out: dict = {}
+    repeated: set[str] = set()
+    for name in ("id", "url"):
+        if element.get(name) is not None:
+            out[name] = element.get(name)
+    for child in element:
+        if not isinstance(child.tag, str):  # a comment or a processing instruction
+            continue
+        name = _local(child.tag)
+        if name == "div":  # the XHTML narrative: its text
+            value = "".join(child.itertext())
+        elif name in _RESOURCE_HOLDERS:
+            inner = [c for c in child if isinstance(c.tag, str)]
+            value = _xml_resource(inner[0]) if inner else None
+        elif child.get("value") is not None:
+            value = child.get("value")
+            extra = _xml_children(child)
+            extra.pop("id", None)
+            if extra:
+                out.setdefault(f"_{name}", extra)
+        else:
+            value = _xml_children(child)
+        if name in repeated:
+            out[name].append(value)
+        elif name in out:
+            out[name] = [out[name], value]
+            repeated.add(name)
+        else:
+            out[name] = value
+    return out
+
+
+def _xml_resource(element) -> dict:
+    return {"resourceType": _local(element.tag), **_xml_children(element)}
+
+
+def _xml_document(raw: bytes, practice: str, name: str) -> dict:
+    """A FHIR XML Bundle as its FHIR JSON form (lxml; no DTD, no entity expansion, no network)."""
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+                             remove_comments=True, remove_pis=True)
+    try:
+        root = etree.fromstring(raw, parser)
+    except etree.XMLSyntaxError as exc:
+        raise SourceError(f"not valid XML (line {exc.lineno})", practice=practice, file=name) from None
+    if root.tag != f"{{{FHIR_NS}}}Bundle":
+        raise SourceError("not a FHIR Bundle", practice=practice, file=name)
+    return _xml_resource(root)
 
 
 def _digits(value: str) -> str:
@@ -658,21 +722,26 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
     if only is not None:
         files = [f for f in files if f.name in set(only)]
     if not files:
-        raise SourceError(f"no FHIR bundles (*.json) in {location}", practice=practice)
+        raise SourceError(f"no FHIR bundles (*.json, *.xml) in {location}", practice=practice)
     rows = _Rows()
     for path in files:
         raw = path.read_bytes()
         # Only a file that holds a type 1 code (or a JSON escape that could spell one) is searched resource by
         # resource for it; in every other file no resource can carry one.
-        scan = b"\\u" in raw or any(n in raw for n in needles)
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise SourceError(f"not valid JSON ({exc.args[0].split(':')[0]})", practice=practice,
-                              file=path.name) from None
+        scan = b"\\u" in raw or b"&#" in raw or any(n in raw for n in needles)  # JSON or XML escapes
+        if path.suffix.lower() == ".xml":
+            doc = _xml_document(raw, practice, path.name)
+        else:
+            try:
+                doc = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise SourceError(f"not valid JSON ({exc.args[0].split(':')[0]})", practice=practice,
+                                  file=path.name) from None
         if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
             raise SourceError("not a FHIR Bundle", practice=practice, file=path.name)
         entries = doc.get("entry")
+        if isinstance(entries, dict):  # one entry (FHIR XML, or a sender's JSON)
+            entries = [entries]
         if entries is not None and not isinstance(entries, list):
             raise SourceError("Bundle.entry is not a list", practice=practice, file=path.name)
         for index, entry in enumerate(entries or ()):
