@@ -126,9 +126,17 @@ def _fhir(feed, state: PracticeState, quarantine_dir: Path, force: bool) -> Batc
         return None
     report: dict = {}
     try:
-        tables = read_bundles(location, feed.ods_code, only=[f["name"] for f in files], report=report)
+        tables = read_bundles(location, feed.ods_code, only=[f["name"] for f in files], report=report,
+                              independent_files=feed.bundles == "independent")
     except SourceError as exc:
         raise _fail(exc, bundle_files(location), quarantine_dir) from None
+    refused = report.pop("refused_files", [])
+    for exc in refused:  # independent bundles: each unreadable one is moved aside alone, with its reason
+        quarantine_files([location / exc.file], quarantine_dir, exc)
+    if refused:
+        gone = {exc.file for exc in refused}
+        files = [f for f in files if f["name"] not in gone]
+        report["bundles_quarantined"] = len(refused)
     return Batch(tables=tables, deleted=_empty_deleted(), full=True, files=files, skipped=skipped,
                  deliveries=[f"snapshot {snapshot[:12]}"], snapshot=snapshot, resources=report)
 

@@ -694,6 +694,36 @@ def _check_practice(rows: _Rows, practice: str, location: Path) -> None:
                           file=str(location.name))
 
 
+def _entries(raw: bytes, path: Path, practice: str) -> list[tuple[dict, dict, str]]:
+    """(entry, resource, resource type) of each entry of a bundle file, after checking the whole file: a file
+    that cannot be read is refused before any of its entries is."""
+    if path.suffix.lower() == ".xml":
+        doc = _xml_document(raw, practice, path.name)
+    else:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise SourceError(f"not valid JSON ({exc.args[0].split(':')[0]})", practice=practice,
+                              file=path.name) from None
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        raise SourceError("not a FHIR Bundle", practice=practice, file=path.name)
+    entries = doc.get("entry")
+    if isinstance(entries, dict):  # one entry (FHIR XML, or a sender's JSON)
+        entries = [entries]
+    if entries is not None and not isinstance(entries, list):
+        raise SourceError("Bundle.entry is not a list", practice=practice, file=path.name)
+    out = []
+    for index, entry in enumerate(entries or ()):
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(res, dict) or "resourceType" not in res:
+            raise SourceError("bundle entry without a resource", practice=practice, file=path.name, row=index)
+        rtype = res["resourceType"]
+        if not isinstance(rtype, str) or not rtype.strip():
+            raise SourceError("unreadable element resourceType", practice=practice, file=path.name, row=index)
+        out.append((entry, res, rtype))
+    return out
+
+
 def _resolve_medications(rows: _Rows) -> None:
     """The code of a medication named through medicationReference: the Medication resource in the delivery
     (a reference it does not hold leaves the code empty: the row is quarantined as an invalid code)."""
@@ -704,14 +734,16 @@ def _resolve_medications(rows: _Rows) -> None:
 
 def read_bundles(location: Path, practice: str, only: list[str] | None = None,
                  type1: OptOutCodes | None = None, *, report: dict | None = None,
-                 strict: bool = False) -> dict[str, pa.Table]:
+                 strict: bool = False, independent_files: bool = False) -> dict[str, pa.Table]:
     """Read every bundle in a practice's delivery folder (or the ``only`` ones) into canonical tables, plus
     ``type1_evidence``: every type 1 code found anywhere in a resource (``type1``: the configured codes).
 
     An entry whose shape cannot be read becomes a row of its table with ``_issue`` "unreadable_entry" (the
     quality gate quarantines it by entry); with ``strict``, it raises a SourceError naming the practice, file,
     entry and FHIR path instead (never a value). ``report``, if given, receives the counts of resources by type
-    that no table maps (``unmapped_resources``) and of unreadable entries by FHIR path (``unreadable_entries``).
+    that no table maps (``unmapped_resources``) and of unreadable entries by FHIR path (``unreadable_entries``),
+    and the SourceError of each file refused alone (``refused_files``): with ``independent_files`` (a snapshot of
+    independent per-patient bundles) a file that cannot be read is left out instead of refusing the delivery.
     """
     type1 = type1 or optout_codes()
     needles = type1.needles()
@@ -724,34 +756,20 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
     if not files:
         raise SourceError(f"no FHIR bundles (*.json, *.xml) in {location}", practice=practice)
     rows = _Rows()
+    bad_files: list[SourceError] = []
     for path in files:
         raw = path.read_bytes()
         # Only a file that holds a type 1 code (or a JSON escape that could spell one) is searched resource by
         # resource for it; in every other file no resource can carry one.
         scan = b"\\u" in raw or b"&#" in raw or any(n in raw for n in needles)  # JSON or XML escapes
-        if path.suffix.lower() == ".xml":
-            doc = _xml_document(raw, practice, path.name)
-        else:
-            try:
-                doc = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise SourceError(f"not valid JSON ({exc.args[0].split(':')[0]})", practice=practice,
-                                  file=path.name) from None
-        if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
-            raise SourceError("not a FHIR Bundle", practice=practice, file=path.name)
-        entries = doc.get("entry")
-        if isinstance(entries, dict):  # one entry (FHIR XML, or a sender's JSON)
-            entries = [entries]
-        if entries is not None and not isinstance(entries, list):
-            raise SourceError("Bundle.entry is not a list", practice=practice, file=path.name)
-        for index, entry in enumerate(entries or ()):
-            res = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(res, dict) or "resourceType" not in res:
-                raise SourceError("bundle entry without a resource", practice=practice, file=path.name,
-                                  row=index)
-            rtype = res["resourceType"]
-            if not isinstance(rtype, str) or not rtype.strip():
-                raise SourceError("unreadable element resourceType", practice=practice, file=path.name, row=index)
+        try:
+            entries = _entries(raw, path, practice)
+        except SourceError as exc:
+            if not independent_files:
+                raise
+            bad_files.append(exc)  # this file alone is refused; nothing of it was read
+            continue
+        for index, (entry, res, rtype) in enumerate(entries):
             pos = {"_src_file": path.name, "_src_entry": index}
             if rtype == "Organization" and isinstance(entry.get("fullUrl"), str):
                 pos["_full_url"] = _lenient_ref(entry["fullUrl"])
@@ -769,6 +787,8 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
                         rows.medications[full] = rows.medications.get(res.get("id") or "", (None, None))
             if scan:
                 _type1_evidence(res, rows, pos, type1)
+    if bad_files and len(bad_files) == len(files):
+        raise bad_files[0]
     _check_practice(rows, practice, location)
     _resolve_nhs_refs(rows)
     _resolve_medications(rows)
@@ -776,6 +796,7 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
     prac["role_code"] = [rows.roles.get(r or "", (None, None))[0] for r in prac["source_id"]]
     prac["role_name"] = [rows.roles.get(r or "", (None, None))[1] for r in prac["source_id"]]
     if report is not None:
+        report["refused_files"] = bad_files
         report["unmapped_resources"] = dict(sorted(rows.unmapped.items()))
         report["unreadable_entries"] = dict(sorted(rows.unreadable.items()))
     return {name: _table(name, cols, rows.issues[name]) for name, cols in rows.cols.items()}
