@@ -69,3 +69,14 @@ def test_page_escapes_what_it_shows_and_serves_only_data_docs(home, ui):
     for path in ("/data-docs/A81001/..%2Fsecret.txt", "/data-docs/A81001/../secret.txt", "/data-docs/a81001/x",
                  "/data-docs/A81001/missing.html"):
         assert client.get(path).status_code == 404, path
+
+
+def test_page_shows_unmapped_fhir_resources_escaped(home, ui):
+    cfg = settings.load()
+    cfg.feeds_dir.mkdir(parents=True)
+    store.write_manifest(cfg.manifests, "A81001", "r1", {
+        "run_id": "r1", "status": "committed", "patients_read": 3,
+        "source": {"unmapped_resources": {"Encounter": 3, "<i>List</i>": 2}}})
+    page = TestClient(ui.create_app(dependencies=[])).get("/")
+    assert 'data-field="unmapped_resources"' in page.text and "Encounter 3" in page.text
+    assert "&lt;i&gt;List&lt;/i&gt; 2" in page.text
