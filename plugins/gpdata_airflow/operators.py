@@ -17,6 +17,9 @@ log = logging.getLogger("gpdata.airflow")
 
 
 def _headline(counts: dict) -> str:
+    if counts.get("patients_read") is None:  # failed before anything was read: no counts to show
+        error = counts.get("error") or {}
+        return f"nothing read (failed at {error.get('stage') or 'extraction'}: {error.get('cause') or 'no cause'})"
     quarantined = sum(sum(r.values()) for r in counts.get("quality", {}).get("quarantined", {}).values())
     return (f"patients read {counts.get('patients_read')}, type 1 opt-outs excluded "
             f"{counts.get('type1_optout', {}).get('patients_excluded')}, rows quarantined {quarantined}")

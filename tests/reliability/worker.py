@@ -91,7 +91,7 @@ def big_batch(practice: str, value: float, n: int = BIG_ROWS):
         "event_date": pa.array(19000 + np.arange(n) % 3000, pa.int32()).cast(pa.date32()),
         "category": pa.array(["observation"] * n), "code_system": pa.array(["snomed"] * n),
         "code": pa.array(["60621009"] * n), "value": pa.array(np.full(n, value)),
-        "unit": pa.array(["kg/m2"] * n)}).cast(CURATED["observations"])
+        "unit": pa.array(["kg/m2"] * n), "panel_id": pa.nulls(n, pa.string())}).cast(CURATED["observations"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,10 @@ class Feed(BaseModel):
     volume_tolerance: float | None = Field(default=0.5, ge=0.0,
                                            description="Largest relative change in a table's delivered rows "
                                                        "against the previous committed run (null: no check)")
+    bundles: Literal["together", "independent"] = Field(
+        default="together", description="fhir: together (one unreadable bundle refuses the whole delivery) or "
+                                        "independent (a snapshot of per-patient bundles: an unreadable bundle is "
+                                        "moved to quarantine alone and the others load)")
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("ods_code")

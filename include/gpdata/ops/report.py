@@ -15,6 +15,10 @@ def practice_lines(ods: str, m: dict) -> list[str]:
         for reason, n in reasons.items():
             by_reason[reason] = by_reason.get(reason, 0) + n
     rows = m.get("committed_rows") or {}
+    if m.get("patients_read") is None:  # failed before anything was read: no counts to show
+        error = m.get("error") or {}
+        return [f"{ods}  {m.get('status')}  (run {m.get('run_id')})",
+                f"    nothing read: failed at {error.get('stage') or 'extraction'}: {error.get('cause') or 'no cause'}"]
     lines = [
         f"{ods}  {m.get('status')}  (run {m.get('run_id')})",
         f"    patients read {m.get('patients_read')}, type 1 opt-outs excluded "

@@ -53,6 +53,14 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _unmapped(counts: dict) -> dict[str, int]:
+    """FHIR resources no table maps, counted by type (the run manifest's source.unmapped_resources)."""
+    found = (counts.get("source") or {}).get("unmapped_resources")
+    if not isinstance(found, dict):
+        return {}
+    return {str(t): n for t, n in sorted(found.items()) if _int(n)}
+
+
 def quarantined_by_reason(quality: dict) -> dict[str, int]:
     """Quarantined rows summed over tables, by reason code."""
     out: dict[str, int] = {}
@@ -123,6 +131,7 @@ def practice_status(settings: Settings, practice: str, name: str | None = None) 
         "rows_state": rows_state,
         "quarantined": reasons,
         "quarantined_total": sum(reasons.values()) if quality else None,
+        "unmapped_resources": _unmapped(counts),
         "quality": None if passed is None else ("passed" if passed else "failed"),
         "expectations": _expectations(settings, practice, counts) if counts else None,
         "data_docs": docs.exists(),

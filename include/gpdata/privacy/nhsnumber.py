@@ -11,8 +11,14 @@ _POWERS = 10 ** np.arange(9, -1, -1, dtype=np.int64)
 
 
 def normalise(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Remove spaces and hyphens ("943 476 5919" and "943-476-5919" become "9434765919")."""
-    return pc.replace_substring_regex(values, pattern=r"[\s\-]", replacement="")
+    """Ten digits from the NHS Data Dictionary format (3-3-4: "943 476 5919", "943-476-5919") or ten plain digits,
+    surrounding white space removed. Any other grouping ("01 2345 6789") is left as written, so it fails
+    ``is_valid`` (an odd grouping is not a number a clinical system would show)."""
+    trimmed = pc.utf8_trim_whitespace(values)
+    for sep in (" ", "-"):
+        trimmed = pc.replace_substring_regex(trimmed, pattern=rf"^(\d{{3}}){sep}(\d{{3}}){sep}(\d{{4}})$",
+                                             replacement=r"\1\2\3")
+    return trimmed
 
 
 def is_valid(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -32,7 +38,11 @@ def is_valid(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def check_digit(first_nine: str) -> int | None:
-    """The check digit for nine digits, or None where the number cannot be valid (remainder 10)."""
+    """The check digit for nine digits, or None where there is none: the remainder is 10, or the text is not
+    nine digits (never an exception)."""
+    if not isinstance(first_nine, str) or len(first_nine) != 9 or not first_nine.isascii() \
+            or not first_nine.isdigit():
+        return None
     total = sum(int(d) * w for d, w in zip(first_nine, range(10, 1, -1), strict=True))
     check = 11 - total % 11
     if check == 11:

@@ -80,13 +80,17 @@ def _measurement_rules(table: pa.Table) -> list[tuple[pa.Array, str]]:
 
 
 def _patient_date_rules(table: pa.Table) -> list[tuple[pa.Array, str]]:
-    """Impossible patient dates. Birth and death are kept to the month: a registration is before birth when it
-    is before the birth month; a death is before registration when its month is before the registration's."""
+    """Impossible patient dates. Birth and death are kept to the month, and a source that gives only the year of
+    birth has the first of July (gpdata.ingest.sources.convert): a registration or a death is before birth when
+    it is more than BIRTH_TOLERANCE_DAYS before the birth month, so no baby registered in its first weeks is
+    refused for it; a death is before registration when its month is before the registration's."""
     birth, death = table["birth_month"], table["death_month"]
+    earliest = pc.subtract(birth.cast(pa.int32()), pa.scalar(suites.BIRTH_TOLERANCE_DAYS, pa.int32())).cast(
+        pa.date32())
     start = table["registration_date"]
     end = table["registration_end_date"] if "registration_end_date" in table.column_names else None
-    rules = [(pc.less(start, birth), "registration_before_birth"),
-             (pc.less(death, birth), "death_before_birth"),
+    rules = [(pc.less(start, earliest), "registration_before_birth"),
+             (pc.less(death, earliest), "death_before_birth"),
              (pc.less(death, pc.floor_temporal(start, unit="month")), "death_before_registration")]
     if end is not None:
         rules.append((pc.less(end, start), "registration_end_before_start"))

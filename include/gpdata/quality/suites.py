@@ -33,9 +33,11 @@ VALUE_SETS = {
 UNIQUE_KEY = {"patients": "patient_pid", "practitioners": "practitioner_pid"}
 # Tables whose rows may be dated after the patient's death (an appointment booked before it).
 AFTER_DEATH_ALLOWED = {"appointments"}
-# Patient dates that must not be before another (column A >= column B, where both are recorded).
-PATIENT_DATE_ORDER = (("registration_date", "birth_month"), ("death_month", "birth_month"),
-                      ("registration_end_date", "registration_date"))
+# A birth month may be the first of July of a year when a source gives only the year: dates compared with it
+# allow this much (gpdata.quality.rules). Patient dates that must not be before another, exactly (column A >=
+# column B, where both are recorded), as expectations; those compared with the birth month are row rules only.
+BIRTH_TOLERANCE_DAYS = 183
+PATIENT_DATE_ORDER = (("registration_end_date", "registration_date"),)
 
 
 @lru_cache(maxsize=4)

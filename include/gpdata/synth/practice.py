@@ -368,7 +368,8 @@ def _generate_practice(out_dir: Path, ods: str, *, index: int, nhs_offset: int, 
     # Impossible patient dates: from a stream of their own, so the other dirt is drawn as before; their patients
     # carry no other dirt (a quarantined patient's events are unknown patients, not before_birth)
     date_dirt = _patient_date_dirt(np.random.default_rng(ss.spawn(1)[0]), dirty_fraction,
-                                   dirty_ok & ~dup_patient & (n_optout_codes == 0), dead, birth, reg, end, today_ord)
+                                   dirty_ok & ~dup_patient & (n_optout_codes == 0), dead, birth, reg, end, today_ord,
+                                   budget)
     for i in date_dirt:
         dirty_ok[i] = False
     builder = RecordBuilder(lib, rng, drng, ids, clinicians, today_ord, dirty_fraction, dates)
@@ -517,18 +518,22 @@ def _generate_practice(out_dir: Path, ods: str, *, index: int, nhs_offset: int, 
 
 
 def _patient_date_dirt(prng: np.random.Generator, dirty_fraction: float, clean: np.ndarray, dead: np.ndarray,
-                       birth: np.ndarray, reg: np.ndarray, end: np.ndarray, today_ord: int) -> dict[int, tuple]:
+                       birth: np.ndarray, reg: np.ndarray, end: np.ndarray, today_ord: int,
+                       budget: np.ndarray) -> dict[int, tuple]:
     """Patient index -> (kind, the ordinal of the impossible date) for a few patients of each PATIENT_DATE_KEYS
-    kind (one per 2,500 patients at dirty_fraction 0.01, at least one when there is dirt), each on its own
-    otherwise clean patient: a registration 40-400 days before birth, a death 40-400 days before birth, a death
+    kind (one per 2,500 patients at dirty_fraction 0.01, at least one in a practice of 200 patients or more),
+    on the patients with the fewest records (a quarantined patient's records go with it), each on its own
+    otherwise clean patient: a registration 200-400 days before birth, a death 200-400 days before birth, a death
     45 days before the registration's month, a registration end 1-400 days before its start, and an event
     AFTER_DEATH_DAYS after death."""
     n = len(clean)
     if dirty_fraction <= 0 or n == 0:
         return {}
-    k = max(1, round(n * dirty_fraction / 25))
-    order = prng.permutation(n)
-    offsets = prng.integers(40, 401, n)
+    k = max(1 if n >= 200 else 0, round(n * dirty_fraction / 25))
+    if k == 0:
+        return {}
+    order = np.lexsort((prng.random(n), budget))  # fewest records first, ties at random
+    offsets = prng.integers(200, 401, n)  # beyond the rules' tolerance for a birth month given by year
     can = {
         "registration_before_birth": clean,
         "death_before_birth": clean & dead,  # dead patients only: the living have future bookings
@@ -540,7 +545,7 @@ def _patient_date_dirt(prng: np.random.Generator, dirty_fraction: float, clean: 
         "registration_before_birth": birth - offsets,
         "death_before_birth": birth - offsets,
         "death_before_registration": reg - 45,
-        "registration_end_before_start": reg - np.minimum(offsets - 39, 400),
+        "registration_end_before_start": reg - (offsets - 199),
         "after_death": end + AFTER_DEATH_DAYS,
     }
     out: dict[int, tuple] = {}

@@ -174,13 +174,14 @@ def _patient_dates(patients: dict[str, dict]) -> tuple[Counter, dict[str, str]]:
         if not (nhs_number_valid(value) and nhs_number_in_test_range(value)):
             continue
         birth = r["birthDate"][:7]
+        earliest = (dt.date.fromisoformat(birth + "-01") - dt.timedelta(days=183)).isoformat()
         period = next((e["extension"][0]["valuePeriod"] for e in r.get("extension", ())
                        if e.get("url") == C.REGISTRATION_EXT_URL), {})
         start, end = period.get("start", ""), period.get("end")
         death = r.get("deceasedDateTime", "")[:10]
-        if start and start < birth + "-01":
+        if start and start < earliest:
             kinds["registration_before_birth"] += 1
-        elif death and death[:7] < birth:
+        elif death and death[:7] + "-01" < earliest:
             kinds["death_before_birth"] += 1
         elif death and start and death[:7] < start[:7]:
             kinds["death_before_registration"] += 1

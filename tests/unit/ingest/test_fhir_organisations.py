@@ -59,3 +59,20 @@ def test_a_delivery_with_other_organisations_commits_and_a_foreign_one_is_refuse
             and cfg.quarantined_deliveries not in p.parents]
     assert kept and not [p for p in kept if b"export-x" in p.read_bytes()]
     assert json.loads((cfg.manifests / "A81001" / "latest.json").read_text())["run_id"] == "r1"  # nothing committed
+
+
+def test_independent_bundles_quarantine_an_unreadable_file_alone(home):
+    inbox = home / "inbox" / "A81001"
+    f.write_bundle(inbox, _delivery())
+    (inbox / "patient-0002.json").write_text('{"resourceType": "Bundle", "entry": [')
+    cfg = settings.load()
+    together = Feed(ods_code="A81001", name="p", location=str(inbox), max_quarantine_fraction=0.5)
+    with pytest.raises(SourceError, match="patient-0002.json.*not valid JSON"):
+        read_bundles(inbox, "A81001")
+    independent = together.model_copy(update={"bundles": "independent"})
+    counts = pipeline.run_practice(independent, cfg, "r1")
+    assert counts["status"] == "committed" and counts["patients_read"] == 4
+    assert counts["source"]["bundles_quarantined"] == 1
+    assert sorted(p.name for p in inbox.iterdir()) == ["bundle-0001.json"]
+    moved = list(cfg.quarantined_deliveries.rglob("patient-0002.json"))
+    assert len(moved) == 1 and json.loads((moved[0].parent / "REASON.json").read_text())["file"] == "patient-0002.json"

@@ -41,6 +41,15 @@ def test_a_committed_run_shows_its_counts_summed_by_reason(home):
     assert p["error"] is None and p["data_docs"] is False
 
 
+def test_unmapped_fhir_resources_are_shown_by_type(home):
+    cfg = settings.load()
+    _manifest(cfg, "A81001", "r1", "committed", source={"unmapped_resources": {"List": 2, "Encounter": 3, "x": "?"}},
+              **_counts())
+    assert status.practice_status(cfg, "A81001")["unmapped_resources"] == {"Encounter": 3, "List": 2}
+    _manifest(cfg, "A81001", "r2", "committed", **_counts())
+    assert status.practice_status(cfg, "A81001")["unmapped_resources"] == {}
+
+
 def test_a_failed_quality_run_keeps_its_counts_and_names_the_cause(home):
     cfg = settings.load()
     _manifest(cfg, "A81001", "r1", "committed", **_counts())

@@ -175,3 +175,16 @@ def test_the_extraction_dag_wires_the_callback_and_no_deadline_by_default(home, 
     monkeypatch.setenv("GPDATA_DEADLINE_MINUTES", "45")
     [deadline] = build_extraction_dag().deadline
     assert deadline.interval == dt.timedelta(minutes=45)
+
+
+def test_a_practice_that_failed_at_extraction_is_summarised_without_none(home, alerts):
+    from gpdata.ops.report import practice_lines
+    from gpdata_airflow.operators import _headline
+
+    exc = GpdataError("not valid JSON", practice="A81001", stage="extract", file="b.json")
+    alerts.failure_callback(_context(exc, task_id="A81001.extract"))
+    latest = store.latest_manifests(settings.load().manifests)["A81001"]
+    headline, lines = _headline(latest), practice_lines("A81001", latest)
+    assert headline.startswith("nothing read (failed at extract: not valid JSON")
+    assert lines[1].startswith("    nothing read: failed at extract: not valid JSON")
+    assert "None" not in headline + "".join(lines)

@@ -151,3 +151,14 @@ def test_a_real_gx_site_is_served_self_contained(home, ui):
         assert "<script" not in text.lower()
     index = client.get("/data-docs/A81001/index.html").text
     assert index.count('class="ge-offline-row-link"') >= 10  # validation results and suites, drawn without JS
+
+
+def test_page_shows_unmapped_fhir_resources_escaped(home, ui):
+    cfg = settings.load()
+    cfg.feeds_dir.mkdir(parents=True)
+    store.write_manifest(cfg.manifests, "A81001", "r1", {
+        "run_id": "r1", "status": "committed", "patients_read": 3,
+        "source": {"unmapped_resources": {"Encounter": 3, "<i>List</i>": 2}}})
+    page = TestClient(ui.create_app(dependencies=[])).get("/")
+    assert 'data-field="unmapped_resources"' in page.text and "Encounter 3" in page.text
+    assert "&lt;i&gt;List&lt;/i&gt; 2" in page.text

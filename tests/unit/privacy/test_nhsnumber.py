@@ -1,4 +1,6 @@
 import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gpdata.privacy import nhsnumber
 
@@ -19,3 +21,17 @@ def test_known_published_example_and_check_digit_ten():
 def test_normalise_spaces_and_hyphens():
     out = nhsnumber.normalise(pa.array(["999 000 0018", "999-000-0018", " 9990000018 "]))
     assert out.to_pylist() == ["9990000018"] * 3
+
+
+def test_only_the_data_dictionary_grouping_is_normalised():
+    out = nhsnumber.normalise(pa.array(["999 000 0018", "999-000-0018", "9990000018", "99 9000 0018",
+                                        "999 0000 018", "999 000-0018", "999  000 0018", None]))
+    assert out.to_pylist()[:3] == ["9990000018"] * 3
+    assert nhsnumber.is_valid(out).to_pylist() == [True, True, True, False, False, False, False, False]
+
+
+@given(st.text(max_size=12))
+def test_check_digit_never_raises(text):
+    result = nhsnumber.check_digit(text)
+    assert result is None or (0 <= result <= 9 and len(text) == 9 and text.isdigit())
+    assert nhsnumber.check_digit("123456") is None and nhsnumber.check_digit("12345678a") is None

@@ -20,7 +20,7 @@ def _batch(practice: str, n: int, value: float = 1.0, start: int = 0) -> pa.Tabl
         "patient_pid": [f"{i % 997:064x}" for i in range(start, start + n)], "practitioner_pid": [None] * n,
         "event_date": pa.array([19000 + i % 3000 for i in range(n)], pa.int32()).cast(pa.date32()),
         "category": ["observation"] * n, "code_system": ["snomed"] * n, "code": ["60621009"] * n,
-        "value": [value] * n, "unit": ["kg/m2"] * n}).cast(SCHEMA)
+        "value": [value] * n, "unit": ["kg/m2"] * n, "panel_id": pa.nulls(n, pa.string())}).cast(SCHEMA)
 
 
 WRITER = """

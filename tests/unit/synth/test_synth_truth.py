@@ -223,7 +223,7 @@ def test_no_date_reveals_the_date_of_birth(default_practice: Any) -> None:
     """The pipeline keeps event and registration dates at day precision and scans them for dates of birth."""
     p = default_practice.practice
     patients = p.patients()
-    for r in patients.values():  # (impossible dates, before birth on purpose, are at least 40 days before it)
+    for r in patients.values():  # (impossible dates, before birth on purpose, are at least 200 days before it)
         for x in r["extension"]:
             if x["url"] == C.REGISTRATION_EXT_URL:
                 assert r["birthDate"] not in x["extension"][0]["valuePeriod"].values()

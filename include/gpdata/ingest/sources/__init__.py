@@ -124,15 +124,23 @@ def _fhir(feed, state: PracticeState, quarantine_dir: Path, force: bool, token: 
         names.append(path.name)
         files.append({"name": token(path.name), "sha256": digest, "delivery": "snapshot"})
     if not files:
-        raise SourceError(f"no FHIR bundles (*.json) in {location}", practice=feed.ods_code)
+        raise SourceError(f"no FHIR bundles (*.json, *.xml) in {location}", practice=feed.ods_code)
     snapshot = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
     if snapshot == state.snapshot and not force:
         return None
     report: dict = {}
     try:
-        tables = read_bundles(location, feed.ods_code, only=names, report=report)
+        tables = read_bundles(location, feed.ods_code, only=names, report=report,
+                              independent_files=feed.bundles == "independent")
     except SourceError as exc:
         raise _fail(exc, bundle_files(location), quarantine_dir) from None
+    refused = report.pop("refused_files", [])
+    for exc in refused:  # independent bundles: each unreadable one is moved aside alone, with its reason
+        quarantine_files([location / exc.file], quarantine_dir, exc)
+    if refused:
+        gone = {token(exc.file) for exc in refused}
+        files = [f for f in files if f["name"] not in gone]
+        report["bundles_quarantined"] = len(refused)
     return Batch(tables=tables, deleted=_empty_deleted(), full=True, files=files, skipped=skipped,
                  deliveries=[f"snapshot {snapshot[:12]}"], snapshot=snapshot, resources=report)
 

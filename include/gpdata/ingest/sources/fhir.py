@@ -588,7 +588,71 @@ def _table(name: str, cols: dict[str, list], issues: list) -> pa.Table:
 
 
 def bundle_files(location: Path) -> list[Path]:
-    return sorted(p for p in location.glob("*.json") if p.is_file())
+    """The delivery's bundles: FHIR JSON (``*.json``) and FHIR XML (``*.xml``)."""
+    return sorted(p for p in location.iterdir() if p.is_file() and p.suffix.lower() in (".json", ".xml"))
+
+
+FHIR_NS = "http://hl7.org/fhir"
+_RESOURCE_HOLDERS = {"resource", "contained", "outcome"}  # elements whose child is a whole resource
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _xml_children(element) -> dict:
+    """The FHIR JSON form of an XML element's attributes and children (FHIR XML rules: a primitive's value in its
+    ``value`` attribute, ``id`` and an extension's ``url`` as attributes, a repeated element as a list; the
+    extensions of a primitive under ``_name``, as in JSON)."""
+    out: dict = {}
+    repeated: set[str] = set()
+    for name in ("id", "url"):
+        if element.get(name) is not None:
+            out[name] = element.get(name)
+    for child in element:
+        if not isinstance(child.tag, str):  # a comment or a processing instruction
+            continue
+        name = _local(child.tag)
+        if name == "div":  # the XHTML narrative: its text
+            value = "".join(child.itertext())
+        elif name in _RESOURCE_HOLDERS:
+            inner = [c for c in child if isinstance(c.tag, str)]
+            value = _xml_resource(inner[0]) if inner else None
+        elif child.get("value") is not None:
+            value = child.get("value")
+            extra = _xml_children(child)
+            extra.pop("id", None)
+            if extra:
+                out.setdefault(f"_{name}", extra)
+        else:
+            value = _xml_children(child)
+        if name in repeated:
+            out[name].append(value)
+        elif name in out:
+            out[name] = [out[name], value]
+            repeated.add(name)
+        else:
+            out[name] = value
+    return out
+
+
+def _xml_resource(element) -> dict:
+    return {"resourceType": _local(element.tag), **_xml_children(element)}
+
+
+def _xml_document(raw: bytes, practice: str, name: str) -> dict:
+    """A FHIR XML Bundle as its FHIR JSON form (lxml; no DTD, no entity expansion, no network)."""
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+                             remove_comments=True, remove_pis=True)
+    try:
+        root = etree.fromstring(raw, parser)
+    except etree.XMLSyntaxError as exc:
+        raise SourceError(f"not valid XML (line {exc.lineno})", practice=practice, file=name) from None
+    if root.tag != f"{{{FHIR_NS}}}Bundle":
+        raise SourceError("not a FHIR Bundle", practice=practice, file=name)
+    return _xml_resource(root)
 
 
 def _digits(value: str) -> str:
@@ -630,6 +694,36 @@ def _check_practice(rows: _Rows, practice: str, location: Path) -> None:
                           file=str(location.name))
 
 
+def _entries(raw: bytes, path: Path, practice: str) -> list[tuple[dict, dict, str]]:
+    """(entry, resource, resource type) of each entry of a bundle file, after checking the whole file: a file
+    that cannot be read is refused before any of its entries is."""
+    if path.suffix.lower() == ".xml":
+        doc = _xml_document(raw, practice, path.name)
+    else:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise SourceError(f"not valid JSON ({exc.args[0].split(':')[0]})", practice=practice,
+                              file=path.name) from None
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        raise SourceError("not a FHIR Bundle", practice=practice, file=path.name)
+    entries = doc.get("entry")
+    if isinstance(entries, dict):  # one entry (FHIR XML, or a sender's JSON)
+        entries = [entries]
+    if entries is not None and not isinstance(entries, list):
+        raise SourceError("Bundle.entry is not a list", practice=practice, file=path.name)
+    out = []
+    for index, entry in enumerate(entries or ()):
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(res, dict) or "resourceType" not in res:
+            raise SourceError("bundle entry without a resource", practice=practice, file=path.name, row=index)
+        rtype = res["resourceType"]
+        if not isinstance(rtype, str) or not rtype.strip():
+            raise SourceError("unreadable element resourceType", practice=practice, file=path.name, row=index)
+        out.append((entry, res, rtype))
+    return out
+
+
 def _resolve_medications(rows: _Rows) -> None:
     """The code of a medication named through medicationReference: the Medication resource in the delivery
     (a reference it does not hold leaves the code empty: the row is quarantined as an invalid code)."""
@@ -640,14 +734,16 @@ def _resolve_medications(rows: _Rows) -> None:
 
 def read_bundles(location: Path, practice: str, only: list[str] | None = None,
                  type1: OptOutCodes | None = None, *, report: dict | None = None,
-                 strict: bool = False) -> dict[str, pa.Table]:
+                 strict: bool = False, independent_files: bool = False) -> dict[str, pa.Table]:
     """Read every bundle in a practice's delivery folder (or the ``only`` ones) into canonical tables, plus
     ``type1_evidence``: every type 1 code found anywhere in a resource (``type1``: the configured codes).
 
     An entry whose shape cannot be read becomes a row of its table with ``_issue`` "unreadable_entry" (the
     quality gate quarantines it by entry); with ``strict``, it raises a SourceError naming the practice, file,
     entry and FHIR path instead (never a value). ``report``, if given, receives the counts of resources by type
-    that no table maps (``unmapped_resources``) and of unreadable entries by FHIR path (``unreadable_entries``).
+    that no table maps (``unmapped_resources``) and of unreadable entries by FHIR path (``unreadable_entries``),
+    and the SourceError of each file refused alone (``refused_files``): with ``independent_files`` (a snapshot of
+    independent per-patient bundles) a file that cannot be read is left out instead of refusing the delivery.
     """
     type1 = type1 or optout_codes()
     needles = type1.needles()
@@ -658,31 +754,22 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
     if only is not None:
         files = [f for f in files if f.name in set(only)]
     if not files:
-        raise SourceError(f"no FHIR bundles (*.json) in {location}", practice=practice)
+        raise SourceError(f"no FHIR bundles (*.json, *.xml) in {location}", practice=practice)
     rows = _Rows()
+    bad_files: list[SourceError] = []
     for path in files:
         raw = path.read_bytes()
         # Only a file that holds a type 1 code (or a JSON escape that could spell one) is searched resource by
         # resource for it; in every other file no resource can carry one.
-        scan = b"\\u" in raw or any(n in raw for n in needles)
+        scan = b"\\u" in raw or b"&#" in raw or any(n in raw for n in needles)  # JSON or XML escapes
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise SourceError(f"not valid JSON ({exc.args[0].split(':')[0]})", practice=practice,
-                              file=path.name) from None
-        if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
-            raise SourceError("not a FHIR Bundle", practice=practice, file=path.name)
-        entries = doc.get("entry")
-        if entries is not None and not isinstance(entries, list):
-            raise SourceError("Bundle.entry is not a list", practice=practice, file=path.name)
-        for index, entry in enumerate(entries or ()):
-            res = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(res, dict) or "resourceType" not in res:
-                raise SourceError("bundle entry without a resource", practice=practice, file=path.name,
-                                  row=index)
-            rtype = res["resourceType"]
-            if not isinstance(rtype, str) or not rtype.strip():
-                raise SourceError("unreadable element resourceType", practice=practice, file=path.name, row=index)
+            entries = _entries(raw, path, practice)
+        except SourceError as exc:
+            if not independent_files:
+                raise
+            bad_files.append(exc)  # this file alone is refused; nothing of it was read
+            continue
+        for index, (entry, res, rtype) in enumerate(entries):
             pos = {"_src_file": path.name, "_src_entry": index}
             if rtype == "Organization" and isinstance(entry.get("fullUrl"), str):
                 pos["_full_url"] = _lenient_ref(entry["fullUrl"])
@@ -700,6 +787,8 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
                         rows.medications[full] = rows.medications.get(res.get("id") or "", (None, None))
             if scan:
                 _type1_evidence(res, rows, pos, type1)
+    if bad_files and len(bad_files) == len(files):
+        raise bad_files[0]
     _check_practice(rows, practice, location)
     _resolve_nhs_refs(rows)
     _resolve_medications(rows)
@@ -707,6 +796,7 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
     prac["role_code"] = [rows.roles.get(r or "", (None, None))[0] for r in prac["source_id"]]
     prac["role_name"] = [rows.roles.get(r or "", (None, None))[1] for r in prac["source_id"]]
     if report is not None:
+        report["refused_files"] = bad_files
         report["unmapped_resources"] = dict(sorted(rows.unmapped.items()))
         report["unreadable_entries"] = dict(sorted(rows.unreadable.items()))
     return {name: _table(name, cols, rows.issues[name]) for name, cols in rows.cols.items()}
