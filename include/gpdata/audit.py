@@ -56,6 +56,7 @@ def audit_key(env: dict[str, str] | None = None) -> bytes:
     env = os.environ if env is None else env
     if env.get(KEY_FILE_ENV):
         path = Path(env[KEY_FILE_ENV])
+        settings_mod.check_secret_file(path, "audit key file", env)  # production: owner-only
         try:
             return _parse_key(path.read_text(), f"file {path}")
         except OSError as exc:

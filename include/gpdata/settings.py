@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpdata.errors import KeyConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR.parent / "config"
 CODELISTS_DIR = CONFIG_DIR / "codelists"
@@ -22,6 +24,19 @@ def production_mode(env: dict[str, str] | None = None) -> bool:
     secrets must come from files the operator made."""
     env = os.environ if env is None else env
     return env.get(MODE_ENV, "development").strip().lower() == "production"
+
+
+def check_secret_file(path: Path, what: str, env: dict[str, str] | None = None, practice: str | None = None) -> None:
+    """In production mode, refuse a secret file that group or others may read (or write)."""
+    if not production_mode(env):
+        return
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        raise KeyConfigError(f"{what} {path} does not exist", practice=practice) from None
+    if mode & 0o077:
+        raise KeyConfigError(f"{what} {path} is open to group or others (mode {mode & 0o777:04o}); it must be "
+                             f"readable by its owner only (chmod 600) when {MODE_ENV}=production", practice=practice)
 
 
 def dialects_dirs(env: dict[str, str] | None = None) -> tuple[Path, ...]:

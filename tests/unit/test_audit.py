@@ -87,6 +87,7 @@ def test_production_mode_refuses_to_write_without_an_audit_key(home, monkeypatch
         audit.append(settings.load().store, "extract")
     key_file = home / "audit.key"
     key_file.write_text("ab" * 32)
+    key_file.chmod(0o600)
     monkeypatch.setenv(audit.KEY_FILE_ENV, str(key_file))
     audit.append(settings.load().store, "extract")
     assert audit.verify(settings.load().store) == 1
@@ -111,3 +112,15 @@ def test_four_concurrent_writers_leave_one_chain_that_verifies(home):
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert audit.verify(root) == 201
     assert sorted(e["seq"] for e in audit.entries(root)) == list(range(1, 202))
+
+
+def test_production_refuses_an_audit_key_file_others_can_read(home, monkeypatch):
+    key_file = home / "audit.key"
+    key_file.write_text("cd" * 32)
+    key_file.chmod(0o644)
+    monkeypatch.setenv("GPDATA_MODE", "production")
+    monkeypatch.setenv(audit.KEY_FILE_ENV, str(key_file))
+    with pytest.raises(GpdataError, match="audit key file .* is open to group or others"):
+        audit.append(settings.load().store, "extract")
+    key_file.chmod(0o600)
+    assert audit.append(settings.load().store, "extract")["seq"] == 1

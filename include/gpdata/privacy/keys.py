@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gpdata import settings, storage
 from gpdata.errors import KeyConfigError
+from gpdata.settings import check_secret_file
 
 KEY_ENV = "GPDATA_MASTER_KEY"
 KEY_FILE_ENV = "GPDATA_MASTER_KEY_FILE"
@@ -158,19 +159,6 @@ def weakness(material: bytes) -> str | None:
     if len(material) >= MIN_KEY_BYTES and len(set(material)) < 16:
         return f"it has only {len(set(material))} distinct byte values"
     return None
-
-
-def check_secret_file(path: Path, what: str, env: dict[str, str] | None = None, practice: str | None = None) -> None:
-    """In production mode, refuse a secret file that group or others may read (or write)."""
-    if not production_mode(env):
-        return
-    try:
-        mode = Path(path).stat().st_mode
-    except FileNotFoundError:
-        raise KeyConfigError(f"{what} {path} does not exist", practice=practice) from None
-    if mode & 0o077:
-        raise KeyConfigError(f"{what} {path} is open to group or others (mode {mode & 0o777:04o}); it must be "
-                             f"readable by its owner only (chmod 600) when {MODE_ENV}=production", practice=practice)
 
 
 def _parse_ring(entries: list[tuple[str, str]], where: str, practice: str | None) -> tuple[tuple[str, bytes], ...]:
