@@ -36,8 +36,9 @@ def delivered(tmp_path_factory):
 
 
 @pytest.fixture
-def practice(delivered, home):
+def practice(delivered, home, monkeypatch):
     root, canonical = delivered
+    monkeypatch.setenv("GPDATA_INBOX_ROOT", str(root.parent))  # the other practice's deliveries lie beside home
     (home / "reference" / "postcode_lsoa.csv").write_bytes((root / "reference" / "postcode_lsoa.csv").read_bytes())
     inbox = home / "inbox"
     write_delivery(canonical, inbox, ODS, DIALECT, exports.FIRST_STAMP)

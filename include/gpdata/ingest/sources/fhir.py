@@ -94,11 +94,13 @@ def _objs(value, path: str) -> list[dict]:
 
 
 def _text(value, path: str) -> str | None:
-    """A string, trimmed (None when empty); a number is read as its text."""
+    """A string as sent, byte for byte (None when empty or blank: free text such as a status keeps a leading tab
+    or '=', which outputs neutralise, never the store); a number is read as its text. Codes are trimmed apart
+    (``trim_code``)."""
     if value is None:
         return None
     if isinstance(value, str):
-        return value.strip() or None
+        return value if value.strip() else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise Unreadable(path)
