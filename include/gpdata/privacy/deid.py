@@ -273,6 +273,8 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
                                                    (pc.invert(found), "unknown_patient"),
                                                    (pc.is_null(pids), "patient_invalid_nhs_number")])),
         }
+        # Two allow-lists on purpose (defence in depth, issue 23): this one copies only curated columns, and
+        # _finish builds the table from the staged schema alone, so either suffices and a mutant of one survives.
         curated = set(CURATED[name].names)
         for col in table.column_names:
             if col in curated and col not in columns:

@@ -1,0 +1,172 @@
+"""Mutation testing of the privacy guards (issue 23): ``make mutate``, never part of ``make test``.
+
+For each guard module, cosmic-ray (pinned in requirements.txt) mutates a throw-away copy of the tracked files
+(the working tree is never touched) and runs only the tests that cover that module. A surviving mutant is either
+listed, reviewed, in mutation/equivalent.txt (``path:line operator  # reason``) or reported as unexplained, and
+the run then exits 1. Writes mutation/results.json and mutation/summary.md.
+
+    python mutation/run.py [MODULE ...]     # default: every module in MODULES, e.g. include/gpdata/privacy/type1.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "mutation"
+BIN = Path(sys.executable).parent
+G = "tests/unit/privacy/test_guards.py"
+
+# module -> the tests that cover it (kept tight: the whole run must fit in 30 minutes on 2 cores)
+MODULES: dict[str, list[str]] = {
+    "include/gpdata/privacy/type1.py": ["tests/unit/privacy/test_type1.py",
+                                        "tests/unit/privacy/test_type1_encodings.py",
+                                        f"{G}::test_an_undated_dissent_beats_every_withdrawal",
+                                        f"{G}::test_an_undated_withdrawal_loses_to_every_dated_dissent"],
+    "include/gpdata/privacy/deid.py": ["tests/unit/privacy/test_deid.py", "tests/unit/privacy/test_restricted.py",
+                                       f"{G}::test_every_pseudonymised_field_uses_its_own_derived_key"],
+    "include/gpdata/privacy/keys.py": ["tests/unit/privacy/test_keys.py", f"{G}::test_production_mode_is_recognised"
+                                                                          "_in_any_case"],
+    "include/gpdata/privacy/ndop.py": ["tests/unit/privacy/test_optouts_everywhere.py::test_a_bad_ndop_list_is_refused"
+                                       "_and_the_list_in_force_stays",
+                                       "tests/unit/privacy/test_optouts_everywhere.py::test_a_shrunken_ndop_list_is_"
+                                       "refused_and_staleness_counts_from_publication",
+                                       f"{G}::test_the_national_data_optout_removes_every_record_of_the_patient_not_"
+                                       "only_the_patient_row"],
+    "include/gpdata/share/disseminate.py": ["tests/unit/share/test_disseminate.py",
+                                            f"{G}::test_the_national_data_optout_removes_every_record_of_the_patient"
+                                            "_not_only_the_patient_row",
+                                            f"{G}::test_every_count_in_summary_json_and_the_audit_entry_is_suppressed",
+                                            f"{G}::test_an_inactive_project_is_refused_and_nothing_is_written"],
+    "include/gpdata/share/publish.py": ["tests/unit/share/test_publishable.py",
+                                        f"{G}::test_every_count_in_summary_json_and_the_audit_entry_is_suppressed"],
+    "include/gpdata/audit.py": ["tests/unit/test_audit.py"],
+    "include/gpdata/store/erasure.py": [f"{G}::test_a_patient_held_only_by_a_release_is_found_and_erased_after_a_"
+                                        "late_optout", f"{G}::test_erasure_refuses_anything_but_a_pseudonym",
+                                        f"{G}::test_erasure_refuses_raw_nhs_numbers_and_quoting_strings",
+                                        "tests/unit/privacy/test_optouts_everywhere.py::test_a_commit_rechecks_the_"
+                                        "register_recorded_since_its_extraction"],
+    "include/gpdata/ops/leakscan.py": ["tests/unit/ops/test_leakscan.py"],
+}
+
+# Operators kept: negated conditions, and/or swaps, boolean constants, boundary and (in)equality swaps, loops
+# skipped. Arithmetic, number, variable and exception operators are left out: they multiply mutants of
+# formatting code without reaching a guard's decision.
+KEEP_COMPARISONS = "Eq_NotEq|NotEq_Eq|Lt_LtE|LtE_Lt|Gt_GtE|GtE_Gt|Is_IsNot|IsNot_Is"
+EXCLUDE_OPERATORS = [
+    r"core/ReplaceBinaryOperator_.*", r"core/ReplaceUnaryOperator_.*", r"core/NumberReplacer",
+    r"core/VariableReplacer", r"core/VariableInserter", r"core/RemoveDecorator", r"core/ReplaceBreakWithContinue",
+    r"core/ReplaceContinueWithBreak", r"core/ExceptionReplacer",
+    rf"core/ReplaceComparisonOperator_(?!({KEEP_COMPARISONS})$).*",
+]
+TIMEOUT_SECONDS = 300
+
+
+def _equivalent() -> dict[str, str]:
+    """``path:line operator`` -> reason, from mutation/equivalent.txt."""
+    out = {}
+    path = HERE / "equivalent.txt"
+    for raw in path.read_text().splitlines() if path.exists() else []:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where, _, reason = line.partition("#")
+        out[" ".join(where.split())] = reason.strip()
+    return out
+
+
+def _copy_tree(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for name in files:
+        src = ROOT / name
+        if src.is_file() and not name.startswith(("mutation/", "docs/", "tests/system", "tests/browser",
+                                                   "tests/stack")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def _toml(value) -> str:
+    return json.dumps(value)
+
+
+def run_module(work: Path, module: str, tests: list[str]) -> list[dict]:
+    name = module.replace("/", "_").removesuffix(".py")
+    config, session = work / f"{name}.toml", work / f"{name}.sqlite"
+    command = (f"{sys.executable} -m pytest -x -q -n 0 -p no:cacheprovider " + " ".join(f"'{t}'" for t in tests))
+    config.write_text(
+        "[cosmic-ray]\n"
+        f"module-path = {_toml(module)}\n"
+        f"timeout = {TIMEOUT_SECONDS}.0\n"
+        "excluded-modules = []\n"
+        f"test-command = {_toml(command)}\n"
+        "[cosmic-ray.distributor]\nname = \"local\"\n"
+        "[cosmic-ray.filters.operators-filter]\n"
+        f"exclude-operators = {_toml(EXCLUDE_OPERATORS)}\n")
+    env = dict(os.environ, PYTHONPATH=f"{work / 'include'}:{work / 'plugins'}:{work}")
+    for step in ([str(BIN / "cosmic-ray"), "init", str(config), str(session)],
+                 [str(BIN / "cr-filter-operators"), str(session), str(config)],
+                 [str(BIN / "cosmic-ray"), "exec", str(config), str(session)]):
+        subprocess.run(step, cwd=work, env=env, check=True, capture_output=True)
+    dump = subprocess.run([str(BIN / "cosmic-ray"), "dump", str(session)], cwd=work, env=env, check=True,
+                          capture_output=True, text=True).stdout
+    out = []
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        if not result or result.get("worker_outcome") == "skipped":
+            continue
+        m = item["mutations"][0]
+        diff = [d for d in (result.get("diff") or "").splitlines() if d[:1] in "+-" and d[:3] not in ("---", "+++")]
+        out.append({"module": module, "line": m["start_pos"][0], "operator": m["operator_name"],
+                    "occurrence": m["occurrence"], "outcome": result.get("test_outcome"),
+                    "worker": result.get("worker_outcome"), "mutation": " / ".join(d.strip() for d in diff)})
+    return out
+
+
+def main(selected: list[str]) -> int:
+    modules = {m: MODULES[m] for m in (selected or MODULES)}
+    equivalent = _equivalent()
+    started = time.monotonic()
+    mutants, per_module = [], {}
+    with tempfile.TemporaryDirectory(prefix="gpdata-mutate-") as tmp:
+        work = Path(tmp)
+        _copy_tree(work)
+        for module, tests in modules.items():
+            t0 = time.monotonic()
+            found = run_module(work, module, tests)
+            mutants += found
+            per_module[module] = {"mutants": len(found), "seconds": round(time.monotonic() - t0, 1)}
+            print(f"{module}: {len(found)} mutants in {per_module[module]['seconds']} s", flush=True)
+    killed = [m for m in mutants if m["outcome"] == "killed"]
+    surviving = [m for m in mutants if m["outcome"] != "killed"]  # survived, incompetent or timed out
+    explained = [m for m in surviving if f"{m['module']}:{m['line']} {m['operator']}" in equivalent]
+    for m in explained:
+        m["reason"] = equivalent[f"{m['module']}:{m['line']} {m['operator']}"]
+    unexplained = [m for m in surviving if m not in explained]
+    results = {"modules": per_module, "total": len(mutants), "killed": len(killed), "survived": len(unexplained),
+               "equivalent": len(explained), "seconds": round(time.monotonic() - started, 1),
+               "operators_excluded": EXCLUDE_OPERATORS, "survivors": unexplained, "equivalents": explained}
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["# Mutation testing of the privacy guards", "",
+             f"{results['total']} mutants, {results['killed']} killed, {results['equivalent']} equivalent "
+             f"(reviewed, mutation/equivalent.txt), **{results['survived']} unexplained survivors**; "
+             f"{results['seconds']} s.", "", "| module | mutants | seconds |", "|---|---|---|",
+             *[f"| {m} | {v['mutants']} | {v['seconds']} |" for m, v in per_module.items()], ""]
+    if unexplained:
+        lines += ["## Unexplained survivors (kill with a test, or review into equivalent.txt)", "",
+                  *[f"- `{m['module']}:{m['line']} {m['operator']}` ({m['outcome']}): `{m['mutation']}`"
+                    for m in unexplained], ""]
+    (HERE / "summary.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 1 if unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
