@@ -116,26 +116,13 @@ def _new_entry(key: bytes, last: dict, event: str, fields: dict) -> dict:
     return entry
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def append(store_root: Path, event: str, **fields) -> dict:
     key = audit_key()
     folder = audit_dir(store_root)
     if storage.is_remote(folder):
         entry = _append_s3(folder, key, event, fields)
     else:
-        with _locked(folder / "audit.lock"):
+        with storage.file_lock(folder / "audit.lock"):
             entry = _new_entry(key, head(store_root), event, fields)
             storage.append_text(folder / "audit.jsonl", json.dumps(entry, sort_keys=True, default=str) + "\n")
             storage.write_bytes_atomic(folder / "audit.head",
@@ -180,7 +167,7 @@ def published_head_path() -> Path:
 def publish_head(store_root: Path, last: dict) -> None:
     """Record the head in the register (outside the store) unless a later head is recorded already."""
     path = published_head_path()
-    with _locked(path.with_name(".audit-head.lock")):
+    with storage.file_lock(path.with_name(".audit-head.lock")):
         doc = storage.read_json(path) or {"stores": {}}
         sid = _store_id(store_root)
         if doc["stores"].get(sid, {}).get("seq", 0) < last["seq"]:

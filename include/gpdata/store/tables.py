@@ -107,19 +107,11 @@ def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], qua
 def practice_lock(store: Path, practice: str):
     """One commit of a practice at a time on this store: a second waits, then replaces the first whole
     (an exclusive lock on ``_journal/<ODS>.lock``; on an object store one scheduler runs a practice at a time)."""
-    import fcntl
-
     if storage.is_remote(store):  # no file locks on an object store: Airflow runs one extraction at a time
         yield
         return
-    path = journal_path(store, practice).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with storage.file_lock(journal_path(store, practice).with_suffix(".lock")):
+        yield
 
 
 def _commit_locked(store: Path, practice: str, tables: dict[str, pa.Table], quarantine: pa.Table,
