@@ -6,7 +6,7 @@ anchored outside the store.
   recompute a chain that verifies (plain SHA-256, or any other key, is detected). The audit key comes from
   ``GPDATA_AUDIT_KEY_FILE`` (a file holding 64 hex digits; in compose a file secret of the workers only) or
   ``GPDATA_AUDIT_KEY``; production mode (``GPDATA_MODE=production``) refuses to run without one. In
-  development a key is made once per installation at ``$GPDATA_HOME/secrets/dev-audit.key``.
+  development a key is made once at ``.secrets/dev-audit.key`` in the checkout (``GPDATA_SECRETS_DIR``).
 * **One writer at a time.** Locally, appends hold an exclusive lock (``_audit/audit.lock``) while they read the
   head and write the entry, so concurrent tasks never fork the chain. On S3 each entry is its own object,
   ``_audit/entries/<seq>.json``, written put-if-absent (``If-None-Match: *``): of two writers racing for one
