@@ -20,7 +20,8 @@ number, postcode or date of birth with fewer than 6 letters and digits (a practi
 ``Jo Li``) would match CSS ``100%`` or ordinary words on every page, and the real leaks would drown in noise.
 They are counted (``Identifiers.skipped``) so the report says so. Surnames are searched alone only in Parquet
 string cells, only from 4 letters, and not in gpdata's own lower-case snake_case codes (a quarantine reason
-``patient_invalid_nhs_number`` is not a finding for a patient called Invalid).
+``patient_invalid_nhs_number`` is not a finding for a patient called Invalid), nor in the values gpdata writes
+from its own vocabularies (an ethnic group ``White`` is not a finding for a patient called White).
 
 Numeric Parquet columns are read too: an NHS number from the sources sent as a number is found. File and
 folder names are scanned like text. ``group`` folds findings into (kind, folder) groups with counts, the kinds
@@ -46,9 +47,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gpdata.privacy import nhsnumber
+from gpdata.share.generalise import ETHNIC_GROUPS
 
 _TOKEN = re.compile(r"[A-Z0-9]+")
 PSEUDONYM_RE = r"^[0-9a-f]{64}$"
+# Values gpdata writes from its own fixed vocabularies: a patient called White is not found in an ethnic group.
+OWN_VOCABULARY = frozenset(v.upper() for v in ETHNIC_GROUPS.values())
 _ENUM = re.compile(r"[a-z0-9]+(_[a-z0-9]+)+")  # gpdata's own lower-case codes (quarantine reasons): no surname
 DELTA_LOG_SKIP = frozenset({"date_of_birth"})
 TEXT_SUFFIXES = {".json", ".log", ".txt", ".csv", ".md", ".html", ".yaml", ".yml", ".crc"}
@@ -197,7 +201,8 @@ def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
             col = pc.filter(col, pc.invert(pc.fill_null(pc.match_substring_regex(col, PSEUDONYM_RE), True)))
             for value in set(pc.unique(col).to_pylist()) - {None}:
                 kind = ids.find(value)
-                if kind is None and not _ENUM.fullmatch(value) and ids.surnames & set(tokens(value)):
+                if kind is None and not _ENUM.fullmatch(value) and value.upper() not in OWN_VOCABULARY \
+                        and ids.surnames & set(tokens(value)):
                     kind = "name"
                 if kind:
                     findings.append(Finding(str(path), f"column {name}", kind))

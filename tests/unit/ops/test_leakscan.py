@@ -112,3 +112,16 @@ def test_findings_are_grouped_with_direct_identifiers_first(tmp_path):
     groups = group(findings)
     assert [(g["kind"], g["folder"], g["count"]) for g in groups] == [
         ("nhs_number", "/o/store/_quarantine", 1), ("identifier", "/o/docs", 40)]
+
+
+def test_a_surname_that_is_also_an_ethnic_group_is_no_finding_in_that_vocabulary(tmp_path):
+    """Seen on the demo: a patient called White, and the HTN extract's ethnic_group column."""
+    resources = [*practice_resources(), f.patient("p9", "9990000042", family="White", given="Ada")]
+    f.write_bundle(tmp_path / "sources" / "A81001", resources)
+    ids = collect_identifiers(tmp_path / "sources")
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"ethnic_group": ["White", "Asian", None]}), out / "patients.parquet")
+    assert scan_tree([out], ids) == []
+    pq.write_table(pa.table({"note": ["Ada White"]}), out / "leak.parquet")  # the full name is still found
+    assert [x.kind for x in scan_tree([out], ids)] == ["name"]
