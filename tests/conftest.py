@@ -17,6 +17,17 @@ def pytest_xdist_auto_num_workers(config) -> int:
 TEST_KEY = "5a" * 32
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_state_in_the_checkout(tmp_path_factory):
+    """Tests never write into the checkout: by default (before a test's own `home`) GPDATA_HOME and the
+    secrets folder (dev keys, the development audit key) are temporary folders of the test session."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GPDATA_HOME", str(tmp_path_factory.mktemp("default_home")))
+    mp.setenv("GPDATA_SECRETS_DIR", str(tmp_path_factory.mktemp("secrets")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """An isolated GPDATA_HOME with a test key and a postcode lookup."""

@@ -69,6 +69,7 @@ def _plugin_paths() -> list[str]:
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("gpdata_ui")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GPDATA"))}
+    env["GPDATA_SECRETS_DIR"] = os.environ["GPDATA_SECRETS_DIR"]  # the test session's, never the checkout's
     env.update({"GPDATA_HOME": str(home), "GPDATA_FEEDS_DIR": str(home / "feeds")})
     cfg = settings.load(env)
     truths = generate(home, n_practices=2, n_patients=60, events_per_patient=20, dirty_fraction=0.02,

@@ -129,6 +129,7 @@ def airflow(tmp_path_factory):
     for ods in ("A81001", "B82002"):
         (home / "feeds" / f"{ods}.yaml").write_text(f"ods_code: {ods}\nname: P {ods}\nlocation: ../sources/{ods}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GPDATA"))}
+    env["GPDATA_SECRETS_DIR"] = os.environ["GPDATA_SECRETS_DIR"]  # the test session's, never the checkout's
     env.update({"GPDATA_HOME": str(home), "GPDATA_FEEDS_DIR": str(home / "feeds")})
     env.update(airflow_env(settings.load(env)))
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.system
 def demo(tmp_path_factory):
     home = tmp_path_factory.mktemp("gpdata_home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GPDATA"))}
+    env["GPDATA_SECRETS_DIR"] = os.environ["GPDATA_SECRETS_DIR"]  # the test session's, never the checkout's
     env.update({"GPDATA_HOME": str(home), "GPDATA_FEEDS_DIR": str(home / "feeds")})
     cfg = settings.load(env)
     truths = generate(home, n_practices=3, n_patients=80, events_per_patient=30, dirty_fraction=0.01,

@@ -63,6 +63,7 @@ def run(tmp_path_factory):
     dialects = tmp_path_factory.mktemp("own_dialects")
     (dialects / "semicolon_export.yaml").write_text(OWN_DIALECT)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GPDATA"))}
+    env["GPDATA_SECRETS_DIR"] = os.environ["GPDATA_SECRETS_DIR"]  # the test session's, never the checkout's
     env.update({"GPDATA_HOME": str(home), "GPDATA_FEEDS_DIR": str(home / "feeds"),
                 "GPDATA_DIALECTS_DIR": str(dialects)})
     before = os.environ.get("GPDATA_DIALECTS_DIR")
