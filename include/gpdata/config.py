@@ -63,7 +63,7 @@ def _docs_cache(folder: Path) -> Path | None:
     return Path(home) / "cache" / f"yaml-{tag}.json"
 
 
-def _read_docs(folder: Path, paths: list[Path]) -> dict[Path, object]:
+def _read_docs(folder: Path, paths: list[Path], problems: list | None = None) -> dict[Path, object]:
     """Each file's parsed YAML, reusing the cache for files whose size and modification time are unchanged
     (the DAG processor re-reads thousands of feed files every few minutes; parsing them is the slow part)."""
     import json
@@ -84,7 +84,13 @@ def _read_docs(folder: Path, paths: list[Path]) -> dict[Path, object]:
         if entry and entry[0] == stamp:
             docs[path] = entry[1]
         else:
-            docs[path] = _parse(path)
+            try:
+                docs[path] = _parse(path)
+            except ConfigError as exc:
+                if problems is None:
+                    raise
+                docs[path] = exc  # reported by the caller; never cached
+                continue
             changed = True
         fresh[path.name] = [stamp, docs[path]]
     if cache_path and (changed or len(fresh) != len(cached)):
@@ -99,21 +105,42 @@ def _read_docs(folder: Path, paths: list[Path]) -> dict[Path, object]:
 
 
 def load_folder(folder: Path, loader: Callable[[Path], M], key: str, what: str, label: str,
-                model: type[M] | None = None) -> list[M]:
+                model: type[M] | None = None, problems: list[ConfigError] | None = None) -> list[M]:
     """Every ``*.yaml``/``*.yml`` file of a folder through ``loader`` (or, faster, validated into ``model`` from
-    cached YAML), sorted by ``key``; a repeated key is an error naming both files."""
+    cached YAML), sorted by ``key``; a repeated key is an error naming both files.
+
+    With ``problems`` (a list), a file that cannot be read or validated is left out and its error appended
+    instead of raised, so one broken file disables only itself; files sharing a key are all left out (which of
+    them is right cannot be told), each with an error naming the other."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{what} folder {folder} does not exist")
     root = folder.resolve()
     paths = [root / n for n in sorted(e.name for e in os.scandir(root)
                                       if e.name.endswith((".yaml", ".yml")) and e.is_file())]
-    docs = _read_docs(root, paths) if model is not None else {}
+    docs = _read_docs(root, paths, problems) if model is not None else {}
     found: dict[str, M] = {}
+    clashes: dict[str, list[M]] = {}
     for path in paths:
-        item = _validate(path, docs[path], model, what) if model is not None else loader(path)
+        try:
+            if model is not None and isinstance(docs[path], ConfigError):
+                raise docs[path]
+            item = _validate(path, docs[path], model, what) if model is not None else loader(path)
+        except ConfigError as exc:
+            if problems is None:
+                raise
+            problems.append(exc)
+            continue
         value = getattr(item, key)
-        if value in found:
-            raise ConfigError(f"duplicate {label} {value}, also in {found[value].source_file}", file=str(path))
+        if value in found or value in clashes:
+            if problems is None:
+                raise ConfigError(f"duplicate {label} {value}, also in {found[value].source_file}", file=str(path))
+            clashes.setdefault(value, [found.pop(value)] if value in found else []).append(item)
+            continue
         found[value] = item
+    for value, items in clashes.items():
+        for item in items:
+            others = ", ".join(str(o.source_file) for o in items if o is not item)
+            problems.append(ConfigError(f"duplicate {label} {value}, also in {others}; none of these files is used",
+                                        file=str(item.source_file)))
     return [found[k] for k in sorted(found)]

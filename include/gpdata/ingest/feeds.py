@@ -201,6 +201,14 @@ def load_feeds(folder: Path, *, active_only: bool = False) -> list[Feed]:
     return [f for f in feeds if f.active] if active_only else feeds
 
 
+def survey_feeds(folder: Path, *, active_only: bool = False) -> tuple[list[Feed], list[ConfigError]]:
+    """The feeds of a folder that can be read, and an error (naming the file, the field and the cause) for each
+    file that cannot: one broken feed file disables that feed only. A missing folder is still an error."""
+    problems: list[ConfigError] = []
+    feeds = load_folder(folder, load_feed, "ods_code", "feed", "ODS code", model=Feed, problems=problems)
+    return ([f for f in feeds if f.active] if active_only else feeds), problems
+
+
 def feed_yaml(feed: Feed) -> str:
     return yaml.safe_dump(feed.model_dump(mode="json", exclude_none=True), sort_keys=False)
 

@@ -37,3 +37,22 @@ def test_duplicate_ods_code_is_an_error(tmp_path):
     _write(tmp_path, "b.yaml", "ods_code: A81001\nname: B\nlocation: y\n")
     with pytest.raises(ConfigError, match="duplicate ODS code A81001"):
         load_feeds(tmp_path)
+
+
+def test_survey_leaves_out_only_the_broken_files_and_names_each(tmp_path):
+    from gpdata.ingest.feeds import survey_feeds
+
+    _write(tmp_path, "good.yaml", "ods_code: B82002\nname: B\nlocation: x\n")
+    _write(tmp_path, "typo.yaml", "ods_code: A81001\nname: A\nlocaton: x\n")
+    _write(tmp_path, "notyaml.yaml", "ods_code: [C83003\n")
+    _write(tmp_path, "d1.yaml", "ods_code: D84004\nname: D\nlocation: x\n")
+    _write(tmp_path, "d2.yaml", "ods_code: D84004\nname: D again\nlocation: y\n")
+    feeds, problems = survey_feeds(tmp_path)
+    assert [f.ods_code for f in feeds] == ["B82002"]
+    by_file = {p.file.rsplit("/", 1)[-1]: p.cause for p in problems}
+    assert set(by_file) == {"typo.yaml", "notyaml.yaml", "d1.yaml", "d2.yaml"}
+    assert "locaton" in by_file["typo.yaml"] and "not valid YAML" in by_file["notyaml.yaml"]
+    assert "duplicate ODS code D84004" in by_file["d1.yaml"] and "d2.yaml" in by_file["d1.yaml"]
+    # the strict loader still refuses the folder as a whole
+    with pytest.raises(ConfigError):
+        load_feeds(tmp_path)
