@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from gpdata.errors import ConfigError
 
 
 def const(value: str, n: int) -> pa.Array:
@@ -17,3 +22,20 @@ def first_reason(n: int, rules: list[tuple[pa.Array, str]]) -> pa.Array:
     for cond, reason in reversed(rules):
         out = pc.if_else(pc.fill_null(cond, False), const(reason, n), out)
     return out
+
+
+def read_lookup(path: Path, columns: tuple[str, ...], label: str, missing: str = "") -> dict[str, pa.Array]:
+    """The named columns of a reference CSV lookup (header row, UTF-8 with or without a byte-order mark) as
+    string arrays; a missing file or column is a ConfigError naming the lookup (``missing`` adds why it is
+    needed)."""
+    try:
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(columns, pa.string()), include_columns=list(columns),
+            strings_can_be_null=False))
+    except FileNotFoundError:
+        raise ConfigError(f"{label} {path} does not exist{missing}") from None
+    except pa.ArrowKeyError:
+        raise ConfigError(f"{label} {path} needs columns {', '.join(columns[:-1])} and {columns[-1]}") from None
+    except pa.ArrowInvalid as exc:
+        raise ConfigError(f"{label} {path} cannot be read: {exc}") from None
+    return {c: table[c].combine_chunks() for c in columns}

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpdata.arrowutil import const, first_reason
+from gpdata.arrowutil import const, first_reason, read_lookup
 from gpdata.codes import RestrictedCodes, code_keys, measurements
-from gpdata.errors import ConfigError, GpdataError
+from gpdata.errors import GpdataError
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, PARTITION, POSITION, staged_schema
 from gpdata.privacy import nhsnumber
 from gpdata.privacy.keys import MasterKey
@@ -109,16 +108,8 @@ class PostcodeLookup:
 
     @classmethod
     def load(cls, path: Path) -> PostcodeLookup:
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                if not {"postcode", "lsoa_code"} <= set(reader.fieldnames or ()):
-                    raise ConfigError(f"postcode lookup {path} needs columns postcode and lsoa_code")
-                rows = [(r["postcode"], r["lsoa_code"]) for r in reader]
-        except FileNotFoundError:
-            raise ConfigError(f"postcode lookup {path} does not exist") from None
-        pcs = normalise_postcode(pa.array([r[0] for r in rows], pa.string()))
-        return cls(postcodes=pcs, lsoas=pa.array([r[1] for r in rows], pa.string()))
+        cols = read_lookup(path, ("postcode", "lsoa_code"), "postcode lookup")
+        return cls(postcodes=normalise_postcode(cols["postcode"]), lsoas=cols["lsoa_code"])
 
     def lsoa(self, normalised: pa.Array) -> pa.Array:
         return pc.take(self.lsoas, pc.index_in(normalised, value_set=self.postcodes))

@@ -14,13 +14,13 @@ Functions over Arrow tables; the patient pseudonym is still the curated one here
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpdata.arrowutil import read_lookup
 from gpdata.errors import ConfigError
 from gpdata.privacy.deid import hmac_hex
 from gpdata.share.projects import DATE_COLUMNS, Project
@@ -41,15 +41,9 @@ class AreaLookup:
 
     @classmethod
     def load(cls, path: Path) -> AreaLookup:
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                if not {"lsoa_code", "msoa_code", "lad_code"} <= set(reader.fieldnames or ()):
-                    raise ConfigError(f"area lookup {path} needs columns lsoa_code, msoa_code and lad_code")
-                rows = [(r["lsoa_code"], r["msoa_code"], r["lad_code"]) for r in reader]
-        except FileNotFoundError:
-            raise ConfigError(f"area lookup {path} does not exist: it is needed to generalise lsoa_code") from None
-        return cls(*(pa.array([r[i] for r in rows], pa.string()) for i in range(3)))
+        cols = read_lookup(path, ("lsoa_code", "msoa_code", "lad_code"), "area lookup",
+                           ": it is needed to generalise lsoa_code")
+        return cls(cols["lsoa_code"], cols["msoa_code"], cols["lad_code"])
 
     def to(self, level: str, lsoas: pa.Array) -> pa.Array:
         if level == "lsoa":
