@@ -103,10 +103,16 @@ def head(store_root: Path) -> dict:
     """The last entry's sequence number and hash (``{"seq": 0, "hash": GENESIS}`` for an empty log)."""
     folder = audit_dir(store_root)
     if storage.is_remote(folder):
-        found = entries(store_root)
-        return {"seq": found[-1]["seq"], "hash": found[-1]["hash"]} if found else {"seq": 0, "hash": GENESIS}
+        return _last_s3(folder)
     path = folder / "audit.head"
     return json.loads(path.read_text()) if path.exists() else {"seq": 0, "hash": GENESIS}
+
+
+def _last_s3(folder) -> dict:
+    """On S3 the head is the last entry object: one listing, one read (the names sort by sequence number)."""
+    names = sorted((folder / "entries").glob("*.json"), key=lambda p: p.name)
+    last = json.loads(names[-1].read_text()) if names else {"seq": 0, "hash": GENESIS}
+    return {"seq": last["seq"], "hash": last["hash"]}
 
 
 def _new_entry(key: bytes, last: dict, event: str, fields: dict) -> dict:
@@ -142,9 +148,7 @@ def _append_s3(folder, key: bytes, event: str, fields: dict) -> dict:
                           aws_session_token=opts.get("token"))
     bucket, _, prefix = str(folder).removeprefix("s3://").partition("/")
     for _ in range(_S3_RETRIES):
-        found = sorted((folder / "entries").glob("*.json"), key=lambda p: p.name)
-        last = json.loads(found[-1].read_text()) if found else {"seq": 0, "hash": GENESIS}
-        entry = _new_entry(key, last, event, fields)
+        entry = _new_entry(key, _last_s3(folder), event, fields)
         try:
             client.put_object(Bucket=bucket, Key=f"{prefix}/entries/{entry['seq']:012d}.json", IfNoneMatch="*",
                               Body=json.dumps(entry, sort_keys=True, default=str).encode())
@@ -197,7 +201,8 @@ def verify(store_root: Path, anchors: list[tuple[str, dict]] = ()) -> int:
             raise GpdataError(f"audit log: entry {seq} was altered or written without the audit key (its hash "
                               "does not match the chain)")
         prev = hashes[seq] = entry["hash"]
-    last = head(store_root)
+    # on S3 the head is the last entry just read, so only a local log has a separate head to compare
+    last = {"seq": seq, "hash": prev} if storage.is_remote(audit_dir(store_root)) else head(store_root)
     if (last["seq"], last["hash"]) != (seq, prev):
         raise GpdataError(f"audit log: the head records {last['seq']} entries but the log holds {seq}: "
                           "entries were removed")
