@@ -15,6 +15,23 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 TEST_KEY = "5a" * 32
+CHECKOUT = Path(__file__).resolve().parents[1]
+STATE_IN_CHECKOUT = (".secrets", "var")  # what a test must never create in the checkout (make demo does)
+
+
+def pytest_sessionstart(session) -> None:
+    session.config._gpdata_state_before = {n for n in STATE_IN_CHECKOUT if (CHECKOUT / n).exists()}
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The whole run (not each xdist worker) fails if a test left a key folder or a home in the checkout."""
+    if hasattr(session.config, "workerinput"):
+        return
+    made = sorted({n for n in STATE_IN_CHECKOUT if (CHECKOUT / n).exists()} - session.config._gpdata_state_before)
+    if made:
+        print(f"\ntests wrote into the checkout: {', '.join(made)} (a test's environment lost GPDATA_HOME or "
+              "GPDATA_SECRETS_DIR)")
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session", autouse=True)

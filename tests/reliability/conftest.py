@@ -79,8 +79,9 @@ class Home:
 
 
 def home_env(root: Path) -> dict[str, str]:
+    # the secrets folder (the development audit key) beside the home, never the checkout's .secrets/
     return {"GPDATA_HOME": str(root), "GPDATA_FEEDS_DIR": str(root / "feeds"), "GPDATA_MASTER_KEY": TEST_KEY,
-            "GX_ANALYTICS_ENABLED": "False"}
+            "GPDATA_SECRETS_DIR": str(root.parent / f"{root.name}-secrets"), "GX_ANALYTICS_ENABLED": "False"}
 
 
 def _plant_formulas(delivery: Path) -> None:

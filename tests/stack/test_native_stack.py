@@ -150,7 +150,8 @@ def test_a_broken_compose_setting_stops_the_stack(tmp_path, database, redis_db, 
     broken = _broken_copy(tmp_path, key, value)
     work = tmp_path / "stack"
     work.mkdir()
-    gp_env = {"GPDATA_HOME": str(tmp_path / "gpdata"), "GPDATA_FEEDS_DIR": str(tmp_path / "feeds")}
+    gp_env = {"GPDATA_HOME": str(tmp_path / "gpdata"), "GPDATA_FEEDS_DIR": str(tmp_path / "feeds"),
+              "GPDATA_SECRETS_DIR": str(tmp_path / "secrets")}
     with pytest.raises(StackStartupError, match=names) as failure:
         try:
             started = stack.start(broken, work, database, redis_db, gp_env, variables, timeout=90)
