@@ -337,7 +337,7 @@ NATIONAL = {"patients": 62_000_000, "practices": 6_500, "baseline_window_hours":
 
 
 def projection(doc: dict) -> dict | None:
-    """Time and workers for the national collection, from this run's measured rates (see the README).
+    """Time and workers for the national collection, from this run's measured rates (see docs/performance.md).
 
     Per practice: CPU seconds = fixed + rows x seconds per row, a line through the smallest and the largest
     flat-file practice of the run (CPU time of the whole task process, imports included), plus Airflow's

@@ -94,4 +94,6 @@ def create_app(dependencies: list | None = None) -> FastAPI:
                             headers=headers)
         return FileResponse(target, headers=headers)
 
+    from gpdata_ui import dictionary_page  # /dictionary/...: each release's data dictionary (its own module)
+    dictionary_page.register(app, _settings)
     return app

@@ -62,6 +62,7 @@ def _plugin_paths() -> list[str]:
         sys.path.remove(str(REPO_ROOT / "plugins"))
     paths = [re.sub(r"\{practice\}", "A81001", r.path) for r in create_app(dependencies=[]).routes
              if isinstance(r, APIRoute)]
+    paths = [p.replace("{name}", "opensafely-weight-snomed") for p in paths]  # a shipped reference code list
     return [URL_PREFIX + re.sub(r"\{path:path\}", "index.html", p) for p in paths]
 
 
@@ -281,7 +282,8 @@ def test_every_plugin_route_refuses_requests_without_a_permitted_login(stack):
     paths = _plugin_paths()
     assert len(paths) >= 3
     ods = stack["practices"][0]
-    paths = [p.replace("A81001", ods) for p in paths]
+    made = release.latest_release(stack["cfg"].store)["release_id"]
+    paths = [p.replace("A81001", ods).replace("{release_id}", made) for p in paths]
 
     def token(role):
         name, password = users[role]
