@@ -180,7 +180,8 @@ def load_feed(path: Path) -> Feed:
 
 def find_feed(folder: Path, ods_code: str) -> Feed:
     """The feed of one practice: ``<ODS>.yaml`` (as ``gpdata feeds add`` writes it), else a search of the
-    folder. The file's ODS code must match."""
+    folder's readable files (a broken file of another practice is passed over). The file's ODS code must
+    match."""
     if not ODS_PRACTICE_RE.match(ods_code or ""):
         raise ConfigError(f"not an ODS practice code: {ods_code!r}")
     for name in (f"{ods_code}.yaml", f"{ods_code}.yml"):
@@ -189,10 +190,12 @@ def find_feed(folder: Path, ods_code: str) -> Feed:
             feed = load_feed(path)
             if feed.ods_code == ods_code:
                 return feed
-    for feed in load_feeds(folder):
+    feeds, problems = survey_feeds(folder)  # another practice's broken file does not stop this one
+    for feed in feeds:
         if feed.ods_code == ods_code:
             return feed
-    raise ConfigError(f"no feed for practice {ods_code} in {folder}", practice=ods_code)
+    unreadable = f" ({len(problems)} feed file(s) cannot be read: see gpdata feeds validate)" if problems else ""
+    raise ConfigError(f"no feed for practice {ods_code} in {folder}{unreadable}", practice=ods_code)
 
 
 def load_feeds(folder: Path, *, active_only: bool = False) -> list[Feed]:

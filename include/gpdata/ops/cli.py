@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from gpdata import settings
-from gpdata.errors import GpdataError
+from gpdata.errors import ConfigError, GpdataError
 
 
 def _synth(args) -> int:
@@ -27,7 +27,7 @@ def _synth(args) -> int:
 
 
 def _feeds(args) -> int:
-    from gpdata.ingest.feeds import add_feed, load_feeds
+    from gpdata.ingest.feeds import add_feed, survey_feeds
 
     folder = Path(args.dir) if args.dir else settings.load().feeds_dir
     if args.action == "add":
@@ -41,18 +41,40 @@ def _feeds(args) -> int:
             print("sample read: " + ", ".join(f"{t} {n}" for t, n in sample.items()))
         print(f"wrote {path}; the practice joins the extraction DAG at its next parse")
         return 0
-    feeds = load_feeds(folder)
+    feeds, problems = survey_feeds(folder)  # a broken file disables that feed only: list the others
     if args.action == "validate":
         from gpdata.ingest.dialects import load_dialect
 
         for dialect in sorted({f.dialect for f in feeds if f.dialect}):
-            load_dialect(dialect)  # the full dialect check (DAG parsing only checks its name and kind)
+            try:
+                load_dialect(dialect)  # the full dialect check (DAG parsing only checks its name and kind)
+            except GpdataError as exc:
+                problems += [ConfigError(f"dialect {dialect}: {exc}", file=str(f.source_file))
+                             for f in feeds if f.dialect == dialect]
+        for problem in problems:
+            print(f"gpdata: error: {problem}", file=sys.stderr)
+        if problems:
+            bad = {p.file for p in problems}
+            valid = [f for f in feeds if str(f.source_file) not in bad]
+            print(f"{len(bad)} feed file(s) invalid, {len(valid)} valid in {folder}", file=sys.stderr)
+            return 1
+        if not feeds:
+            print(f"gpdata: error: no feed files (*.yaml) in {folder}", file=sys.stderr)
+            return 1
         print(f"{len(feeds)} feed(s) valid in {folder}")
+        return 0
+    if not feeds and not problems:
+        print(f"no feed files (*.yaml) in {folder}", file=sys.stderr)
         return 0
     print(f"{'ODS':8} {'active':6} {'format':8} {'mode':11} {'schedule':10} {'supplier':10} name")
     for f in feeds:
         print(f"{f.ods_code:8} {str(f.active).lower():6} {f.format:8} {f.mode:11} {f.schedule:10} "
               f"{f.supplier:10} {f.name}")
+    if problems:
+        print(f"\n{len(problems)} feed file(s) cannot be read; their practices do not run until fixed:")
+        for problem in problems:
+            print(f"  {problem.file}: {problem.cause}")
+        return 1
     return 0
 
 
