@@ -386,6 +386,20 @@ def version() -> str:
             return "unknown"
 
 
+def _secrets(args) -> int:
+    from gpdata.ops import compose_secrets
+    from gpdata.ops.airflow_env import REPO_ROOT
+
+    compose_file = Path(args.compose_file) if args.compose_file else REPO_ROOT / "docker-compose.yaml"
+    env_file, steps = compose_secrets.init(compose_file, keys_dir=Path(args.keys_dir) if args.keys_dir else None,
+                                           force=args.force)
+    for step in steps:
+        print(step)
+    print(f"docker compose reads {env_file} (the admin password is its _AIRFLOW_WWW_USER_PASSWORD; no value is "
+          "printed): docker compose up -d")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpdata", description=__doc__)
     p.add_argument("--version", action="version", version=f"gpdata {version()}")
@@ -481,6 +495,17 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="verify the keyed, hash-chained audit log against its published heads")
     au.add_argument("action", choices=["verify"])
     au.set_defaults(func=_audit)
+
+    se = sub.add_parser("secrets", help="init: write .env for docker compose with a generated value for every "
+                                        "secret, and the two key files it names (never printed, never replaced)")
+    se.add_argument("action", choices=["init"])
+    se.add_argument("--force", action="store_true", help="replace an existing .env (the key files are kept)")
+    se.add_argument("--keys-dir", dest="keys_dir",
+                    help="folder for the master and audit key files, outside the project folder "
+                         "(default ~/.config/gpdata/compose-secrets)")
+    se.add_argument("--compose-file", dest="compose_file",
+                    help="the compose file (default the checkout's docker-compose.yaml); .env is written beside it")
+    se.set_defaults(func=_secrets)
 
     c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
     c.add_argument("paths", nargs="*",
