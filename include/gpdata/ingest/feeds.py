@@ -225,9 +225,18 @@ def add_feed(folder: Path, fields: dict, *, check_sample: Path | None = None) ->
         feed = Feed(**fields)
     except ValidationError as exc:
         raise ConfigError(explain(exc)) from None
-    existing = {f.ods_code: f.source_file for f in load_feeds(folder)} if folder.is_dir() else {}
+    # Another practice's broken file does not stop this one; a broken file this one would clash with does.
+    feeds, problems = survey_feeds(folder) if folder.is_dir() else ([], [])
+    existing = {f.ods_code: f.source_file for f in feeds}
     if feed.ods_code in existing:
         raise ConfigError(f"practice {feed.ods_code} already has a feed: {existing[feed.ods_code]}")
+    clashes = [p.file for p in problems if f"duplicate ODS code {feed.ods_code}," in p.cause]
+    if clashes:
+        raise ConfigError(f"practice {feed.ods_code} already has feed files, left out as duplicates: "
+                          f"{', '.join(clashes)}; keep one of them")
+    if (folder / f"{feed.ods_code}.yaml").exists():
+        raise ConfigError(f"{folder / f'{feed.ods_code}.yaml'} exists already and cannot be read (see gpdata feeds "
+                          "validate): fix it rather than adding the practice again")
     if feed.dialect or feed.format == "sql":
         from gpdata.ingest.dialects import load_dialect
 

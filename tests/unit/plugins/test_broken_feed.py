@@ -69,3 +69,17 @@ def test_an_empty_feed_folder_is_not_called_valid(home, capsys):
     (home / "feeds").mkdir()
     assert cli.main(["feeds", "validate"]) == 1
     assert "no feed files" in capsys.readouterr().err
+
+
+def test_feeds_add_is_not_stopped_by_another_practices_broken_file(feeds, capsys):
+    add = ["feeds", "add", "--ods-code", "E85005", "--name", "E", "--location", "../sources/E85005"]
+    assert cli.main(add) == 0
+    assert (feeds / "E85005.yaml").exists()
+    # but a broken file of the same practice is never overwritten nor duplicated
+    broken = (feeds / "C83003.yaml").read_text()
+    assert cli.main(["feeds", "add", "--ods-code", "C83003", "--name", "C", "--location", "x"]) == 2
+    assert "exists already and cannot be read" in capsys.readouterr().err
+    assert (feeds / "C83003.yaml").read_text() == broken
+    (feeds / "twin.yaml").write_text((feeds / "E85005.yaml").read_text())
+    assert cli.main(["feeds", "add", "--ods-code", "E85005", "--name", "E", "--location", "x"]) == 2
+    assert "left out as duplicates" in capsys.readouterr().err
