@@ -28,6 +28,12 @@ demo: $(STAMP)
 airflow: $(STAMP)
 	$(BIN)/python -m gpdata.ops.demo --airflow-standalone
 
+# .env for docker compose: a generated value for every secret it needs (never printed) and the two key files it
+# names, outside the checkout (gpdata secrets init; ARGS=--force replaces .env, never a key file).
+.PHONY: secrets
+secrets: $(STAMP)
+	$(BIN)/gpdata secrets init $(ARGS)
+
 test: $(STAMP) browser-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache

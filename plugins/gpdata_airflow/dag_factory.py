@@ -6,6 +6,7 @@ Parse-time work is reading the feed YAML files (small) and building tasks: no da
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 
@@ -13,7 +14,8 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, task_group
 
 from gpdata import settings
-from gpdata.ingest.feeds import DEFAULT_SCHEDULE, load_feeds
+from gpdata.errors import ConfigError
+from gpdata.ingest.feeds import DEFAULT_SCHEDULE, survey_feeds
 from gpdata_airflow.alerts import deadline_alert, failure_callback
 from gpdata_airflow.operators import (
     EXTRACTION_RUN,
@@ -52,6 +54,26 @@ Trigger with `{"force": true}` to re-extract practices whose delivery has not ch
 A failed task logs one line `gpdata failure: practice=... stage=... cause=...`; the **GP data** page shows it.
 """
 DEFAULT_MAP_BATCH = 1000
+log = logging.getLogger("gpdata.airflow")
+
+
+def active_feeds(feeds_dir) -> tuple[list, list[ConfigError]]:
+    """The active feeds that can be read, and the feed files that cannot (each logged as a warning naming the
+    file, the field and the cause): one broken feed file disables that practice only, never the DAG."""
+    feeds, problems = survey_feeds(feeds_dir, active_only=True)
+    for problem in problems:
+        log.warning("gpdata feed file left out of the extraction DAGs: %s: %s", problem.file, problem.cause)
+    return feeds, problems
+
+
+def _left_out_doc(problems: list[ConfigError]) -> str:
+    """The DAG documentation's list of the feed files left out (shown on the DAG's page in the UI)."""
+    if not problems:
+        return ""
+    lines = "\n".join(f"- `{p.file}`: {p.cause}" for p in problems)
+    return (f"\n#### Feed files left out ({len(problems)})\n\nThese files cannot be read, so their practices do "
+            "not run (every other practice does). Fix each one (`gpdata feeds validate` lists them) and the "
+            f"practice joins at the next parse:\n\n{lines}\n")
 
 
 def map_batch_size() -> int:
@@ -63,6 +85,12 @@ def map_batch_size() -> int:
     return max(1, min(wanted, limit))
 
 
+def catchup() -> bool:
+    """Whether the extraction DAGs run every schedule interval missed since their start date (Airflow's
+    catchup): only when GPDATA_CATCHUP is true; by default a DAG never catches up."""
+    return os.environ.get("GPDATA_CATCHUP", "").strip().lower() in ("1", "true", "yes")
+
+
 def extraction_dag_id(schedule: str) -> str:
     if schedule == DEFAULT_SCHEDULE:
         return "gpdata_extract"
@@ -72,35 +100,38 @@ def extraction_dag_id(schedule: str) -> str:
 def build_extraction_dags() -> dict[str, DAG]:
     """One extraction DAG per distinct feed schedule (``gpdata_extract`` for the default, @daily)."""
     cfg = settings.load()
-    feeds = load_feeds(cfg.feeds_dir, active_only=True)
+    feeds, problems = active_feeds(cfg.feeds_dir)
     by_schedule: dict[str, list[str]] = {DEFAULT_SCHEDULE: []}
     for feed in feeds:
         by_schedule.setdefault(feed.schedule, []).append(feed.ods_code)
-    return {extraction_dag_id(s): build_extraction_dag(extraction_dag_id(s), s, ods_codes=codes)
+    return {extraction_dag_id(s): build_extraction_dag(extraction_dag_id(s), s, ods_codes=codes, left_out=problems)
             for s, codes in by_schedule.items()}
 
 
 def build_extraction_dag(dag_id: str = "gpdata_extract", schedule: str | None = DEFAULT_SCHEDULE,
-                         ods_codes: list[str] | None = None) -> DAG:
+                         ods_codes: list[str] | None = None, left_out: list[ConfigError] | None = None) -> DAG:
+    """``left_out``: the feed files that cannot be read (listed in the DAG's documentation)."""
     cfg = settings.load()
     if ods_codes is None:
-        ods_codes = [f.ods_code for f in load_feeds(cfg.feeds_dir, active_only=True)]
+        feeds, left_out = active_feeds(cfg.feeds_dir)
+        ods_codes = [f.ods_code for f in feeds]
     batch = map_batch_size()
     with DAG(
         dag_id=dag_id,
         schedule=schedule,
         start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        catchup=False,
+        catchup=catchup(),
+        is_paused_upon_creation=False,
         max_active_runs=1,
         tags=["gpdata", "extraction"],
-        doc_md=EXTRACTION_DOC,
+        doc_md=EXTRACTION_DOC + _left_out_doc(left_out or []),
         default_args={"retries": 0, "on_failure_callback": failure_callback},
         deadline=deadline_alert(),
         params=extraction_params(),
     ) as dag:
         prepare = PrepareStoreOperator(task_id="prepare_store")
         ValidateRunConfOperator(task_id="validate_conf") >> prepare
-        summary = RunSummaryOperator(task_id="run_summary", ods_codes=ods_codes)
+        summary = RunSummaryOperator(task_id="run_summary", ods_codes=ods_codes, feeds_dir=str(cfg.feeds_dir))
         # The run's state comes from its leaves: run_summary runs whatever happened, so this leaf fails the
         # run (upstream_failed) when any practice task failed; practices skipped as unchanged do not.
         all_practices_ok = EmptyOperator(task_id="all_practices_ok", doc_md="Fails the run when any practice failed")
@@ -133,7 +164,8 @@ every curated table in `$GPDATA_HOME/store/_releases/<id>/release.json` with the
 
 def build_release_dag(dag_id: str = "gpdata_release") -> DAG:
     with DAG(dag_id=dag_id, schedule=[EXTRACTION_RUN], start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-             catchup=False, max_active_runs=1, tags=["gpdata", "release"], doc_md=RELEASE_DOC) as dag:
+             catchup=False, is_paused_upon_creation=False, max_active_runs=1, tags=["gpdata", "release"],
+             doc_md=RELEASE_DOC) as dag:
         ReleaseOperator(task_id="release")
     return dag
 
@@ -154,7 +186,8 @@ def build_dissemination_dag(dag_id: str = "gpdata_disseminate") -> DAG:
 
     projects = [p for p in load_projects(settings.load().projects_dir) if p.active]
     with DAG(dag_id=dag_id, schedule=[RELEASES], start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-             catchup=False, max_active_runs=1, tags=["gpdata", "dissemination"], doc_md=DISSEMINATION_DOC) as dag:
+             catchup=False, is_paused_upon_creation=False, max_active_runs=1, tags=["gpdata", "dissemination"],
+             doc_md=DISSEMINATION_DOC) as dag:
         for p in projects:
             DisseminateOperator(task_id=f"project_{p.project_id}".replace("-", "_"),
                                 project_file=str(p.source_file), doc_md=f"{p.organisation}: {p.purpose}")

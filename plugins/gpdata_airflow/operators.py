@@ -130,15 +130,21 @@ class PrepareStoreOperator(BaseOperator):
 class RunSummaryOperator(BaseOperator):
     """Log one line per practice for this run, from the run manifests (also after failures)."""
 
-    def __init__(self, *, ods_codes: list[str], **kwargs) -> None:
+    def __init__(self, *, ods_codes: list[str], feeds_dir: str | None = None, **kwargs) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
         kwargs.setdefault("outlets", [EXTRACTION_RUN])
         super().__init__(**kwargs)
         self.ods_codes = ods_codes
+        self.feeds_dir = feeds_dir
 
     def execute(self, context):
         from gpdata import settings, store
 
+        if self.feeds_dir:  # feed files that cannot be read: their practices did not run (the others did)
+            from gpdata.ingest.feeds import survey_feeds
+
+            for problem in survey_feeds(self.feeds_dir)[1]:
+                log.warning("feed file left out (its practice did not run): %s: %s", problem.file, problem.cause)
         manifests = store.latest_manifests(settings.load().manifests)
         run_id = context["run_id"]
         out = {}

@@ -1,5 +1,6 @@
 """The DAG folder imports cleanly through Airflow's own loader and has the expected shape."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -61,12 +62,35 @@ def test_practices_are_split_into_groups_under_max_map_length_and_by_schedule(ai
     assert weekly.task_group_dict["practices_001"]._expand_input.value == {"ods_code": ["F86006"]}
 
 
-def test_broken_feed_is_an_import_error_naming_file_and_field(airflow_env):
-    (airflow_env / "feeds" / "D84004.yaml").write_text("ods_code: D8400\nname: x\nlocation: y\n")
-    errors = _dagbag().import_errors
-    assert len(errors) == 1  # the extraction DAG; the release DAG reads no feed and still loads
-    message = next(iter(errors.values()))
-    assert "D84004.yaml" in message and "field 'ods_code'" in message
+def test_a_broken_feed_disables_that_feed_only_and_is_shown(airflow_env, caplog):
+    feeds = airflow_env / "feeds"
+    (feeds / "D84004.yaml").write_text("ods_code: D8400\nname: x\nlocation: y\n")  # a typo'd ODS code
+    (feeds / "E85005.yaml").write_text("ods_code: E85005\nname: x\nlocaton: y\n")  # a typo'd field name
+    (feeds / "good-too.yaml").write_text("ods_code: F86006\nname: Practice F\nlocation: ../sources/F86006\n")
+    with caplog.at_level(logging.WARNING, logger="gpdata.airflow"):
+        bag = _dagbag()
+    assert bag.import_errors == {}
+    dag = bag.dags["gpdata_extract"]
+    # the good practices still run, the broken ones do not
+    assert dag.task_group_dict["practices_001"]._expand_input.value == {"ods_code": ["A81001", "B82002", "F86006"]}
+    # shown: a warning at parse time and the DAG's documentation, each naming the file, the field and the cause
+    warned = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert any("D84004.yaml" in w and "field 'ods_code'" in w for w in warned), warned
+    assert any("E85005.yaml" in w and "field 'locaton': unknown field" in w for w in warned), warned
+    assert "D84004.yaml" in dag.doc_md and "field 'ods_code'" in dag.doc_md and "E85005.yaml" in dag.doc_md
+    assert "Feed files left out (2)" in dag.doc_md
+    for other in ("gpdata_release", "gpdata_disseminate"):
+        assert other in bag.dags
+
+
+def test_dags_start_unpaused_and_never_catch_up_unless_asked(airflow_env, monkeypatch):
+    bag = _dagbag()
+    for dag_id in ("gpdata_extract", "gpdata_release", "gpdata_disseminate"):
+        dag = bag.dags[dag_id]
+        assert dag.is_paused_upon_creation is False and dag.catchup is False, dag_id
+    assert "Feed files left out" not in bag.dags["gpdata_extract"].doc_md
+    monkeypatch.setenv("GPDATA_CATCHUP", "true")
+    assert _dagbag().dags["gpdata_extract"].catchup is True
 
 
 def test_dag_file_parse_does_not_import_heavy_libraries(airflow_env):

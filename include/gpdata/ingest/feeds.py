@@ -180,7 +180,8 @@ def load_feed(path: Path) -> Feed:
 
 def find_feed(folder: Path, ods_code: str) -> Feed:
     """The feed of one practice: ``<ODS>.yaml`` (as ``gpdata feeds add`` writes it), else a search of the
-    folder. The file's ODS code must match."""
+    folder's readable files (a broken file of another practice is passed over). The file's ODS code must
+    match."""
     if not ODS_PRACTICE_RE.match(ods_code or ""):
         raise ConfigError(f"not an ODS practice code: {ods_code!r}")
     for name in (f"{ods_code}.yaml", f"{ods_code}.yml"):
@@ -189,10 +190,12 @@ def find_feed(folder: Path, ods_code: str) -> Feed:
             feed = load_feed(path)
             if feed.ods_code == ods_code:
                 return feed
-    for feed in load_feeds(folder):
+    feeds, problems = survey_feeds(folder)  # another practice's broken file does not stop this one
+    for feed in feeds:
         if feed.ods_code == ods_code:
             return feed
-    raise ConfigError(f"no feed for practice {ods_code} in {folder}", practice=ods_code)
+    unreadable = f" ({len(problems)} feed file(s) cannot be read: see gpdata feeds validate)" if problems else ""
+    raise ConfigError(f"no feed for practice {ods_code} in {folder}{unreadable}", practice=ods_code)
 
 
 def load_feeds(folder: Path, *, active_only: bool = False) -> list[Feed]:
@@ -222,9 +225,18 @@ def add_feed(folder: Path, fields: dict, *, check_sample: Path | None = None) ->
         feed = Feed(**fields)
     except ValidationError as exc:
         raise ConfigError(explain(exc)) from None
-    existing = {f.ods_code: f.source_file for f in load_feeds(folder)} if folder.is_dir() else {}
+    # Another practice's broken file does not stop this one; a broken file this one would clash with does.
+    feeds, problems = survey_feeds(folder) if folder.is_dir() else ([], [])
+    existing = {f.ods_code: f.source_file for f in feeds}
     if feed.ods_code in existing:
         raise ConfigError(f"practice {feed.ods_code} already has a feed: {existing[feed.ods_code]}")
+    clashes = [p.file for p in problems if f"duplicate ODS code {feed.ods_code}," in p.cause]
+    if clashes:
+        raise ConfigError(f"practice {feed.ods_code} already has feed files, left out as duplicates: "
+                          f"{', '.join(clashes)}; keep one of them")
+    if (folder / f"{feed.ods_code}.yaml").exists():
+        raise ConfigError(f"{folder / f'{feed.ods_code}.yaml'} exists already and cannot be read (see gpdata feeds "
+                          "validate): fix it rather than adding the practice again")
     if feed.dialect or feed.format == "sql":
         from gpdata.ingest.dialects import load_dialect
 

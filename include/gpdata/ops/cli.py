@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from gpdata import settings
-from gpdata.errors import GpdataError
+from gpdata.errors import ConfigError, GpdataError
 
 
 def _synth(args) -> int:
@@ -27,7 +27,7 @@ def _synth(args) -> int:
 
 
 def _feeds(args) -> int:
-    from gpdata.ingest.feeds import add_feed, load_feeds
+    from gpdata.ingest.feeds import add_feed, survey_feeds
 
     folder = Path(args.dir) if args.dir else settings.load().feeds_dir
     if args.action == "add":
@@ -41,18 +41,40 @@ def _feeds(args) -> int:
             print("sample read: " + ", ".join(f"{t} {n}" for t, n in sample.items()))
         print(f"wrote {path}; the practice joins the extraction DAG at its next parse")
         return 0
-    feeds = load_feeds(folder)
+    feeds, problems = survey_feeds(folder)  # a broken file disables that feed only: list the others
     if args.action == "validate":
         from gpdata.ingest.dialects import load_dialect
 
         for dialect in sorted({f.dialect for f in feeds if f.dialect}):
-            load_dialect(dialect)  # the full dialect check (DAG parsing only checks its name and kind)
+            try:
+                load_dialect(dialect)  # the full dialect check (DAG parsing only checks its name and kind)
+            except GpdataError as exc:
+                problems += [ConfigError(f"dialect {dialect}: {exc}", file=str(f.source_file))
+                             for f in feeds if f.dialect == dialect]
+        for problem in problems:
+            print(f"gpdata: error: {problem}", file=sys.stderr)
+        if problems:
+            bad = {p.file for p in problems}
+            valid = [f for f in feeds if str(f.source_file) not in bad]
+            print(f"{len(bad)} feed file(s) invalid, {len(valid)} valid in {folder}", file=sys.stderr)
+            return 1
+        if not feeds:
+            print(f"gpdata: error: no feed files (*.yaml) in {folder}", file=sys.stderr)
+            return 1
         print(f"{len(feeds)} feed(s) valid in {folder}")
+        return 0
+    if not feeds and not problems:
+        print(f"no feed files (*.yaml) in {folder}", file=sys.stderr)
         return 0
     print(f"{'ODS':8} {'active':6} {'format':8} {'mode':11} {'schedule':10} {'supplier':10} name")
     for f in feeds:
         print(f"{f.ods_code:8} {str(f.active).lower():6} {f.format:8} {f.mode:11} {f.schedule:10} "
               f"{f.supplier:10} {f.name}")
+    if problems:
+        print(f"\n{len(problems)} feed file(s) cannot be read; their practices do not run until fixed:")
+        for problem in problems:
+            print(f"  {problem.file}: {problem.cause}")
+        return 1
     return 0
 
 
@@ -194,7 +216,7 @@ def _release(args) -> int:
 
     root = settings.load().store
     if args.action == "create":
-        m = release.create_release(root, note=args.note or "")
+        m = release.create_release(root, note=args.note or "", allow_empty=args.allow_empty)
         print(f"release {m['release_id']}: " + ", ".join(f"{t} v{e['version']} ({e['rows']} rows)"
                                                           for t, e in m["tables"].items()))
     elif args.action == "list":
@@ -221,14 +243,30 @@ def _projects(args) -> int:
     from gpdata.share.projects import load_projects
 
     cfg = settings.load()
-    projects = load_projects(Path(args.dir) if args.dir else cfg.projects_dir)
+    import datetime as dt
+
+    folder = Path(args.dir) if args.dir else cfg.projects_dir
+    projects = load_projects(folder)
     if args.action == "risk":
         return _project_risk(args, cfg, projects)
+    if not projects:
+        print(f"gpdata: error: no project files (*.yaml) in {folder}", file=sys.stderr)
+        return 1
+    today = dt.date.today()
+
+    def state(p) -> str:
+        return "inactive" if not p.active else "EXPIRED" if today > p.expires else "active"
+
     for p in projects:
-        print(f"{p.project_id:16} {'active' if p.active else 'inactive':8} expires {p.expires}  NDOP "
+        print(f"{p.project_id:16} {state(p):8} expires {p.expires}  NDOP "
               f"{p.national_data_optout:6} {p.organisation}: {', '.join(p.tables)}")
-    print(f"{len(projects)} project(s) valid")
-    return 0
+    expired = [p for p in projects if state(p) == "EXPIRED"]
+    print(f"{len(projects)} project file(s) valid: {sum(state(p) == 'active' for p in projects)} active, "
+          f"{len(expired)} expired, {sum(state(p) == 'inactive' for p in projects)} inactive")
+    for p in expired:
+        print(f"gpdata: warning: project {p.project_id}: approval expired on {p.expires}; dissemination refuses "
+              f"it until the approval is renewed (or set active: false in {p.source_file})", file=sys.stderr)
+    return 1 if expired else 0
 
 
 def _project_risk(args, cfg, projects) -> int:
@@ -273,16 +311,27 @@ def _disseminate(args) -> int:
     import getpass
 
     from gpdata.privacy.keys import load_master_key
-    from gpdata.share.disseminate import disseminate_all
+    from gpdata.share.disseminate import DisseminationRefused, disseminate_all
+    from gpdata.share.projects import load_projects
 
     cfg = settings.load()
-    done = disseminate_all(cfg, load_master_key(), requested_by=args.requested_by or getpass.getuser(),
-                           release_id=args.release)
+    if not any(p.active for p in load_projects(cfg.projects_dir)):
+        print(f"gpdata: error: no active project in {cfg.projects_dir}: nothing to disseminate", file=sys.stderr)
+        return 1
+    refused: dict = {}
+    try:
+        done = disseminate_all(cfg, load_master_key(), requested_by=args.requested_by or getpass.getuser(),
+                               release_id=args.release)
+    except DisseminationRefused as exc:  # the others were extracted: show them, then each refusal
+        done, refused = exc.done, exc.refused
     for project, m in done.items():
         print(f"{project}: release {m['release']} -> {cfg.extracts / project / m['release']} "
               + ", ".join(f"{t} {e['rows']}" for t, e in m["tables"].items()))
-    print(f"register: {cfg.register}/register.html")
-    return 0
+    if done:
+        print(f"register: {cfg.register}/register.html")
+    for project, exc in refused.items():
+        print(f"gpdata: error: {project} refused: {exc}", file=sys.stderr)
+    return 1 if refused else 0
 
 
 def _notifications(args) -> int:
@@ -320,8 +369,40 @@ def _audit(args) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed package's version, else (a checkout run from source) the one pyproject.toml declares."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("gpdata")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        from gpdata.ops.airflow_env import REPO_ROOT
+
+        try:
+            return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+def _secrets(args) -> int:
+    from gpdata.ops import compose_secrets
+    from gpdata.ops.airflow_env import REPO_ROOT
+
+    compose_file = Path(args.compose_file) if args.compose_file else REPO_ROOT / "docker-compose.yaml"
+    env_file, steps = compose_secrets.init(compose_file, keys_dir=Path(args.keys_dir) if args.keys_dir else None,
+                                           force=args.force)
+    for step in steps:
+        print(step)
+    print(f"docker compose reads {env_file} (the admin password is its _AIRFLOW_WWW_USER_PASSWORD; no value is "
+          "printed): docker compose up -d")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpdata", description=__doc__)
+    p.add_argument("--version", action="version", version=f"gpdata {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="generate synthetic GP practices (FHIR bundles, lookups)")
@@ -381,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("id", nargs="?", help="release id (show, export)")
     r.add_argument("--out", help="export: folder for plain Parquet files")
     r.add_argument("--note", help="create: a note kept in the release manifest")
+    r.add_argument("--allow-empty", action="store_true",
+                   help="create: make a release even if the store holds no rows (refused by default)")
     r.set_defaults(func=_release)
 
     pj = sub.add_parser("projects", help="list and validate approved projects; risk: a project's risk report")
@@ -413,6 +496,17 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("action", choices=["verify"])
     au.set_defaults(func=_audit)
 
+    se = sub.add_parser("secrets", help="init: write .env for docker compose with a generated value for every "
+                                        "secret, and the two key files it names (never printed, never replaced)")
+    se.add_argument("action", choices=["init"])
+    se.add_argument("--force", action="store_true", help="replace an existing .env (the key files are kept)")
+    se.add_argument("--keys-dir", dest="keys_dir",
+                    help="folder for the master and audit key files, outside the project folder "
+                         "(default ~/.config/gpdata/compose-secrets)")
+    se.add_argument("--compose-file", dest="compose_file",
+                    help="the compose file (default the checkout's docker-compose.yaml); .env is written beside it")
+    se.set_defaults(func=_secrets)
+
     c = sub.add_parser("scan", help="scan outputs for identifiers from the synthetic sources")
     c.add_argument("paths", nargs="*",
                    help="files, folders or s3:// store paths (default: everything under GPDATA_HOME but the inbox, "
@@ -427,10 +521,25 @@ def main(argv: list[str] | None = None) -> int:
 
     restrict_umask()  # what any command writes is for its owner and group only
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that went away (| head) is a closed pipe, handled below
+        return code
     except GpdataError as exc:
         print(f"gpdata: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (``gpdata release show ID | head``): stop quietly, with the status a
+    process killed by SIGPIPE has, and point stdout at /dev/null so the interpreter's last flush cannot fail."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

@@ -32,13 +32,20 @@ def practice_lines(ods: str, m: dict) -> list[str]:
         lines.append(f"    quality report (Great Expectations Data Docs): {m['quality']['data_docs']}")
     failures = m.get("quality", {}).get("failures") or []
     lines += [f"    FAILED: {f}" for f in failures]
+    error = m.get("error") or {}
+    if error:  # a failure after counts were recorded (e.g. at commit): its stage and cause, never "None"
+        lines.append(f"    FAILED at {error.get('stage') or 'an unknown stage'}: "
+                     f"{error.get('cause') or 'no cause recorded'}")
     return lines
 
 
 def print_summary(cfg: Settings) -> int:
     manifests = store.latest_manifests(cfg.manifests)
     if not manifests:
-        print(f"no run manifests under {cfg.manifests}")
+        import sys
+
+        print(f"gpdata: error: no run manifests under {cfg.manifests}: no practice has been run with this "
+              "GPDATA_HOME / GPDATA_STORE (run the extraction DAG, or make demo)", file=sys.stderr)
         return 1
     for ods, m in manifests.items():
         if m.get("status") == "unchanged":

@@ -252,7 +252,9 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
 def disseminate_all(cfg, key: MasterKey, *, requested_by: str, release_id: str | None = None,
                     today: dt.date | None = None, projects: list[Project] | None = None) -> dict[str, dict]:
     """Each project's extract (default: every active one) of a release (default: the latest), then the
-    register of all projects."""
+    register of all projects. A refused project (each refusal audited) stops only itself: the others are
+    extracted, then ``DisseminationRefused`` names every refusal and carries the extracts made (a single
+    project refused alone raises its own error)."""
     from gpdata import storage
     from gpdata.share import register
 
@@ -262,7 +264,26 @@ def disseminate_all(cfg, key: MasterKey, *, requested_by: str, release_id: str |
     everyone = load_projects(cfg.projects_dir)
     projects = [p for p in everyone if p.active] if projects is None else projects
     release_id = release_id or release.latest_release(cfg.store)["release_id"]
-    out = {p.project_id: extract(p, release_id, cfg.store, cfg.extracts, key, requested_by=requested_by,
-                                 today=today, areas=cfg.area_lookup) for p in projects}
-    register.write(everyone, cfg.store, cfg.register)
+    out, refused = {}, {}
+    for p in projects:  # a refused project (expired approval, stale opt-out list, ...) stops only itself
+        try:
+            out[p.project_id] = extract(p, release_id, cfg.store, cfg.extracts, key, requested_by=requested_by,
+                                        today=today, areas=cfg.area_lookup)
+        except GpdataError as exc:
+            refused[p.project_id] = exc
+    if out:  # the register names only extracts that happened
+        register.write(everyone, cfg.store, cfg.register)
+    if len(refused) == 1 and not out:
+        raise next(iter(refused.values()))
+    if refused:
+        raise DisseminationRefused(refused, out)
     return out
+
+
+class DisseminationRefused(GpdataError):
+    """Some projects were refused: ``refused`` maps each to its error; ``done`` holds the extracts made."""
+
+    def __init__(self, refused: dict[str, GpdataError], done: dict[str, dict]) -> None:
+        self.refused, self.done = refused, done
+        super().__init__(f"{len(refused)} of {len(refused) + len(done)} project(s) refused: "
+                         + "; ".join(f"{p}: {e}" for p, e in refused.items()))

@@ -8,6 +8,7 @@ from pathlib import Path
 from gpdata import audit
 from gpdata.share import csvsafe
 from gpdata.share.projects import Project
+from gpdata.store.release import release_order
 
 # The register is published: its files are readable by anyone (0644, folder 0755), unlike every other output.
 PUBLIC_FILE_MODE = 0o644
@@ -44,7 +45,7 @@ def rows(projects: list[Project], store_root: Path) -> list[dict]:
             "approvals": "; ".join(f"{a.panel} {a.reference} ({a.date})" for a in p.approvals),
             "precision": _precision(p),
             "disclosure_risk": _risk(p, mine[-1] if mine else None),
-            "releases": "; ".join(sorted({e["release"] for e in mine})),
+            "releases": "; ".join(sorted({e["release"] for e in mine}, key=release_order)),
             "last_release_date": max((e["at"][:10] for e in mine), default=""),
         })
     return out

@@ -70,8 +70,9 @@ def _refuse_dissenters(store_root: Path, held: dict[str, pa.Array]) -> None:
 
 
 def create_release(store_root: Path, today: dt.date | None = None, note: str = "",
-                   key: keys.MasterKey | None = None) -> dict:
-    """Compact every table, pin its version and write the release manifest and data dictionary."""
+                   key: keys.MasterKey | None = None, allow_empty: bool = False) -> dict:
+    """Compact every table, pin its version and write the release manifest and data dictionary. A store
+    holding no rows is refused unless ``allow_empty``."""
     if key is not None:
         keys.verify_store(store_root, key)
     elif storage.read_json(keys.rotation_journal(store_root)):
@@ -95,8 +96,9 @@ def create_release(store_root: Path, today: dt.date | None = None, note: str = "
         tables[name] = {"version": dt_.version(), "rows": data.num_rows, "rows_by_practice": dict(sorted(
             per_practice.items())), "files_compacted": compaction.get("numFilesRemoved", 0)}
     _refuse_dissenters(store_root, held)
-    if not any(t["rows"] for t in tables.values()):
-        raise GpdataError("release refused: the store holds no rows (commit a practice first)")
+    if not allow_empty and not any(t["rows"] for t in tables.values()):
+        raise GpdataError("release refused: the store holds no rows (commit a practice first, or "
+                          "`gpdata release create --allow-empty` for an empty release)")
     folder = releases_dir(store_root) / release_id
     if storage.is_remote(folder):  # the dictionary is written locally, then copied beside the release
         import tempfile
