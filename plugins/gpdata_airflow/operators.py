@@ -176,8 +176,14 @@ class ReleaseOperator(BaseOperator):
         from gpdata.privacy.keys import load_master_key
         from gpdata.store import release
 
-        manifest = release.create_release(settings.load().store, note=f"run {context['run_id']}",
-                                          key=load_master_key())
+        root = settings.load().store
+        same = release.unchanged_since(root)
+        if same is not None:  # an hourly feed with nothing new would otherwise make 24 identical releases a day
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"nothing committed since release {same['release_id']}: no new release "
+                                       "(gpdata release create makes one on purpose)")
+        manifest = release.create_release(root, note=f"run {context['run_id']}", key=load_master_key())
         summary = {"release_id": manifest["release_id"],
                    "rows": {t: e["rows"] for t, e in manifest["tables"].items()}}
         context["outlet_events"][RELEASES].extra = summary

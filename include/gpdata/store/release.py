@@ -118,6 +118,25 @@ def create_release(store_root: Path, today: dt.date | None = None, note: str = "
     return manifest
 
 
+def unchanged_since(store_root: Path) -> dict | None:
+    """The latest readable release if no table has been written since it (every table's current version is
+    the one it pinned), else None: a release of the same data would only repeat it."""
+    readable = list_releases(store_root, readable_only=True)
+    if not readable:
+        return None
+    from deltalake.exceptions import TableNotFoundError
+
+    pinned = readable[-1]["tables"]
+    for name in TABLES:
+        try:
+            version = storage.delta_table(store.table_path(store_root, name)).version()
+        except TableNotFoundError:
+            return None
+        if name not in pinned or version != pinned[name]["version"]:
+            return None
+    return readable[-1]
+
+
 def verify_audit(store_root: Path) -> int:
     """The audit chain checked against the head published in the register and the head each release
     manifest recorded when it was made (gpdata.audit.verify)."""

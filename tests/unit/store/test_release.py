@@ -132,3 +132,16 @@ def test_an_erasure_cut_short_is_finished_by_the_next_one(committed, monkeypatch
         t = pq.read_table(path)
         if "patient_pid" in t.column_names:
             assert pid not in t["patient_pid"].to_pylist(), path
+
+
+def test_a_store_unchanged_since_the_latest_release_is_recognised_and_a_commit_or_retirement_ends_it(committed):
+    feed, cfg = committed
+    assert release.unchanged_since(cfg.store) is None  # no release yet
+    made = release.create_release(cfg.store, today=dt.date(2026, 3, 1))
+    assert release.unchanged_since(cfg.store)["release_id"] == made["release_id"]
+    pipeline.run_practice(feed, cfg, "r2", force=True)  # the same delivery again, committed on purpose
+    assert release.unchanged_since(cfg.store) is None
+    again = release.create_release(cfg.store, today=dt.date(2026, 3, 1))
+    assert release.unchanged_since(cfg.store)["release_id"] == again["release_id"]
+    release.retire(cfg.store, again["release_id"], "test")
+    assert release.unchanged_since(cfg.store) is None  # the latest readable release pins older versions
