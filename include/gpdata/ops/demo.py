@@ -90,7 +90,14 @@ class TaskFollower:
                         state in ("success", "failed", "skipped", "upstream_failed"), len(rows))
 
     def failed(self) -> list[str]:
-        return [f"{task}" + (f" [{i}]" if i >= 0 else "") for (task, i), st in self.seen.items() if st == "failed"]
+        """The failed tasks, as ``<practice> <stage>`` for a practice's task."""
+        named = []
+        for (task, i), state in self.seen.items():
+            if state == "failed":
+                group, _, stage = task.rpartition(".")
+                practice = self.names.get((group, i), f"practice #{i}" if i >= 0 else "")
+                named.append(f"{practice} {stage}" if practice else task)
+        return named
 
 
 class Progress:

@@ -41,7 +41,7 @@ def test_each_practice_and_stage_is_reported_once_per_state_from_the_new_run_onl
     follower.poll()
     assert lines == ["prepare_store: done in 4 s", "A81001 extract: running", "A81001 commit: running",
                      "A81001 extract: FAILED in 12 s"]
-    assert follower.failed() == ["practices_001.extract [0]"]
+    assert follower.failed() == ["A81001 extract"]
 
 
 def test_a_busy_or_unready_database_skips_the_poll(tmp_path):
