@@ -110,8 +110,8 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as Bar
 
-            self.bar = Bar(TextColumn("[gpdata demo] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), transient=True)
+            self.bar = Bar(TextColumn("[gpdata demo] {task.description}", markup=False), BarColumn(),
+                           MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
             self.task = self.bar.add_task(title, total=None)
             self.done = 0
 
@@ -130,7 +130,7 @@ class Progress:
             return
         self.done += finished
         self.bar.update(self.task, completed=self.done, total=max(total, self.done))
-        self.bar.console.print(f"[gpdata demo]   {line}", highlight=False)
+        self.bar.console.print(f"[gpdata demo]   {line}", markup=False, highlight=False)
 
 
 def failure_causes(text: str, limit: int = 3) -> list[str]:

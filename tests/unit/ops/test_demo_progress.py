@@ -1,5 +1,6 @@
 """The demo's progress lines (followed from Airflow's task states) and its failure report (the cause last)."""
 
+import io
 import sqlite3
 import sys
 
@@ -86,3 +87,17 @@ def test_a_failed_airflow_command_ends_with_its_cause(tmp_path, monkeypatch):
                                         "not a FHIR bundle")
     assert message.splitlines()[-2] == "[gpdata demo] earlier: KeyError: first"
     assert "log line" not in message and "not this one" not in message
+
+
+def test_on_a_terminal_a_progress_bar_counts_the_finished_tasks_and_keeps_each_line(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    with demo.Progress("gpdata_extract") as progress:
+        progress("A81001 extract: running", False, 3)
+        progress("A81001 extract: done in 3 s", True, 3)
+    out = sys.stdout.getvalue()
+    assert "[gpdata demo]   A81001 extract: running" in out and "[gpdata demo]   A81001 extract: done in 3 s" in out
+    assert "[gpdata demo] gpdata_extract" in out and "1/3" in out
