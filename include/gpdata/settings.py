@@ -1,13 +1,20 @@
-"""Where things live. Everything hangs off GPDATA_HOME (default ./var), except the curated store when
-GPDATA_STORE names one elsewhere: a folder, or an ``s3://bucket/prefix`` URI (see gpdata.storage)."""
+"""Where things live. Everything hangs off GPDATA_HOME (default ./var, relative to the current folder; the
+Makefile and the venv's activate script set it to the checkout's var/), except the curated store when
+GPDATA_STORE names one elsewhere: a folder, or an ``s3://bucket/prefix`` URI (see gpdata.storage).
+
+GPDATA_HOME may hold a settings file, ``gpdata.toml`` (``make demo`` writes one), naming the folders and the
+development key of that home. Its values are defaults under the environment: a variable that is set wins.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpdata.errors import KeyConfigError
+from gpdata.errors import GpdataError, KeyConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR.parent / "config"
@@ -17,6 +24,11 @@ DEFAULT_PROJECTS_DIR = CONFIG_DIR / "projects"
 DEFAULT_DIALECTS_DIR = CONFIG_DIR / "dialects"
 CHECKOUT_DIR = PACKAGE_DIR.parent.parent
 MODE_ENV = "GPDATA_MODE"
+SETTINGS_FILE = "gpdata.toml"
+# The settings file's keys and the environment variables that win over them.
+FILE_KEYS = {"feeds_dir": "GPDATA_FEEDS_DIR", "store": "GPDATA_STORE", "projects_dir": "GPDATA_PROJECTS_DIR",
+             "secrets_dir": "GPDATA_SECRETS_DIR", "inbox_root": "GPDATA_INBOX_ROOT",
+             "master_key_file": "GPDATA_MASTER_KEY_FILE"}
 
 
 def production_mode(env: dict[str, str] | None = None) -> bool:
@@ -141,9 +153,54 @@ class Settings:
         return self.home / "airflow"
 
 
+def home_dir(env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("GPDATA_HOME") or "var").resolve()
+
+
+def settings_file(env: dict[str, str] | None = None) -> Path:
+    return home_dir(env) / SETTINGS_FILE
+
+
+def read_settings_file(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The settings file of GPDATA_HOME as environment variables ({} when there is none). Relative paths are
+    taken from GPDATA_HOME. A file that cannot be read is an error naming it, never silently ignored."""
+    path = settings_file(env)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise GpdataError(f"cannot read the settings file: {exc}", file=str(path)) from None
+    unknown = sorted(set(doc) - set(FILE_KEYS))
+    if unknown or not all(isinstance(v, str) and v for v in doc.values()):
+        raise GpdataError(f"the settings file takes non-empty text values for {', '.join(FILE_KEYS)}"
+                          + (f"; unknown: {', '.join(unknown)}" if unknown else ""), file=str(path))
+    home = path.parent
+    return {FILE_KEYS[k]: (v if "://" in v else str(home / v)) for k, v in doc.items()}
+
+
+def write_settings_file(cfg: Settings, master_key_file: Path | None = None) -> Path:
+    """Write ``gpdata.toml`` in GPDATA_HOME naming this configuration's folders (and a development key)."""
+    values = {"feeds_dir": cfg.feeds_dir, "store": cfg.store, "projects_dir": cfg.projects_dir,
+              "secrets_dir": cfg.secrets, "master_key_file": master_key_file}
+    lines = ["# gpdata settings for this GPDATA_HOME, written by `make demo` (gpdata.ops.demo). Every line is a",
+             "# default under the environment: GPDATA_FEEDS_DIR, GPDATA_STORE, GPDATA_PROJECTS_DIR,",
+             "# GPDATA_SECRETS_DIR, GPDATA_INBOX_ROOT and GPDATA_MASTER_KEY_FILE win when set.",
+             "# master_key_file is used only for a development key and never when GPDATA_MODE=production."]
+    lines += [f"{k} = {json.dumps(str(v))}" for k, v in values.items() if v is not None]
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    path = cfg.home / SETTINGS_FILE
+    tmp = path.with_name(SETTINGS_FILE + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def load(env: dict[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
-    home = Path(env.get("GPDATA_HOME") or "var").resolve()
+    home = home_dir(env)
+    env = {**read_settings_file(env), **{k: v for k, v in env.items() if v}}  # the environment wins
     feeds = Path(env["GPDATA_FEEDS_DIR"]).resolve() if env.get("GPDATA_FEEDS_DIR") else DEFAULT_FEEDS_DIR
     store = _store(env["GPDATA_STORE"], env) if env.get("GPDATA_STORE") else home / "store"
     projects = Path(env["GPDATA_PROJECTS_DIR"]).resolve() if env.get("GPDATA_PROJECTS_DIR") else DEFAULT_PROJECTS_DIR

@@ -400,13 +400,27 @@ def _secrets(args) -> int:
     return 0
 
 
+def _airflow(args) -> int:
+    """Run an `airflow` command (this venv's) against the project: AIRFLOW_HOME, the DAGs and plugins, the
+    metadata database and the GPDATA_* folders of GPDATA_HOME, whatever the shell has set."""
+    import os
+
+    from gpdata.ops.airflow_env import airflow_env
+
+    exe = Path(sys.executable).with_name("airflow")
+    env = {**os.environ, **airflow_env(settings.load())}
+    env["PATH"] = f"{exe.parent}{os.pathsep}{env.get('PATH', '')}"
+    os.execve(str(exe), ["airflow", *args.args], env)  # noqa: S606  (does not return)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpdata", description=__doc__)
     p.add_argument("--version", action="version", version=f"gpdata {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="generate synthetic GP practices (FHIR bundles, lookups)")
-    s.add_argument("--out", default=str(settings.load().home), help="output root (default $GPDATA_HOME)")
+    s.add_argument("--out", default=str(settings.home_dir()), help="output root (default $GPDATA_HOME)")
     s.add_argument("--practices", type=int, default=3)
     s.add_argument("--patients", type=int, default=10_000, help="registered patients per practice")
     s.add_argument("--events-per-patient", type=float, default=100.0)
@@ -512,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files, folders or s3:// store paths (default: everything under GPDATA_HOME but the inbox, "
                         "refused deliveries, secrets and reference lookups, and the store wherever it is)")
     c.set_defaults(func=_scan)
+
+    af = sub.add_parser("airflow", help="run an airflow command against this project (e.g. gpdata airflow dags "
+                                        "list): AIRFLOW_HOME and the project's Airflow settings set for it")
+    af.add_argument("args", nargs=argparse.REMAINDER, help="the airflow command and its arguments")
+    af.set_defaults(func=_airflow)
     return p
 
 

@@ -209,8 +209,15 @@ def load_master_key(env: dict[str, str] | None = None, practice: str | None = No
     """Load and check the key ring; fail closed with a message that names the cause, never the key.
 
     ``GPDATA_MASTER_KEY`` holds one hex key (version ``GPDATA_KEY_VERSION``, default v1) or a ring written
-    ``v1:<hex>,v2:<hex>``; ``GPDATA_MASTER_KEY_FILE`` names a JSON key file (a mounted secret).
+    ``v1:<hex>,v2:<hex>``; ``GPDATA_MASTER_KEY_FILE`` names a JSON key file (a mounted secret). With neither
+    set in the process environment (``env`` None) and outside production mode, the development key named by
+    GPDATA_HOME's settings file (``make demo`` writes it) is used; any other key named there is refused.
     """
+    from_settings_file = None
+    if env is None and not os.environ.get(KEY_ENV) and not os.environ.get(KEY_FILE_ENV) \
+            and not production_mode(os.environ):
+        from_settings_file = settings.read_settings_file().get(KEY_FILE_ENV)
+        env = {**os.environ, KEY_FILE_ENV: from_settings_file} if from_settings_file else None
     env = os.environ if env is None else env
     development = False
     if env.get(KEY_ENV):
@@ -230,6 +237,10 @@ def load_master_key(env: dict[str, str] | None = None, practice: str | None = No
         raise KeyConfigError(f"no pseudonymisation key: set {KEY_ENV} or {KEY_FILE_ENV}", practice=practice)
     if not ring:
         raise KeyConfigError("the key ring is empty", practice=practice)
+    if from_settings_file and not all(is_development_key(material) for _, material in ring):
+        raise KeyConfigError(f"the key file {from_settings_file} named by the settings file "
+                             f"{settings.settings_file()} is not a development key: name a real key explicitly "
+                             f"with {KEY_FILE_ENV} or {KEY_ENV}", practice=practice)
     development = development or any(is_development_key(material) for _, material in ring)
     if development and production_mode(env):
         raise KeyConfigError(f"a development key is not allowed when {MODE_ENV}=production (it is told by its "
