@@ -35,7 +35,7 @@ def airflow_env(cfg: Settings, key_file: Path | None = None) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / ".jwt_secret"),
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "GPDATA_HOME": str(cfg.home),
         "GPDATA_FEEDS_DIR": str(cfg.feeds_dir),
         "GPDATA_STORE": str(cfg.store),
