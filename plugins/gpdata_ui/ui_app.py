@@ -16,6 +16,7 @@ Routes, all under ``/gpdata`` and all behind Airflow's authentication and the Pl
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -30,7 +31,9 @@ def _number(value) -> str:
     return "–" if value is None else f"{value:,}"
 
 
+@functools.cache
 def _environment():
+    """One template environment per process: templates are compiled once, not on every request."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,

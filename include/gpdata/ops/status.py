@@ -27,6 +27,7 @@ import datetime as dt
 import math
 import os
 import threading
+import time
 from pathlib import Path
 
 from gpdata import store
@@ -58,8 +59,9 @@ def _read(path: Path) -> dict | None:
 
 # --- the feed folder, surveyed again only when it changes ---------------------------------------------------
 
-_FEEDS_CACHE: dict[str, tuple[tuple, tuple]] = {}
+_FEEDS_CACHE: dict[str, tuple] = {}
 _FEEDS_LOCK = threading.Lock()
+FEEDS_RECHECK_SECONDS = 10.0  # a feed file edited in place is seen within this; one added or removed at once
 
 
 def _signature(folder: Path) -> tuple:
@@ -74,31 +76,36 @@ def _signature(folder: Path) -> tuple:
 
 def feed_catalogue(settings: Settings) -> tuple[dict, list[dict], str | None]:
     """(feeds by ODS code, broken feed files as ``{"file", "cause"}``, the folder's own error). The survey is
-    cached per process and redone only when a file of the folder is added, removed or changed."""
+    cached per process: redone when a file of the folder is added, removed or changed (the folder's files are
+    stat'ed again when the folder itself changed, or after ``FEEDS_RECHECK_SECONDS``)."""
     from gpdata.ingest.feeds import survey_feeds
 
     folder = Path(settings.feeds_dir)
+    key = str(folder)
     try:
+        folder_mtime = os.stat(folder).st_mtime_ns
+        with _FEEDS_LOCK:
+            cached = _FEEDS_CACHE.get(key)
+        if cached and cached[0] == folder_mtime and time.monotonic() - cached[1] < FEEDS_RECHECK_SECONDS:
+            return cached[3]
         signature = _signature(folder)
     except FileNotFoundError:
-        return {}, [], None if not folder.exists() else f"feed folder {folder}: cannot be read"
+        return {}, [], None
     except OSError as exc:
         return {}, [], f"feed folder {folder}: {type(exc).__name__}"
-    key = str(folder.resolve())
+    if cached and cached[2] == signature:
+        result = cached[3]
+    else:
+        try:
+            feeds, problems = survey_feeds(folder)
+        except GpdataError as exc:
+            return {}, [], str(exc)
+        except OSError as exc:
+            return {}, [], f"feed folder {folder}: {type(exc).__name__}"
+        broken = [{"file": Path(p.file).name if p.file else str(folder), "cause": p.cause} for p in problems]
+        result = ({f.ods_code: f for f in feeds}, sorted(broken, key=lambda b: b["file"]), None)
     with _FEEDS_LOCK:
-        cached = _FEEDS_CACHE.get(key)
-        if cached and cached[0] == signature:
-            return cached[1]
-    try:
-        feeds, problems = survey_feeds(folder)
-    except GpdataError as exc:
-        return {}, [], str(exc)
-    except OSError as exc:
-        return {}, [], f"feed folder {folder}: {type(exc).__name__}"
-    broken = [{"file": Path(p.file).name if p.file else str(folder), "cause": p.cause} for p in problems]
-    result = ({f.ods_code: f for f in feeds}, sorted(broken, key=lambda b: b["file"]), None)
-    with _FEEDS_LOCK:
-        _FEEDS_CACHE[key] = (signature, result)
+        _FEEDS_CACHE[key] = (folder_mtime, time.monotonic(), signature, result)
     return result
 
 
@@ -141,19 +148,31 @@ def _when(text: str | None) -> dt.datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def lateness(row: dict, feed, now: dt.datetime, allowance: dt.timedelta) -> dict | None:
+def lateness(row: dict, feed, now: dt.datetime, allowance: dt.timedelta, _cutoffs: dict | None = None) -> dict | None:
     """``{"schedule", "expected_every_hours", "last_delivery", "overdue_hours"}`` when the practice is late."""
     if feed is None or not feed.active:
         return None
-    interval = schedule_interval(feed.schedule, now)
-    last = _when(row.get("last_committed_at"))
-    if interval is None or last is None:
+    last_text = row.get("last_committed_at")
+    if not last_text:
         return None
-    overdue = now - last - interval - allowance
-    if overdue <= dt.timedelta(0):
+    cutoffs = {} if _cutoffs is None else _cutoffs
+    if feed.schedule not in cutoffs:
+        interval = schedule_interval(feed.schedule, now)
+        cutoff = None if interval is None else now.astimezone(dt.UTC) - interval - allowance
+        cutoffs[feed.schedule] = (interval, cutoff, None if cutoff is None else cutoff.isoformat(timespec="seconds"))
+    interval, cutoff, cutoff_text = cutoffs[feed.schedule]
+    if interval is None:
         return None
+    # gpdata writes UTC times to the second (…+00:00): compared as text, in order; anything else is parsed.
+    if len(last_text) == len(cutoff_text) and last_text.endswith("+00:00"):
+        if last_text >= cutoff_text:
+            return None
+    last = _when(last_text)
+    if last is None or last >= cutoff:
+        return None
+    overdue = cutoff - last
     return {"schedule": feed.schedule, "expected_every_hours": round(interval.total_seconds() / 3600, 2),
-            "last_delivery": row.get("last_committed_at"), "overdue_hours": round(overdue.total_seconds() / 3600, 1)}
+            "last_delivery": last_text, "overdue_hours": round(overdue.total_seconds() / 3600, 1)}
 
 
 def _state(row: dict) -> str:
@@ -199,9 +218,9 @@ def practice_status(settings: Settings, practice: str, name: str | None = None) 
     return {**present(settings, row), "name": name}
 
 
-def _index_rows(settings: Settings) -> tuple[dict[str, dict], str | None]:
+def _index_rows(settings: Settings, fresh: bool = False) -> tuple[dict[str, dict], str | None]:
     """Every practice's row from the index; from the manifests themselves when the index is empty."""
-    rows = statusindex.read_index(settings.manifests)
+    rows = statusindex.read_index(settings.manifests, fresh)
     if rows:
         return rows, None
     folders = [p.name for p in settings.manifests.iterdir() if p.is_dir() and store.ODS_RE.match(p.name)] \
@@ -216,11 +235,13 @@ def _index_rows(settings: Settings) -> tuple[dict[str, dict], str | None]:
     return found, "the status index is empty: shown from the manifests (slow); run `gpdata status rebuild`"
 
 
-def _all_rows(settings: Settings, now: dt.datetime) -> tuple[list[dict], list[dict], str | None, str | None]:
+def _all_rows(settings: Settings, now: dt.datetime, fresh: bool = False) \
+        -> tuple[list[dict], list[dict], str | None, str | None]:
     """Every practice with a status row or a feed, each with its feed's fields, lateness and state."""
-    indexed, notice = _index_rows(settings)
+    indexed, notice = _index_rows(settings, fresh)
     feeds, broken, feeds_error = feed_catalogue(settings)
     allowance = grace()
+    cutoffs: dict = {}
     rows = []
     for ods in sorted(set(indexed) | {o for o, f in feeds.items() if f.active}):
         row = dict(indexed.get(ods) or _blank(ods))
@@ -230,7 +251,7 @@ def _all_rows(settings: Settings, now: dt.datetime) -> tuple[list[dict], list[di
         row["format"] = feed.format if feed else None
         row["schedule"] = feed.schedule if feed else None
         row["active"] = feed.active if feed else None
-        row["late"] = lateness(row, feed, now, allowance)
+        row["late"] = lateness(row, feed, now, allowance, cutoffs)
         row["state"] = _state(row)
         rows.append(row)
     return rows, broken, feeds_error, notice
@@ -393,7 +414,7 @@ def notifications(settings: Settings) -> list[dict]:
 
 def late_practices(settings: Settings, now: dt.datetime | None = None) -> list[dict]:
     """The practices whose delivery is late: ``{"practice", "name", "state", **lateness}``."""
-    rows, _, _, _ = _all_rows(settings, now or dt.datetime.now(dt.UTC))
+    rows, _, _, _ = _all_rows(settings, now or dt.datetime.now(dt.UTC), fresh=True)
     return [{"practice": r["practice"], "name": r["name"], "state": r["state"], **r["late"]} for r in rows
             if r.get("late")]
 

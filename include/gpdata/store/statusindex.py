@@ -11,9 +11,11 @@ status row is derived from it and kept, beside the manifests, in ``<store>/_stat
   per-practice object it was taken from, rewritten atomically (locally under ``storage.file_lock``).
 
 A reader (``read_index``) reads ``index.parquet`` and lists ``practices/`` (one listing, no GET per practice),
-then reads only the per-practice objects whose stamp differs from the index's (or that it lacks). On S3 two
+then reads only the per-practice objects newer than the index's row (or that it lacks). Locally the listing is
+skipped when the folder has not changed since the index was written; on S3 a web-server process lists in the
+background at most once a minute (``LIST_RECHECK_SECONDS``) and pages use its last listing. On S3 two
 writers may race for ``index.parquet`` (there is no lock there) and one's row can be lost from it: that row's
-object then has another stamp, so the reader still finds it. Nothing is lost, only more objects are read until
+object is then newer than its row there, so the reader still finds it. Nothing is lost, only more objects are read until
 the next write or ``gpdata status rebuild`` (``rebuild``), which derives every row and trend from the manifests
 again. (One window remains on S3, whose stamps are coarse: the same practice written twice within one stamp
 tick *and* the second index update lost; the next write or a rebuild repairs it.)
@@ -29,6 +31,8 @@ import io
 import json
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -391,15 +395,67 @@ def _safe_read(path: Any) -> dict | None:
 
 # --- reading -----------------------------------------------------------------------------------------------
 
-def read_index(manifests: Any) -> dict[str, dict]:
+_LISTINGS: dict[str, tuple[float, dict[str, int]]] = {}
+_REFRESHING: set[str] = set()
+_LISTING_LOCK = threading.Lock()
+LIST_RECHECK_SECONDS = 60.0  # S3: how often a process lists the per-practice objects again
+
+
+def _refresh(objects: Any, key: str) -> dict[str, int]:
+    try:
+        stamps = _stamps(objects)
+        with _LISTING_LOCK:
+            _LISTINGS[key] = (time.monotonic(), stamps)
+        return stamps
+    finally:
+        with _LISTING_LOCK:
+            _REFRESHING.discard(key)
+
+
+def _listing(objects: Any, fresh: bool = False) -> dict[str, int]:
+    """The objects' stamps. Locally (and with ``fresh``) listed now. On S3 the listing (LIST pages: seconds
+    for 6,500 objects on a slow endpoint) is redone in the background at most every ``LIST_RECHECK_SECONDS``
+    per process, and a request uses the last one it has (none at first): writers update the index themselves,
+    so the listing only finds rows an index race lost, that much later."""
+    if not storage.is_remote(objects):
+        return _stamps(objects)
+    key = str(objects)
+    if fresh:
+        with _LISTING_LOCK:
+            _REFRESHING.add(key)
+        return _refresh(objects, key)
+    with _LISTING_LOCK:
+        cached = _LISTINGS.get(key)
+        if (cached is None or time.monotonic() - cached[0] >= LIST_RECHECK_SECONDS) and key not in _REFRESHING:
+            _REFRESHING.add(key)
+            threading.Thread(target=_refresh, args=(objects, key), name="gpdata-status-listing",
+                             daemon=True).start()
+    return cached[1] if cached else {}
+
+
+def _unchanged_since_index(manifests: Any, objects: Any) -> bool:
+    """Locally: no object was added or replaced (each is renamed into its folder, which changes the folder's
+    modification time) since the index was written, so the listing can be skipped. Always False on S3."""
+    if storage.is_remote(objects):
+        return False
+    try:
+        return os.stat(objects).st_mtime_ns < os.stat(_index_path(manifests)).st_mtime_ns
+    except FileNotFoundError:
+        return False
+
+
+def read_index(manifests: Any, fresh: bool = False) -> dict[str, dict]:
     """Every practice's row (JSON fields still encoded; see ``decode``), from the index plus the per-practice
-    objects written since."""
+    objects written since (``fresh``: list them now, also on S3; for one-shot commands and alerts)."""
     table = _read_index_table(manifests)
     rows = {r["practice"]: r for r in table.to_pylist()} if table is not None else {}
-    stamps = _stamps(status_root(manifests) / "practices")
+    objects = status_root(manifests) / "practices"
+    if table is not None and _unchanged_since_index(manifests, objects):
+        return rows
+    stamps = _listing(objects, fresh)
     for practice, stamp in stamps.items():
         known = rows.get(practice)
-        if known is not None and known["stamp"] == stamp:
+        if known is not None and known["stamp"] >= stamp:
             continue
         doc = _read_practice_object(manifests, practice)
         if doc is not None:
