@@ -58,7 +58,8 @@ def trend_charts(trend: list[dict] | None) -> list[dict]:
             continue
         top = max(v for _, v in points) or 1
         step = (CHART_W - 2 * CHART_PAD) / max(len(points) - 1, 1)
-        drawn = [{"x": round(CHART_PAD + i * step, 1),
+        left = CHART_W / 2 if len(points) == 1 else CHART_PAD  # one run: drawn in the middle
+        drawn = [{"x": round(left + i * step, 1),
                   "y": round(CHART_H - CHART_PAD - (v / top) * (CHART_H - 2 * CHART_PAD), 1),
                   "value": v, "run_id": p.get("run_id"), "status": p.get("status"), "text": fmt.format(v)}
                  for i, (p, v) in enumerate(points)]
