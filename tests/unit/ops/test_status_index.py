@@ -271,3 +271,19 @@ def test_trend_charts_plot_the_recorded_values(home, monkeypatch):
     assert [p["value"] for p in charts["quarantine_rate"]["points"]] == [0.1]
     top, bottom = charts["rows_committed"]["points"][1]["y"], charts["rows_committed"]["points"][0]["y"]
     assert top < bottom  # the larger value is drawn higher
+
+
+def test_gpdata_status_rebuild_and_late_on_the_command_line(home, capsys, monkeypatch):
+    from gpdata.ops import cli
+
+    cfg = settings.load()
+    _feed(cfg, "A81001", "@hourly")
+    _manifest(cfg, "A81001", "r1", "committed", "2020-01-01T00:00:00+00:00", **_counts())
+    (cfg.store / "_status" / "index.parquet").unlink()
+    assert cli.main(["status", "rebuild"]) == 0
+    assert "1 practice(s)" in capsys.readouterr().out
+    assert _from_index(cfg) == _from_manifests(cfg)
+    assert cli.main(["status", "late"]) == 1
+    assert capsys.readouterr().out.startswith("gpdata late: practice=A81001 schedule=@hourly")
+    monkeypatch.setenv(status.GRACE_ENV, str(60 * 24 * 365 * 100))  # a century's grace: nothing is late
+    assert cli.main(["status", "late"]) == 0
