@@ -270,7 +270,7 @@ def log(msg: str) -> None:
 
 
 def run(plan: dict, cache: Path | None, out: Path, *, airflow: bool = True, dag_parse: bool = True,
-        profile: bool = True, command: str = "python -m bench", status: bool = True) -> dict:
+        profile: bool = True, command: str = "python -m bench", status: bool = False) -> dict:
     from bench.inputs import practice_set
 
     tmp = tempfile.TemporaryDirectory(prefix="gpdata-bench-")
