@@ -287,3 +287,15 @@ def test_gpdata_status_rebuild_and_late_on_the_command_line(home, capsys, monkey
     assert capsys.readouterr().out.startswith("gpdata late: practice=A81001 schedule=@hourly")
     monkeypatch.setenv(status.GRACE_ENV, str(60 * 24 * 365 * 100))  # a century's grace: nothing is late
     assert cli.main(["status", "late"]) == 0
+
+
+def test_the_index_keeps_only_its_own_count_fields_of_a_manifest(home):
+    """The index is a new place gpdata writes to: it takes named counts and causes from a manifest, never the
+    manifest whole, so a value a future manifest field might carry cannot reach the page's data."""
+    cfg = settings.load()
+    planted = "9434765919"  # NHS-number-shaped, in fields the index does not know
+    _manifest(cfg, "A81001", "r1", "committed", **_counts(), unexpected=planted, source={"note": planted})
+    stored = [(cfg.store / "_status" / "index.parquet").read_bytes(),
+              (cfg.store / "_status" / "practices" / "A81001.json").read_bytes()]
+    assert all(planted.encode() not in data for data in stored)
+    assert planted not in json.dumps(status.overview(cfg), default=str)
