@@ -5,6 +5,7 @@ generated practices, in one run on this machine. Never part of `make test`.
     python -m bench --quick         # small sizes, a couple of minutes
     python -m bench --sizes 1000,10000 --practices 1,4 --naive-patients 1000
     python -m bench --only-dag-parse
+    python -m bench --only status   # the GP data page with 6,500 practices, local and S3 (moto), about 2 min
 
 Every figure is measured in this run. The generator's time never counts. Each measurement runs in its own
 process (peak RSS and CPU time are its own); imports are done before the clock starts for the limit, the
@@ -211,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                     "profile_patients: 10,000 by default)")
     parser.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
     parser.add_argument("--only-dag-parse", action="store_true", help="measure only the DAG parse time")
+    parser.add_argument("--only", choices=["status"], help="status: measure only the GP data page with 6,500 "
+                                                          "practices and merge its keys into latest.json")
+    parser.add_argument("--no-status", action="store_true", help="skip the GP data page with 6,500 practices")
     args = parser.parse_args(argv)
+    if args.only == "status":
+        return only_status(Path(args.out))
     if args.only_dag_parse:
         from bench.dagparse import measure_dag_parse
 
@@ -228,10 +234,35 @@ def main(argv: list[str] | None = None) -> int:
         plan["events_per_patient"] = args.events_per_patient
     command = "make bench ARGS='" + " ".join(argv if argv is not None else sys.argv[1:]) + "'"
     doc = run(plan, Path(args.cache) if args.cache else None, Path(args.out), airflow=not args.no_airflow,
-              dag_parse=not args.no_dag_parse, profile=not args.no_profile, command=command)
+              dag_parse=not args.no_dag_parse, profile=not args.no_profile, command=command,
+              status=not args.no_status)
     print(render(doc))
     print(f"written to {Path(args.out) / 'latest.json'} and latest.md")
     return 0
+
+
+def only_status(out: Path) -> int:
+    """The GP data page's keys, merged into an existing latest.json (or a new one)."""
+    from bench.status_page import measure
+
+    log("GP data page with 6,500 practices: local store, then S3 (moto)")
+    found = measure()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "latest.json"
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    doc.update(found)
+    doc["targets"] = [t for t in (doc.get("targets") or []) if not t[0].startswith("status_page")] + \
+        status_targets(doc)
+    path.write_text(json.dumps(doc, indent=2))
+    print(json.dumps({k: v for k, v in found.items()}, indent=2))
+    print(f"merged into {path}")
+    return 0
+
+
+def status_targets(doc: dict) -> list[tuple[str, str, bool]]:
+    local, s3 = doc.get("status_page_seconds_6500_practices"), doc.get("status_page_seconds_6500_practices_s3")
+    return [("status_page_seconds_6500_practices", "< 0.5", local is not None and local < 0.5),
+            ("status_page_seconds_6500_practices_s3", "< 2", s3 is not None and s3 < 2)]
 
 
 def log(msg: str) -> None:
@@ -239,7 +270,7 @@ def log(msg: str) -> None:
 
 
 def run(plan: dict, cache: Path | None, out: Path, *, airflow: bool = True, dag_parse: bool = True,
-        profile: bool = True, command: str = "python -m bench") -> dict:
+        profile: bool = True, command: str = "python -m bench", status: bool = False) -> dict:
     from bench.inputs import practice_set
 
     tmp = tempfile.TemporaryDirectory(prefix="gpdata-bench-")
@@ -283,6 +314,11 @@ def run(plan: dict, cache: Path | None, out: Path, *, airflow: bool = True, dag_
 
             log("DAG parse with 6,500 feeds (fresh processes)")
             doc.update(measure_dag_parse(6500))
+        if status:
+            from bench.status_page import measure as measure_status_page
+
+            log("GP data page with 6,500 practices: local store, then S3 (moto)")
+            doc.update(measure_status_page())
         if airflow:
             log("Airflow per-task overhead (airflow dags test of one tiny practice)")
             doc["airflow"] = measure_airflow_overhead(work / "airflow")
@@ -294,6 +330,8 @@ def run(plan: dict, cache: Path | None, out: Path, *, airflow: bool = True, dag_
                 "python": sys.version.split()[0], "command": command,
                 "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     doc.setdefault("dag_parse_seconds_6500_feeds", None)  # every headline key is present, measured or not
+    doc.setdefault("status_page_seconds_6500_practices", None)
+    doc.setdefault("status_page_seconds_6500_practices_s3", None)
     doc["targets"] = targets(doc)
     doc["national_projection"] = projection(doc)
     (out / "latest.json").write_text(json.dumps(doc, indent=2))
@@ -383,6 +421,7 @@ def targets(doc: dict) -> list[tuple[str, str, bool]]:
          doc["flatfile_rows_per_cpu_second_spread"] is not None and doc["flatfile_rows_per_cpu_second_spread"] <= 0.2),
         ("peak_rss_mib_60k_patients", "< 2048", rss is not None and rss < 2048),
         ("dag_parse_seconds_6500_feeds", "< 10", parse is not None and parse < 10),
+        *status_targets(doc),
     ]
 
 

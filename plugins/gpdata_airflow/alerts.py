@@ -9,6 +9,9 @@ configured notifier, if any. The cause comes from a ``GpdataError`` (which names
 cause, never a record's values); any other exception is named by its type only, since its message may
 quote data.
 
+``late_delivery_alerts()`` logs and notifies, the same way, each practice whose delivery is late (no delivery
+for longer than its feed's schedule plus the grace period; the GP data page shows them as late).
+
 ``deadline_alert()`` builds an Airflow Deadline Alert for a late run from ``GPDATA_DEADLINE_MINUTES``
 (unset or 0: none). Settings, all environment variables, all off by default:
 
@@ -163,6 +166,22 @@ def failure_callback(context) -> str:
             log.warning("gpdata alert: could not record the failure in the manifest: %s", type(exc).__name__)
     notify(context, line)
     return line
+
+
+def late_delivery_alerts(settings=None, now=None, env=None, context=None) -> list[str]:
+    """Late deliveries raise the same alert as a failure: one log line per late practice (see
+    ``gpdata.ops.status.lateness``) and the configured notifier. Callable from any task or callback."""
+    from gpdata.ops import status
+
+    if settings is None:
+        from gpdata import settings as settings_module
+
+        settings = settings_module.load()
+    lines = [status.late_line(late) for late in status.late_practices(settings, now)]
+    for line in lines:
+        log.error(line)
+        notify(dict(context or {}), line, env)
+    return lines
 
 
 async def late_run(context=None, minutes: int | None = None, **_):

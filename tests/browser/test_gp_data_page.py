@@ -9,6 +9,11 @@ requests without a login (401/403) and a user without the Plugins permission (40
 host name but 127.0.0.1 fails to resolve) with its performance log on: no plugin page may request another
 host, and the Data Docs pages must render their content, sandboxed, from the plugin alone.
 
+At national scale (issue 24) the page shows the summary and the failures first (a broken feed file, written
+after the run, is listed there with its cause), finds a practice by search (server-side, through the form), and
+each practice's trend charts (issue 20 item 8) plot the values of its run manifests (SVG points carry them in
+data-value).
+
 Needs the Debian packages chromium and chromium-driver (`make browser-deps`, run by `make test`); without them
 the test fails. A screenshot is saved under test-artifacts/.
 """
@@ -28,7 +33,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gpdata import settings, store
+from gpdata import pipeline, settings, store
+from gpdata.ingest.feeds import find_feed
 from gpdata.model import TABLES
 from gpdata.ops.airflow_env import REPO_ROOT, airflow_env
 from gpdata.ops.leakscan import collect_identifiers, scan_text
@@ -43,6 +49,7 @@ pytestmark = pytest.mark.system
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 FAILING = "Y99999"  # a practice whose delivery folder does not exist
+BROKEN_FEED = "broken-feed.yaml"  # written after the run: the page lists it with its cause
 FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
 
@@ -92,10 +99,13 @@ def stack(tmp_path_factory):
 
     run_airflow(env, "db", "migrate")
     run_output = run_airflow(env, "dags", "test", "gpdata_extract", check=False)
+    # A second run of the first practice's delivery (forced), so its trend charts have two points.
+    pipeline.run_practice(find_feed(cfg.feeds_dir, practices[0]), cfg, "manual__browser_rerun", force=True)
     key = keys.load_master_key({keys.KEY_FILE_ENV: str(key_file)})
     release.create_release(cfg.store)
     ndop.ingest(cfg.reference / "ndop.csv", cfg.store, key, published=dt.date.today())
     disseminate_all(cfg, key, requested_by="browser test")
+    (cfg.feeds_dir / BROKEN_FEED).write_text("ods_code: Y99998\nname: Broken\nlocation: x\nschedule: whenever\n")
 
     users = {}
     for role in ("Op", "Viewer"):
@@ -173,6 +183,22 @@ def _find(driver, css):
     return driver.find_elements(By.CSS_SELECTOR, css)
 
 
+def _trend_from_manifests(cfg, ods) -> dict[str, list[tuple[str, float]]]:
+    """Each trend metric's (run, value) over the practice's run manifests that counted, oldest first."""
+    runs = sorted((json.loads(p.read_text()) for p in (cfg.manifests / ods).glob("*.json")
+                   if p.name not in ("latest.json", "committed.json")), key=lambda m: m["finished_at"])
+    out: dict[str, list] = {"rows_committed": [], "quarantine_rate": [], "type1_excluded": [], "duration_seconds": []}
+    for m in (m for m in runs if "committed_rows" in m):
+        quality = m["quality"]
+        quarantined = sum(sum(r.values()) for r in quality["quarantined"].values())
+        out["rows_committed"].append((m["run_id"], sum(m["committed_rows"].values())))
+        out["quarantine_rate"].append((m["run_id"], round(quarantined / sum(quality["rows_in"].values()), 6)))
+        out["type1_excluded"].append((m["run_id"], m["type1_optout"]["patients_excluded"]))
+        out["duration_seconds"].append((m["run_id"], round(sum(m["seconds"][s] for s in ("extract", "quality",
+                                                                                          "commit")), 3)))
+    return out
+
+
 def _login(driver, base, username, password):
     from selenium.webdriver.common.by import By
 
@@ -242,6 +268,20 @@ def test_the_page_shows_the_manifests_counts_in_a_logged_in_browser(stack, brows
     line = f"gpdata failure: practice={FAILING} stage=extract cause={failed['error']['cause']}"
     assert line in stack["run_output"], stack["run_output"][-3000:]
 
+    # Summary first, then what needs attention (the failure, the broken feed file), then the table.
+    top = lambda css: browser.find_element(By.CSS_SELECTOR, css).location["y"]  # noqa: E731
+    assert top("#summary") < top("#failures") < top("#practice-table")
+    states = {a.get_attribute("data-state"): _int(a.find_element(By.CSS_SELECTOR, ".n").text)
+              for a in _find(browser, "#summary a.count")}
+    assert states["committed"] == len(stack["practices"]) and states["failed"] == 1
+    [attention] = _find(browser, f'div.attention[data-practice="{FAILING}"]')
+    assert top("#failures") < attention.location["y"] < top("#practice-table")
+    assert attention.find_element(By.CSS_SELECTOR, '[data-field="cause"]').text == \
+        f"extract: {failed['error']['cause']}"
+    [broken] = _find(browser, f'li.broken-feed[data-file="{BROKEN_FEED}"]')
+    assert "schedule" in broken.find_element(By.CSS_SELECTOR, '[data-field="cause"]').text
+    assert top("#failures") < broken.location["y"] < top("#practice-table")
+
     # Releases: every table's pinned version and rows.
     [rel] = release.list_releases(cfg.store)
     tr = browser.find_element(By.CSS_SELECTOR, f'tr.release[data-release="{rel["release_id"]}"]')
@@ -271,6 +311,35 @@ def test_the_page_shows_the_manifests_counts_in_a_logged_in_browser(stack, brows
     ids = collect_identifiers(cfg.sources)
     assert ids.counts["nhs_number"] > 100
     assert scan_text(html, ids, "page") == [] and scan_text(browser.page_source, ids, "page") == []
+
+    # Search (on the server, through the form): one practice by ODS code, one by a part of its name.
+    target = stack["practices"][1]
+    box = browser.find_element(By.ID, "search")
+    box.clear()
+    box.send_keys(target.lower())
+    browser.find_element(By.ID, "apply").click()
+    _wait(lambda: "q=" in browser.current_url, what="the search")
+    assert [tr.get_attribute("data-practice") for tr in _find(browser, "tr.practice")] == [target]
+    assert browser.find_element(By.ID, "matching").text.startswith("1 matching")
+    browser.save_screenshot(str(ARTIFACTS / "gp-data-search.png"))
+    browser.get(f"{base}/gpdata/?q=without+a+delivery")
+    _wait(lambda: _find(browser, "#practice-table"))
+    assert [tr.get_attribute("data-practice") for tr in _find(browser, "tr.practice")] == [FAILING]
+
+    # Trend charts: each plotted point is the value of one of the practice's run manifests, in run order.
+    for ods in stack["practices"]:
+        browser.get(f"{base}/gpdata/practice/{ods}")
+        _wait(lambda: _find(browser, "svg.trend-chart"), what="the trend charts")
+        plotted = {svg.get_attribute("data-metric"): [
+            (c.get_attribute("data-run"), float(c.get_attribute("data-value")))
+            for c in svg.find_elements(By.CSS_SELECTOR, "circle.point")] for svg in _find(browser, "svg.trend-chart")}
+        expected = _trend_from_manifests(cfg, ods)
+        assert len(expected["rows_committed"]) == (2 if ods == stack["practices"][0] else 1)
+        assert plotted == {k: [(run, pytest.approx(v)) for run, v in points] for k, points in expected.items()}
+        height = browser.execute_script("return document.body.scrollHeight")
+        browser.set_window_size(1600, max(1200, height + 100))
+        browser.save_screenshot(str(ARTIFACTS / f"gp-data-trends-{ods}.png"))
+        assert scan_text(browser.page_source, ids, "page") == []
 
     # The Data Docs link opens the practice's Data Docs for the logged-in user.
     browser.get(f"{base}/gpdata/data-docs/{stack['practices'][0]}/index.html")

@@ -459,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("summary", help="per-practice counts from the latest run manifests").set_defaults(func=_summary)
 
+    st = sub.add_parser("status", help="the GP data page's status index: rebuild it from the run manifests, or "
+                                       "list the practices whose delivery is late (exit 1 if any)")
+    st.add_argument("action", choices=["rebuild", "late"])
+    st.set_defaults(func=lambda args: __import__("gpdata.ops.status", fromlist=["command"]).command(args))
+
     k = sub.add_parser("dev-key", help="write a development pseudonymisation key (synthetic data only)")
     k.add_argument("--path")
     k.set_defaults(func=_dev_key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from gpdata.errors import GpdataError
 from gpdata.model import CURATED, PARTITION, QUARANTINE_SCHEMA, TABLES
 from gpdata.storage import read_json, write_json_atomic  # noqa: F401 - part of the store's API
 
+log = logging.getLogger("gpdata.store")
 ODS_RE = re.compile(r"^[A-Z][0-9A-Z]{2,5}$")
 QUARANTINE = "_quarantine"
 # The key of a record within a practice's partition: what an amendment or a deletion refers to.
@@ -208,13 +210,21 @@ def safe_name(run_id: str) -> str:
 
 
 def write_manifest(manifests: Path, practice: str, run_id: str, doc: dict) -> Path:
-    """The run's manifest, plus ``latest.json`` (any outcome) and ``committed.json`` (last commit)."""
+    """The run's manifest, plus ``latest.json`` (any outcome) and ``committed.json`` (last commit), and the
+    practice's row of the status index (``gpdata.store.statusindex``)."""
     manifests = storage.root(manifests)
     path = manifests / practice / f"{safe_name(run_id)}.json"
     write_json_atomic(path, doc)
     write_json_atomic(manifests / practice / "latest.json", doc)
     if doc.get("status") == "committed":
         write_json_atomic(manifests / practice / "committed.json", doc)
+    from gpdata.store import statusindex
+
+    try:  # the GP data page's index, in the same step; the manifests stay the record of truth
+        statusindex.record(manifests, practice, doc)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        log.warning("practice %s: the status index was not updated (%s): run `gpdata status rebuild`", practice,
+                    type(exc).__name__)
     return path
 
 
