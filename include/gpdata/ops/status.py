@@ -378,11 +378,12 @@ def releases(settings: Settings) -> list[dict]:
             "tables": {t: {"version": _int((tables.get(t) or {}).get("version")),
                            "rows": _int((tables.get(t) or {}).get("rows"))} for t in TABLES},
         })
-    return sorted(out, key=lambda r: (str(r["created_at"]), str(r["release_id"])), reverse=True)
+    return out[::-1]  # list_releases is oldest first by (date, sequence number): .10 after .9
 
 
 def projects(settings: Settings) -> list[dict]:
-    """Each project's last extract (by creation time), from the extract manifests."""
+    """Each project's extract of its latest release (by date and sequence number; then creation time), from the
+    extract manifests."""
     out = []
     if not settings.extracts.is_dir():
         return out
@@ -390,7 +391,8 @@ def projects(settings: Settings) -> list[dict]:
         extracts = [m for m in (_read(p) for p in folder.glob("*/manifest.json")) if m]
         if not extracts:
             continue
-        last = max(extracts, key=lambda m: str(m.get("created_at")))
+        last = max(extracts, key=lambda m: (release.release_order(str(m.get("release") or "")),
+                                            str(m.get("created_at"))))
         tables = last.get("tables") or {}
         out.append({
             "project": last.get("project") or folder.name,

@@ -71,3 +71,15 @@ def test_the_analysts_snippet_picks_the_twelfth(twelve, home, tmp_path_factory, 
     exec(compile(snippet, "analysts.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert namespace["manifest"]["release_id"] == f"{DAY}.12"
     assert len(namespace["result"]) > 0
+
+
+def test_the_gp_data_page_lists_the_twelfth_first_and_a_projects_latest_release(twelve):
+    from gpdata.ops import status
+
+    page = [r["release_id"] for r in status.releases(twelve)]
+    assert page == IDS[::-1]
+    for rid in (f"{DAY}.12", f"{DAY}.9"):  # .9 extracted after .12: still not the project's latest release
+        disseminate.disseminate_all(twelve, keys.load_master_key(), requested_by="test", release_id=rid,
+                                    today=dt.date(2026, 12, 1))
+    [project] = status.projects(twelve)
+    assert project["release"] == f"{DAY}.12" and project["extracts"] == 2
