@@ -169,6 +169,9 @@ def test_a_practice_without_a_delivery_for_longer_than_its_schedule_is_late(home
 
 
 def test_late_deliveries_raise_the_failure_alert(home, monkeypatch):
+    from gpdata.ops.airflow_env import REPO_ROOT
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "plugins"))
     from gpdata_airflow import alerts
 
     cfg = settings.load()
