@@ -1,4 +1,5 @@
-"""pytest plugin for ``make mutate`` (mutation/run.py): records which lines of one module each test executes.
+"""pytest plugin for ``make mutate`` (mutation/run.py): records which lines of one module each test executes,
+with coverage.py's C tracer (pinned in requirements.txt) limited to that module.
 
 GPDATA_MUTATE_TARGET names the module file, GPDATA_MUTATE_TRACE the JSON written at the end:
 ``{"lines": {test id or "<import>": [line, ...]}, "seconds": {test id: s}, "exitstatus": n}``. Lines run while
@@ -9,57 +10,38 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import threading
+import tempfile
 import time
 
+import coverage
 import pytest
 
 _TARGET = os.path.realpath(os.environ["GPDATA_MUTATE_TARGET"])
-_context = "<import>"
-_lines: dict[str, set[int]] = {}
+_DATA = tempfile.mkdtemp(prefix="gpdata-mutate-trace-")
+_cov = coverage.Coverage(data_file=os.path.join(_DATA, "cov"), include=[_TARGET], branch=False, config_file=False)
+_cov.start()  # loaded with -p, before the test modules (and the target module) are imported
 _seconds: dict[str, float] = {}
-_is_target: dict[str, bool] = {}
-
-
-def _local(frame, event, arg):
-    if event == "line":
-        _lines.setdefault(_context, set()).add(frame.f_lineno)
-    return _local
-
-
-def _global(frame, event, arg):
-    name = frame.f_code.co_filename
-    hit = _is_target.get(name)
-    if hit is None:
-        hit = _is_target[name] = os.path.realpath(name) == _TARGET
-    if hit:
-        _lines.setdefault(_context, set()).add(frame.f_lineno)
-        return _local
-    return None
-
-
-def _start() -> None:
-    sys.settrace(_global)
-    threading.settrace(_global)
-
-
-_start()  # loaded with -p, before the test modules (and the target module) are imported
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    global _context
-    _context, started = item.nodeid, time.perf_counter()
-    _start()  # in case something reset the tracer
+    _cov.switch_context(item.nodeid)
+    started = time.perf_counter()
     yield
     _seconds[item.nodeid] = round(time.perf_counter() - started, 3)
-    _context = "<between tests>"
+    _cov.switch_context("<between tests>")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    sys.settrace(None)
-    threading.settrace(None)
+    _cov.stop()
+    data = _cov.get_data()
+    lines: dict[str, set[int]] = {}
+    for name in data.measured_files():
+        if os.path.realpath(name) != _TARGET:
+            continue
+        for line, contexts in data.contexts_by_lineno(name).items():
+            for context in contexts:
+                lines.setdefault(context or "<import>", set()).add(line)  # "": before the first test
     with open(os.environ["GPDATA_MUTATE_TRACE"], "w") as out:
-        json.dump({"lines": {k: sorted(v) for k, v in _lines.items()}, "seconds": _seconds,
+        json.dump({"lines": {k: sorted(v) for k, v in lines.items() if v}, "seconds": _seconds,
                    "exitstatus": int(exitstatus)}, out)

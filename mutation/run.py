@@ -38,13 +38,16 @@ MODULES: dict[str, list[str]] = {
     "include/gpdata/privacy/keys.py": ["tests/unit/privacy/test_keys.py", "tests/unit/privacy/test_key_checks.py",
                                        f"{G}::test_production_mode_is_recognised"
                                                                           "_in_any_case"],
-    "include/gpdata/privacy/ndop.py": ["tests/unit/privacy/test_optouts_everywhere.py::test_a_bad_ndop_list_is_refused"
+    "include/gpdata/privacy/ndop.py": ["tests/unit/privacy/test_ndop_rules.py",
+                                       "tests/unit/privacy/test_optouts_everywhere.py::test_a_bad_ndop_list_is_refused"
                                        "_and_the_list_in_force_stays",
                                        "tests/unit/privacy/test_optouts_everywhere.py::test_a_shrunken_ndop_list_is_"
                                        "refused_and_staleness_counts_from_publication",
                                        f"{G}::test_the_national_data_optout_removes_every_record_of_the_patient_not_"
                                        "only_the_patient_row"],
-    "include/gpdata/share/disseminate.py": ["tests/unit/share/test_disseminate.py",
+    # test_disseminate.py is left out: each of its tests runs the pipeline to build its store (minutes per
+    # surviving mutant); test_disseminate_guards.py pins the same decisions on one store built once.
+    "include/gpdata/share/disseminate.py": ["tests/unit/share/test_disseminate_guards.py",
                                             f"{G}::test_the_national_data_optout_removes_every_record_of_the_patient"
                                             "_not_only_the_patient_row",
                                             f"{G}::test_every_count_in_summary_json_and_the_audit_entry_is_suppressed",
