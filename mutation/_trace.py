@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -45,3 +46,4 @@ def pytest_sessionfinish(session, exitstatus):
     with open(os.environ["GPDATA_MUTATE_TRACE"], "w") as out:
         json.dump({"lines": {k: sorted(v) for k, v in lines.items() if v}, "seconds": _seconds,
                    "exitstatus": int(exitstatus)}, out)
+    shutil.rmtree(_DATA, ignore_errors=True)

@@ -33,7 +33,8 @@ MODULES: dict[str, list[str]] = {
                                         "tests/unit/privacy/test_type1_encodings.py",
                                         f"{G}::test_an_undated_dissent_beats_every_withdrawal",
                                         f"{G}::test_an_undated_withdrawal_loses_to_every_dated_dissent"],
-    "include/gpdata/privacy/deid.py": ["tests/unit/privacy/test_deid.py", "tests/unit/privacy/test_restricted.py",
+    "include/gpdata/privacy/deid.py": ["tests/unit/privacy/test_deid.py", "tests/unit/privacy/test_deid_hmac.py",
+                                       "tests/unit/privacy/test_restricted.py",
                                        f"{G}::test_every_pseudonymised_field_uses_its_own_derived_key"],
     "include/gpdata/privacy/keys.py": ["tests/unit/privacy/test_keys.py", "tests/unit/privacy/test_key_checks.py",
                                        f"{G}::test_production_mode_is_recognised"

@@ -100,6 +100,7 @@ def test_only_a_key_of_the_development_length_and_tag_is_a_development_key():
     assert keys.is_development_key(made)
     assert not keys.is_development_key(made + made)
     assert not keys.is_development_key(made[:-1])
+    assert not keys._is_development_hex("not hex")  # add_key_version: an unreadable entry makes no development ring
 
 
 def _bytes_from(values, n=32, seed=3):
@@ -117,3 +118,9 @@ def test_the_weak_key_rules_at_their_boundaries():
     printable = _bytes_from(range(0x41, 0x5B))
     assert keys.weakness(printable) == "it is printable text (a passphrase), not random bytes"
     assert keys.weakness(printable[:-1] + b"\x7f") is None  # DEL is no printable character
+
+
+def test_a_new_version_is_numbered_after_the_well_formed_ones(tmp_path):
+    path = tmp_path / "k"
+    path.write_text(json.dumps({"keys": [{"version": "v1", "key": K2.hex()}, {"version": "x7", "key": K1.hex()}]}))
+    assert keys.add_key_version(path) == "v2"
