@@ -16,6 +16,7 @@ import ast
 import difflib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,21 @@ def main(module: str, trace_file: str) -> int:
     ordered = sorted(tests, key=lambda t: (seconds[t], t))
     files = sorted({t.split("::")[0] for t in ordered})
     env = dict(os.environ, GPDATA_MUTATE_TESTS=json.dumps(ordered))
-    return subprocess.run([sys.executable, *PYTEST, *files], env=env).returncode
+    server = os.environ.get("GPDATA_MUTATE_SERVER")
+    if not server:
+        return subprocess.run([sys.executable, *PYTEST, *files], env=env).returncode
+    output = Path(trace_file).with_suffix(".out")
+    request = {"args": [*PYTEST[2:], *files], "cwd": os.getcwd(), "env": env, "output": str(output),
+               "timeout": float(os.environ.get("GPDATA_MUTATE_TIMEOUT", "600"))}
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(server)
+            conn.sendall((json.dumps(request) + "\n").encode())
+            answer = conn.makefile("r").readline()
+    except OSError:  # no server after all: a failure to reach it is never a killed mutant
+        return subprocess.run([sys.executable, *PYTEST, *files], env=env).returncode
+    sys.stdout.write(output.read_text(errors="replace") if output.exists() else "")
+    return int(answer) if answer.strip() else 70
 
 
 if __name__ == "__main__":

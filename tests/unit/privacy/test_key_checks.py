@@ -124,3 +124,10 @@ def test_a_new_version_is_numbered_after_the_well_formed_ones(tmp_path):
     path = tmp_path / "k"
     path.write_text(json.dumps({"keys": [{"version": "v1", "key": K2.hex()}, {"version": "x7", "key": K1.hex()}]}))
     assert keys.add_key_version(path) == "v2"
+
+
+def test_the_chain_holds_the_field_keys_after_a_version_oldest_first():
+    ring = _ring(("v1", K1), ("v2", K2), ("v3", OTHER))
+    assert ring.chain("nhs_number") == [ring.derive("nhs_number", v) for v in ("v1", "v2", "v3")]
+    assert ring.chain("nhs_number", after="v1") == [ring.derive("nhs_number", v) for v in ("v2", "v3")]
+    assert ring.chain("nhs_number", after="v3") == []
