@@ -55,7 +55,7 @@ MODULES: dict[str, list[str]] = {
                                             f"{G}::test_an_inactive_project_is_refused_and_nothing_is_written"],
     "include/gpdata/share/publish.py": ["tests/unit/share/test_suppress.py", "tests/unit/share/test_publishable.py",
                                         f"{G}::test_every_count_in_summary_json_and_the_audit_entry_is_suppressed"],
-    "include/gpdata/audit.py": ["tests/unit/test_audit.py"],
+    "include/gpdata/audit.py": ["tests/unit/test_audit.py", "tests/unit/test_audit_rules.py"],
     "include/gpdata/store/erasure.py": [f"{G}::test_a_patient_held_only_by_a_release_is_found_and_erased_after_a_"
                                         "late_optout", f"{G}::test_erasure_refuses_anything_but_a_pseudonym",
                                         f"{G}::test_erasure_refuses_raw_nhs_numbers_and_quoting_strings",
