@@ -111,7 +111,10 @@ def _toml(value) -> str:
 
 
 def _env(work: Path) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=f"{work / 'include'}:{work / 'plugins'}:{work}", PYTHONDONTWRITEBYTECODE="1")
+    # GPDATA_MUTATE_CACHE: test fixtures may keep what they build between mutants, keyed by the sources that
+    # build it (tests/unit/share/test_disseminate_guards.py)
+    return dict(os.environ, PYTHONPATH=f"{work / 'include'}:{work / 'plugins'}:{work}", PYTHONDONTWRITEBYTECODE="1",
+                GPDATA_MUTATE_CACHE=str(work / ".mutate-cache"))
 
 
 def trace_module(work: Path, module: str, tests: list[str], trace: Path) -> dict:

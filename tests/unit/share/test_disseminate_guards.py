@@ -3,8 +3,11 @@
 A81001 (p1 with hypertension in range, p2 on the National Data Opt-out list, p4 a type 1 dissenter), one release."""
 
 import datetime as dt
+import hashlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,9 +35,27 @@ def _env(mp, home):
     mp.setenv("GPDATA_MASTER_KEY", TEST_KEY)
 
 
+def _cached_home(tmp_path_factory) -> tuple[Path, Path | None]:
+    """Where to build the template. Under ``make mutate`` (GPDATA_MUTATE_CACHE set) the built store is kept
+    between mutants, keyed by every source file that builds it: all of include/ except this module's subject,
+    share/disseminate.py (which the build never runs), so a mutant of any other file builds a new one."""
+    cache = os.environ.get("GPDATA_MUTATE_CACHE")
+    if not cache:
+        return tmp_path_factory.mktemp("template"), None
+    root = Path(__file__).resolve().parents[3]
+    digest = hashlib.sha256()
+    sources = sorted(p for p in (root / "include").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in [*sources, root / "tests" / "factory.py", root / "tests" / "conftest.py", Path(__file__)]:
+        if path.name != "disseminate.py" or path.parent.name != "share":
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return tmp_path_factory.mktemp("template"), Path(cache) / f"disseminate-world-{digest.hexdigest()[:16]}"
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
-    home = tmp_path_factory.mktemp("template")
+    home, cached = _cached_home(tmp_path_factory)
+    if cached is not None and (cached / "release_id").exists():
+        return cached, (cached / "release_id").read_text()
     with pytest.MonkeyPatch.context() as mp:
         _env(mp, home)
         f.write_lookup(home / "reference" / "postcode_lsoa.csv", [("LS1 4AB", "E01000001"), ("LS2 9XY", "E01000002")])
@@ -53,6 +74,11 @@ def template(tmp_path_factory):
         key = keys.load_master_key()
         ndop.ingest(home / "ndop.csv", cfg.store, key, published=TODAY - dt.timedelta(days=3),
                     today=TODAY - dt.timedelta(days=3))
+    if cached is not None:
+        (home / "release_id").write_text(rid)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(home, cached, dirs_exist_ok=True)
+        return cached, rid
     return home, rid
 
 
