@@ -61,10 +61,23 @@ def test_the_share_of_invalid_rows_may_reach_the_maximum_but_not_pass_it(home):
 
 
 def test_the_list_may_shrink_by_the_maximum_but_not_more(home):
-    _ingest(home, NUMBERS[:20], TODAY - dt.timedelta(days=2))
-    with pytest.raises(ConfigError, match=r"a drop of 15.0%"):
-        _ingest(home, NUMBERS[:17], TODAY, "shrunk.csv")
-    assert _ingest(home, NUMBERS[:18], TODAY, "fine.csv")["patients"] == 18  # a drop of 10%, the maximum
+    cfg, key = settings.load(), keys.load_master_key()
+    rules = ndop.Policy(max_age_days=10, max_invalid_fraction=0, max_drop_fraction=0.25)
+    ndop.ingest(_file(home, NUMBERS[:8]), cfg.store, key, published=TODAY - dt.timedelta(days=2), today=TODAY,
+                rules=rules)
+    with pytest.raises(ConfigError, match=r"a drop of 37.5%"):
+        ndop.ingest(_file(home, NUMBERS[:5], "shrunk.csv"), cfg.store, key, published=TODAY, today=TODAY,
+                    rules=rules)
+    fine = ndop.ingest(_file(home, NUMBERS[:6], "fine.csv"), cfg.store, key, published=TODAY, today=TODAY,
+                       rules=rules)
+    assert fine["patients"] == 6  # a drop of exactly 25%, the maximum
+
+
+def test_the_policy_comes_from_its_file_or_the_defaults(tmp_path):
+    path = tmp_path / "ndop.yaml"
+    path.write_text("max_age_days: 20\nmax_drop_fraction: 0.5\n")
+    assert (ndop.policy(path).max_age_days, ndop.policy(path).max_drop_fraction) == (20, 0.5)
+    assert ndop.policy(tmp_path / "none.yaml") == ndop.Policy()
 
 
 def test_an_accepted_list_replaces_the_old_one_and_its_identifiable_file_is_deleted(home):
