@@ -56,11 +56,11 @@ MODULES: dict[str, list[str]] = {
     "include/gpdata/share/publish.py": ["tests/unit/share/test_suppress.py", "tests/unit/share/test_publishable.py",
                                         f"{G}::test_every_count_in_summary_json_and_the_audit_entry_is_suppressed"],
     "include/gpdata/audit.py": ["tests/unit/test_audit.py", "tests/unit/test_audit_rules.py"],
-    "include/gpdata/store/erasure.py": [f"{G}::test_a_patient_held_only_by_a_release_is_found_and_erased_after_a_"
-                                        "late_optout", f"{G}::test_erasure_refuses_anything_but_a_pseudonym",
-                                        f"{G}::test_erasure_refuses_raw_nhs_numbers_and_quoting_strings",
-                                        "tests/unit/privacy/test_optouts_everywhere.py::test_a_commit_rechecks_the_"
-                                        "register_recorded_since_its_extraction"],
+    # The two erasure tests that run the pipeline twice (a release-only patient, the commit's recheck)
+    # are left out for time: test_erasure_guards.py pins the same decisions on one store built once.
+    "include/gpdata/store/erasure.py": ["tests/unit/store/test_erasure_guards.py",
+                                        f"{G}::test_erasure_refuses_anything_but_a_pseudonym",
+                                        f"{G}::test_erasure_refuses_raw_nhs_numbers_and_quoting_strings"],
     "include/gpdata/ops/leakscan.py": ["tests/unit/ops/test_leakscan.py", "tests/unit/ops/test_leakscan_rules.py"],
 }
 
