@@ -64,4 +64,5 @@ def test_appointments_carry_the_staff_role_and_unmatched_postcodes_are_counted(t
     staged, counts, _ = staged_tables(tmp_path, ())
     assert staged["appointments"]["staff_role"].to_pylist() == ["R0260"]
     assert counts["unmatched_postcodes"] == 1  # LS2 9XY is not in this lookup
+    assert set(counts["restricted_code_records"]) == {"observations", "medications", "appointments"}  # with rows
     assert [n for n, t in staged.items() if "staff_role" in t.column_names] == ["appointments"]

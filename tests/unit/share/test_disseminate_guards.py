@@ -218,10 +218,76 @@ def test_below_the_minimum_k_is_refused_with_the_hint_or_suppressed_when_approve
     hint = str(caught.value).split("hint: ", 1)[1]
     assert "without ethnic_category gives k=" in hint and "small_classes: suppress gives k=2 (enough)" in hint
     assert not (cfg.extracts / "STRICT").exists()
-    no_ethnicity = {**strict, "tables": {"patients": ["patient_pid", "birth_month", "sex"]}}
+    no_ethnicity = {**strict, "tables": {"patients": ["patient_pid", "birth_month", "sex"]},
+                    "precision": {"ethnic_category": "category"}}  # approved precision, but not the column
     with pytest.raises(GpdataError) as caught:
         _extract(world, _exempt(tmp_path, "PLAIN", **no_ethnicity))
     assert "ethnic_category" not in str(caught.value).split("hint: ", 1)[1]
     got, manifest, _ = _extract(world, _exempt(tmp_path, "SUPP", small_classes="suppress", **no_ethnicity))
     assert manifest["risk"]["records_suppressed"] == 2 and manifest["risk"]["k"] >= 2
     assert got["patients"].num_rows == 2 and got["patients"]["sex"].null_count == 2
+
+
+def test_a_row_without_a_date_is_outside_every_range(tmp_path):
+    project = _exempt(tmp_path, "RANGE")
+    dates = pa.array([None, dt.date(2019, 1, 1), dt.date(2021, 12, 31), dt.date(2022, 1, 1), dt.date(2018, 12, 31)],
+                     pa.date32())
+    assert disseminate._in_range(pa.table({"event_date": dates}), project).to_pylist() == \
+        [False, True, True, False, False]
+
+
+def test_an_extract_made_again_replaces_the_first(world, tmp_path):
+    project = _exempt(tmp_path, "AGAIN")
+    first = _extract(world, project)[1]
+    second = _extract(world, project)[1]
+    assert first["files_sha256"].keys() == second["files_sha256"].keys()
+
+
+def test_disseminating_all_takes_the_active_projects_and_the_latest_release(world, tmp_path, monkeypatch):
+    cfg, rid, key, _ = world
+    _exempt(tmp_path, "LIVE")
+    _exempt(tmp_path, "PAUSED", active=False)
+    monkeypatch.setenv("GPDATA_PROJECTS_DIR", str(tmp_path / "projects"))
+    cfg = settings.load()
+    done = disseminate.disseminate_all(cfg, key, requested_by="tester", today=TODAY)
+    assert list(done) == ["LIVE"] and done["LIVE"]["release"] == rid
+    assert disseminate.disseminate_all(cfg, key, requested_by="tester", today=TODAY, projects=[]) == {}
+    assert (cfg.register / "register.csv").exists()
+
+
+def test_the_hint_names_a_coarser_area_and_ethnicity_only_where_they_apply(world, tmp_path):
+    world[0].area_lookup.write_text("lsoa_code,msoa_code,lad_code\nE01000001,E02000001,E08000035\n"
+                                    "E01000002,E02000002,E08000035\n")
+    strict = dict(minimum_k=2, tables={"patients": ["patient_pid", "sex", "lsoa_code", "ethnic_category"]},
+                  precision={"lsoa_code": "lsoa", "ethnic_category": "category"})
+    with pytest.raises(GpdataError) as caught:
+        _extract(world, _exempt(tmp_path, "AREA", **strict))
+    hint = str(caught.value).split("hint: ", 1)[1]
+    assert "lsoa_code: msoa gives k=" in hint and "ethnic_category: group gives k=" in hint
+
+
+def test_the_hint_gives_each_variants_k_and_a_generalisation_failure_is_refused_and_audited(world, tmp_path):
+    cfg, rid, key, _ = world
+    strict = dict(minimum_k=2, tables={"patients": ["patient_pid", "birth_month", "sex", "lsoa_code",
+                                                    "registration_date"]},
+                  precision={"birth_month": "month", "lsoa_code": "lsoa"})
+    msoa = _exempt(tmp_path, "NOAREA", **{**strict, "precision": {"lsoa_code": "msoa"}})
+    with pytest.raises(GpdataError, match="area lookup .* does not exist"):
+        _extract(world, msoa)
+    assert audit.entries(cfg.store)[-1]["event"] == "refusal"
+    before = len(audit.entries(cfg.store))
+    with pytest.raises(GpdataError, match="area lookup"):
+        disseminate.extract(msoa, rid, cfg.store, cfg.extracts, key, requested_by="t", today=TODAY, write=False)
+    assert len(audit.entries(cfg.store)) == before
+    cfg.area_lookup.write_text("lsoa_code,msoa_code,lad_code\nE01000001,E02000001,E08000035\n"
+                               "E01000002,E02000002,E08000035\n")
+    with pytest.raises(GpdataError) as caught:
+        _extract(world, _exempt(tmp_path, "HINTS", **strict))
+    hint = str(caught.value).split("hint: ", 1)[1]
+    assert "birth_month: year gives k=" in hint and "lsoa_code: msoa gives k=" in hint
+
+
+def test_the_risk_report_measures_linkage_against_the_whole_release(world, tmp_path):
+    _, manifest, folder = _extract(world, _exempt(tmp_path, "LINK"))
+    report = json.loads((folder / "risk.json").read_text())
+    assert manifest["risk"]["linkage_unique_match_share"] == report["linkage"]["unique_match_share"]
