@@ -102,3 +102,11 @@ def test_the_roots_own_name_is_not_scanned_but_names_below_it_are(tmp_path):
     (root / "Morwenna Quinlan" / "clean.log").write_text("ok\n")
     found = [(x.where, x.kind) for x in scan_tree([root], ids)]
     assert found == [("folder name", "name")]
+
+
+def test_a_date_of_an_unlinked_patient_or_a_missing_date_is_no_finding(tmp_path):
+    ids = _ids(tmp_path)
+    ids.dob_by_pid = {"p" * 64: "1980-05-17"}
+    table = pa.table({"patient_pid": ["q" * 64, "p" * 64],
+                      "when": pa.array([dt.date(1980, 5, 17), None], pa.date32())})
+    assert _scan(tmp_path, {"other.parquet": table}, ids) == set()
