@@ -147,3 +147,42 @@ def test_erasure_refuses_values_that_are_not_pseudonyms(world):
         with pytest.raises(GpdataError, match="pseudonyms only"):
             erasure.erase(root, pa.array([pids["p2"], bad]))
     assert _holders(root, rid, pids["p2"])[0]  # nothing was erased
+
+
+def _files_holding(root, pid):
+    """Every Parquet file on disk under the store (every version, every release copy) that holds ``pid``."""
+    import pyarrow.parquet as pq
+
+    found = []
+    for path in storage.root(root).rglob("*.parquet"):
+        table = pq.read_table(path)
+        if "patient_pid" in table.column_names and pid in table["patient_pid"].to_pylist():
+            found.append(str(path.relative_to(storage.root(root))))
+    return found
+
+
+def test_no_file_on_disk_holds_an_erased_patient_and_pinned_versions_stay_readable(world):
+    root, rid, pids = world
+    for name in TABLES:
+        if name != "practitioners":
+            storage.delta_table(store.table_path(root, name)).delete(f"patient_pid = '{pids['p2']}'")
+    rid2 = release.create_release(root)["release_id"]  # pins versions without p2, and holds p1
+    assert _files_holding(root, pids["p1"])
+    erasure.erase(root, pa.array([pids["p1"]]))  # both releases re-issued as copies
+    assert _files_holding(root, pids["p1"]) == []
+    erasure.erase(root, pa.array([pids["p2"]]))  # the first release's copy is rewritten again
+    assert _files_holding(root, pids["p2"]) == []
+    assert release.read_release_table(root, rid2, "patients").num_rows == 0
+
+
+def test_a_retired_release_is_skipped_and_a_pinned_version_outlives_the_vacuum(world):
+    root, rid, pids = world
+    release.retire(root, rid, "superseded")
+    for name in TABLES:
+        if name != "practitioners":
+            storage.delta_table(store.table_path(root, name)).delete(f"patient_pid = '{pids['p2']}'")
+    rid2 = release.create_release(root)["release_id"]  # pins the versions without p2, holds p1 only
+    assert erasure.present(root, pa.array([pids["p2"]])).to_pylist() == []  # only the retired release held p2
+    entry = erasure.erase(root, pa.array([pids["p2"]]))
+    assert entry["releases_reissued"] == []
+    assert pids["p1"] in release.read_release_table(root, rid2, "patients")["patient_pid"].to_pylist()
