@@ -83,7 +83,7 @@ clean:
 # Re-resolve the pinned environment from pyproject's direct dependencies (needs the package registry).
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/pip install --quiet -e '.[analysis]' uv pytest pytest-timeout pytest-xdist ruff import-linter hypothesis selenium setuptools 'moto[server]'
+	.lockenv/bin/pip install --quiet -e '.[analysis]' uv pytest pytest-timeout pytest-xdist ruff import-linter hypothesis selenium setuptools 'moto[server]' cosmic-ray coverage
 	{ sed -n '1,2p' requirements.txt; .lockenv/bin/pip freeze --exclude-editable | grep -v '^-e'; \
 	  echo "setuptools==$$(.lockenv/bin/python -c 'import setuptools; print(setuptools.__version__)')"; } > requirements.new
 	mv requirements.new requirements.txt && rm -rf .lockenv

@@ -221,7 +221,7 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
     measured = pa.array(sorted({c for m in measurements() for c in m.codes}), pa.string())
     for name in EVENT_TABLES:
         table = canonical[name]
-        if table.num_rows and table.schema.get_field_index("code") >= 0:
+        if table.num_rows and "code" in table.column_names:
             hit = _restricted(table, restricted, counts["restricted_code_categories"])
             counts["restricted_code_records"][name] = pc.sum(hit).as_py() or 0
             table = table.filter(pc.invert(hit))

@@ -1,0 +1,197 @@
+"""Erasure's guards one decision at a time, on one store built once per module and copied for each test (issue
+23: every mutant of a guard is caught, and ``make mutate`` runs these in seconds). The store: practice A81001
+committed (p1 and p2 valid), one release."""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from gpdata import audit, pipeline, settings, storage, store
+from gpdata.errors import GpdataError
+from gpdata.ingest.feeds import Feed
+from gpdata.model import TABLES
+from gpdata.privacy import keys
+from gpdata.privacy.deid import Pseudonymiser
+from gpdata.store import erasure, release
+from tests import factory as f
+from tests.conftest import TEST_KEY, practice_resources
+
+
+def _env(mp, home):
+    mp.setenv("GPDATA_HOME", str(home))
+    mp.setenv("GPDATA_FEEDS_DIR", str(home / "feeds"))
+    mp.delenv("GPDATA_STORE", raising=False)
+    mp.delenv("GPDATA_MASTER_KEY_FILE", raising=False)
+    mp.delenv("GPDATA_MODE", raising=False)
+    mp.setenv("GPDATA_MASTER_KEY", TEST_KEY)
+
+
+def _cached(tmp_path_factory):
+    """Under ``make mutate`` (GPDATA_MUTATE_CACHE) the built store is kept between mutants of store/erasure.py,
+    keyed by every other file that builds it; a mutant of erasure.py itself is exercised by the tests below."""
+    cache = os.environ.get("GPDATA_MUTATE_CACHE")
+    if not cache:
+        return None
+    root = Path(__file__).resolve().parents[3]
+    digest = hashlib.sha256()
+    sources = sorted(p for p in (root / "include").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in [*sources, root / "tests" / "factory.py", root / "tests" / "conftest.py", Path(__file__)]:
+        if path.relative_to(root).as_posix() != "include/gpdata/store/erasure.py":
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return Path(cache) / f"erasure-world-{digest.hexdigest()[:16]}"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    cached = _cached(tmp_path_factory)
+    if cached is not None and (cached / "release_id").exists():
+        return cached, (cached / "release_id").read_text()
+    home = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as mp:
+        _env(mp, home)
+        f.write_lookup(home / "reference" / "postcode_lsoa.csv", [("LS1 4AB", "E01000001")])
+        f.write_bundle(home / "sources" / "A81001", practice_resources())
+        cfg = settings.load()
+        pipeline.run_practice(Feed(ods_code="A81001", name="t", location=str(home / "sources" / "A81001"),
+                                   max_quarantine_fraction=1), cfg, "r1")
+        rid = release.create_release(cfg.store)["release_id"]
+    if cached is None:
+        return home, rid
+    (home / "release_id").write_text(rid)
+    shutil.copytree(home, cached, dirs_exist_ok=True)
+    return cached, rid
+
+
+@pytest.fixture
+def world(template, tmp_path, monkeypatch):
+    src, rid = template
+    home = tmp_path / "home"
+    shutil.copytree(src, home)
+    _env(monkeypatch, home)
+    cfg = settings.load()
+    pids = Pseudonymiser(keys.load_master_key())(pa.array(["9990000018", "9990000026"]), "nhs_number").to_pylist()
+    return cfg.store, rid, dict(zip(["p1", "p2"], pids, strict=True))
+
+
+def _holders(root, rid, pid):
+    """Which current tables and which release tables hold ``pid``."""
+    now = [t for t in TABLES if t != "practitioners"
+           and pid in storage.delta_table(store.table_path(root, t)).to_pyarrow_table(columns=["patient_pid"])
+           ["patient_pid"].to_pylist()]
+    then = [t for t in TABLES if t != "practitioners"
+            and pid in release.read_release_table(root, rid, t)["patient_pid"].to_pylist()]
+    return now, then
+
+
+def test_present_finds_the_store_and_release_holders_only(world):
+    root, rid, pids = world
+    other = "ab" * 32
+    assert erasure.present(root, pa.array([pids["p1"], other])).to_pylist() == [pids["p1"]]
+    assert erasure.present(root, pa.array([], pa.string())).to_pylist() == []
+    for name in TABLES:
+        if name != "practitioners":
+            storage.delta_table(store.table_path(root, name)).delete(f"patient_pid = '{pids['p2']}'")
+    assert _holders(root, rid, pids["p2"])[0] == []
+    assert erasure.present(root, pa.array([pids["p2"]])).to_pylist() == [pids["p2"]]  # held by the release only
+
+
+def test_erase_removes_the_patient_everywhere_and_records_counts_only(world):
+    root, rid, pids = world
+    before = release.get_release(root, rid)
+    assert _holders(root, rid, pids["p1"]) != ([], [])
+    entry = erasure.erase(root, pa.array([pids["p1"]]))
+    assert _holders(root, rid, pids["p1"]) == ([], [])
+    assert _holders(root, rid, pids["p2"])[0]  # the other patient stays
+    assert entry["patients"] == 1 and entry["rows_deleted"]["patients"] == 1 and entry["releases_reissued"] == [rid]
+    made = release.get_release(root, rid)
+    assert made["status"] == "reissued" and made["reissues"][-1]["reason"] == "erasure after a type 1 opt-out"
+    assert made["tables"]["patients"]["rows"] == before["tables"]["patients"]["rows"] - 1
+    assert made["tables"]["patients"]["path"] == "tables/patients"
+    log = (storage.root(root) / "_erasures" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["patients"] for line in log] == [1]
+    last = audit.entries(root)[-1]
+    assert last["event"] == "erasure" and last["patients"] == 1 and last["releases_reissued"] == [rid]
+    assert pids["p1"] not in json.dumps(audit.entries(root)) + "".join(log)
+    assert not (storage.root(root) / "_erasures" / "pending.parquet").exists()
+    assert erasure.pending(root).to_pylist() == []
+
+
+def test_a_release_that_does_not_hold_the_patient_is_left_alone(world):
+    root, rid, pids = world
+    for name in TABLES:
+        if name != "practitioners":
+            storage.delta_table(store.table_path(root, name)).delete(f"patient_pid = '{pids['p2']}'")
+    rid2 = release.create_release(root)["release_id"]  # made without p2
+    entry = erasure.erase(root, pa.array([pids["p2"]]))
+    assert entry["releases_reissued"] == [rid]
+    assert release.get_release(root, rid2).get("status") != "reissued"
+
+
+def test_an_unfinished_erasure_is_finished_by_the_next_and_nothing_is_a_no_op(world):
+    root, rid, pids = world
+    assert erasure.erase(root, pa.array([], pa.string())) == {}
+    storage.write_parquet(storage.root(root) / "_erasures" / "pending.parquet",
+                          pa.table({"patient_pid": pa.array([pids["p1"]])}))
+    entry = erasure.erase(root, pa.array([None], pa.string()))
+    assert entry["patients"] == 1 and _holders(root, rid, pids["p1"]) == ([], [])
+
+
+def test_erasure_refuses_values_that_are_not_pseudonyms(world):
+    root, rid, pids = world
+    for bad in ("9990000018", pids["p1"].upper(), pids["p1"] + "0", pids["p1"][:-1] + "g"):
+        with pytest.raises(GpdataError, match="pseudonyms only"):
+            erasure.erase(root, pa.array([pids["p2"], bad]))
+    assert _holders(root, rid, pids["p2"])[0]  # nothing was erased
+
+
+def _files_holding(root, pid):
+    """Every Parquet file on disk under the store (every version, every release copy) that holds ``pid``."""
+    import pyarrow.parquet as pq
+
+    found = []
+    for path in storage.root(root).rglob("*.parquet"):
+        table = pq.read_table(path)
+        if "patient_pid" in table.column_names and pid in table["patient_pid"].to_pylist():
+            found.append(str(path.relative_to(storage.root(root))))
+    return found
+
+
+def test_no_file_on_disk_holds_an_erased_patient_and_pinned_versions_stay_readable(world):
+    root, rid, pids = world
+    for name in TABLES:
+        if name != "practitioners":
+            storage.delta_table(store.table_path(root, name)).delete(f"patient_pid = '{pids['p2']}'")
+    rid2 = release.create_release(root)["release_id"]  # pins versions without p2, and holds p1
+    assert _files_holding(root, pids["p1"])
+    erasure.erase(root, pa.array([pids["p1"]]))  # both releases re-issued as copies
+    assert _files_holding(root, pids["p1"]) == []
+    erasure.erase(root, pa.array([pids["p2"]]))  # the first release's copy is rewritten again
+    assert _files_holding(root, pids["p2"]) == []
+    assert release.read_release_table(root, rid2, "patients").num_rows == 0
+
+
+def test_a_retired_release_is_skipped_and_a_pinned_version_outlives_the_vacuum(world):
+    root, rid, pids = world
+    release.retire(root, rid, "superseded")
+    for name in TABLES:
+        if name != "practitioners":
+            storage.delta_table(store.table_path(root, name)).delete(f"patient_pid = '{pids['p2']}'")
+    rid2 = release.create_release(root)["release_id"]  # pins the versions without p2, holds p1 only
+    assert erasure.present(root, pa.array([pids["p2"]])).to_pylist() == []  # only the retired release held p2
+    entry = erasure.erase(root, pa.array([pids["p2"]]))
+    assert entry["releases_reissued"] == []
+    assert pids["p1"] in release.read_release_table(root, rid2, "patients")["patient_pid"].to_pylist()
+
+
+def test_the_vacuum_keeps_the_versions_a_release_still_pins(world):
+    root, rid, pids = world
+    for name in TABLES:  # a later change rewrites the files the release pins
+        if name != "practitioners":
+            storage.delta_table(store.table_path(root, name)).delete(f"patient_pid = '{pids['p2']}'")
+    erasure.erase(root, pa.array(["cd" * 32]))  # held nowhere: nothing deleted, every table vacuumed
+    assert pids["p2"] in release.read_release_table(root, rid, "patients")["patient_pid"].to_pylist()
