@@ -38,6 +38,8 @@ def demo(tmp_path_factory):
     # one practice per source format: FHIR bundles, an EMIS-like CSV export, a TPP-like pipe export
     write_synthetic_feeds([t.ods_code for t in truths], cfg.sources, cfg.feeds_dir,
                           formats=["fhir", "emis_csv", "tpp_pipe"])
+    # a deliberately broken feed file beside them (a misspelt field): it disables itself only
+    (cfg.feeds_dir / "Y99999.yaml").write_text("ods_code: Y99999\nname: broken\nlocaton: nowhere\n")
     keys.write_development_key(cfg.secrets / "dev.key")
     env.update(airflow_env(cfg, cfg.secrets / "dev.key"))
     process = pytest.MonkeyPatch()  # what this process does in-line (the list's ingest) uses the same home
@@ -67,8 +69,10 @@ TABLES_KEY = {"patients": "patient_pid", "practitioners": "practitioner_pid"}
 
 
 def test_every_curated_table_has_rows_for_each_practice(demo):
+    """...although a fourth feed file is broken: the DAG imported and the other practices committed."""
     cfg = demo["cfg"]
     assert len(demo["practices"]) == 3
+    assert "Y99999.yaml" in demo["outputs"][1] and "locaton" in demo["outputs"][1]  # the run names the file
     for practice in demo["practices"]:
         counts = store.row_counts(cfg.store, practice)
         assert all(n > 0 for n in counts.values()), (practice, counts)
