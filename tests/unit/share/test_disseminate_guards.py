@@ -291,3 +291,14 @@ def test_the_risk_report_measures_linkage_against_the_whole_release(world, tmp_p
     _, manifest, folder = _extract(world, _exempt(tmp_path, "LINK"))
     report = json.loads((folder / "risk.json").read_text())
     assert manifest["risk"]["linkage_unique_match_share"] == report["linkage"]["unique_match_share"]
+
+
+def test_a_cohort_patients_certain_match_is_judged_against_every_patient_of_the_release(world, tmp_path):
+    """The cohort holds p1 alone, so p1 is unique in the extract whatever; only the release's whole population
+    (p1 and p2, whose birth year, sex and area differ) can tell that the intruder's match is also certain."""
+    (tmp_path / "htn.csv").write_text(f"code,term\n{f.HYPERTENSION},Hypertensive disorder\n")
+    project = _exempt(tmp_path, "CERTAIN", cohort={"code_lists": ["../htn.csv"]})
+    got, _, folder = _extract(world, project)
+    linkage = json.loads((folder / "risk.json").read_text())["linkage"]
+    assert got["patients"].num_rows == 1
+    assert linkage["unique_match_share"] == 1.0 and linkage.get("certain_match_share") == 1.0
