@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import subprocess
@@ -45,8 +46,12 @@ MODULES: dict[str, list[str]] = {
                                        "tests/unit/privacy/test_restricted.py",
                                        f"{G}::test_every_pseudonymised_field_uses_its_own_derived_key"],
     "include/gpdata/privacy/keys.py": ["tests/unit/privacy/test_keys.py", "tests/unit/privacy/test_key_checks.py",
-                                       f"{G}::test_production_mode_is_recognised"
-                                                                          "_in_any_case"],
+                                       f"{G}::test_production_mode_is_recognised_in_any_case",
+                                       *(f"tests/unit/ops/test_home.py::{t}" for t in (
+                                           "test_the_development_key_is_found_through_the_settings_file",
+                                           "test_an_explicit_environment_is_taken_as_given",
+                                           "test_production_mode_never_takes_the_key_from_the_settings_file",
+                                           "test_a_real_key_named_only_by_the_settings_file_is_refused"))],
     "include/gpdata/privacy/ndop.py": ["tests/unit/privacy/test_ndop_rules.py",
                                        "tests/unit/privacy/test_optouts_everywhere.py::test_a_bad_ndop_list_is_refused"
                                        "_and_the_list_in_force_stays",
@@ -88,17 +93,36 @@ PYTEST = ["-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", "-p"
           "-p", "no:anyio"]
 
 
-def _equivalent() -> dict[str, str]:
-    """``path:line operator`` -> reason, from mutation/equivalent.txt."""
+ENTRY = re.compile(r"^(?P<module>\S+) (?P<operator>\S+) `(?P<code>[^`]*)`\s+#\s*(?P<reason>.+)$")
+
+
+def _equivalent() -> dict[tuple[str, str, str], str]:
+    """``(module, operator, source line)`` -> reason, from mutation/equivalent.txt (the line's code, not its
+    number: an edit elsewhere in the module keeps an entry, an edit of the line itself voids it)."""
     out = {}
     path = HERE / "equivalent.txt"
-    for raw in path.read_text().splitlines() if path.exists() else []:
+    for number, raw in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        where, _, reason = line.partition("#")
-        out[" ".join(where.split())] = reason.strip()
+        entry = ENTRY.match(line)
+        if not entry:
+            raise SystemExit(f"mutation/equivalent.txt line {number}: not `path operator `code`  # reason`")
+        out[(entry["module"], entry["operator"], entry["code"].strip())] = entry["reason"].strip()
     return out
+
+
+def _explain(surviving: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(reviewed equivalents, unexplained survivors), each equivalent with its reason."""
+    equivalent = _equivalent()
+    explained, unexplained = [], []
+    for m in surviving:
+        reason = equivalent.get((m["module"], m["operator"], m.get("source", "")))
+        if reason:
+            explained.append({**m, "reason": reason})
+        else:
+            unexplained.append({k: v for k, v in m.items() if k != "reason"})
+    return explained, unexplained
 
 
 def _copy_tree(dest: Path) -> None:
@@ -195,7 +219,9 @@ def run_module(work: Path, module: str, tests: list[str]) -> list[dict]:
             continue
         m = item["mutations"][0]
         diff = [d for d in (result.get("diff") or "").splitlines() if d[:1] in "+-" and d[:3] not in ("---", "+++")]
+        original = [d[1:].strip() for d in diff if d.startswith("-")]
         out.append({"module": module, "line": m["start_pos"][0], "operator": m["operator_name"],
+                    "source": original[0] if original else "",
                     "occurrence": m["occurrence"], "outcome": _outcome(result),
                     "worker": result.get("worker_outcome"), "mutation": " / ".join(d.strip() for d in diff)})
     return out
@@ -205,14 +231,9 @@ def rescore() -> int:
     """Re-apply mutation/equivalent.txt to the last run's results (``--rescore``), without running any mutant
     again: for survivors reviewed after the run. A survivor killed by a new test needs a new run."""
     results = json.loads((HERE / "results.json").read_text())
-    equivalent = _equivalent()
-    every = results["survivors"] + results["equivalents"]
-    explained = [m for m in every if f"{m['module']}:{m['line']} {m['operator']}" in equivalent]
-    for m in explained:
-        m["reason"] = equivalent[f"{m['module']}:{m['line']} {m['operator']}"]
-    unexplained = [m for m in every if m not in explained]
-    for m in unexplained:
-        m.pop("reason", None)
+    for m in results["survivors"] + results["equivalents"]:  # results written before "source" was recorded
+        m.setdefault("source", m["mutation"].split(" / +", 1)[0].removeprefix("-").strip())
+    explained, unexplained = _explain(results["survivors"] + results["equivalents"])
     results.update(survived=len(unexplained), equivalent=len(explained), survivors=unexplained,
                    equivalents=explained, rescored=True)
     return _write(results)
@@ -242,7 +263,7 @@ def main(selected: list[str]) -> int:
     if unknown:
         raise SystemExit(f"not a configured module: {unknown} (see MODULES in mutation/run.py)")
     modules = {m: MODULES[m] for m in (selected or MODULES)}
-    equivalent = _equivalent()
+    _equivalent()  # a malformed list stops the run before any mutant
     started = time.monotonic()
     mutants, per_module = [], {}
     pending = queue.Queue()
@@ -276,10 +297,7 @@ def main(selected: list[str]) -> int:
     mutants.sort(key=lambda m: (list(modules).index(m["module"]), m["line"], m["operator"], m["occurrence"]))
     killed = [m for m in mutants if m["outcome"] == "killed"]
     surviving = [m for m in mutants if m["outcome"] != "killed"]  # survived, incompetent or timed out
-    explained = [m for m in surviving if f"{m['module']}:{m['line']} {m['operator']}" in equivalent]
-    for m in explained:
-        m["reason"] = equivalent[f"{m['module']}:{m['line']} {m['operator']}"]
-    unexplained = [m for m in surviving if m not in explained]
+    explained, unexplained = _explain(surviving)
     results = {"modules": per_module, "total": len(mutants), "killed": len(killed), "survived": len(unexplained),
                "equivalent": len(explained), "seconds": round(time.monotonic() - started, 1),
                "operators_excluded": EXCLUDE_OPERATORS, "survivors": unexplained, "equivalents": explained}

@@ -1,4 +1,6 @@
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,15 +47,54 @@ def _no_state_in_the_checkout(tmp_path_factory):
     mp.undo()
 
 
+def use_home(mp: pytest.MonkeyPatch, home: Path) -> None:
+    """Point gpdata at ``home`` (its feeds folder, its store) with the test key, outside production mode."""
+    mp.setenv("GPDATA_HOME", str(home))
+    mp.setenv("GPDATA_FEEDS_DIR", str(home / "feeds"))
+    mp.delenv("GPDATA_STORE", raising=False)
+    mp.delenv("GPDATA_MASTER_KEY_FILE", raising=False)
+    mp.delenv("GPDATA_MODE", raising=False)
+    mp.setenv("GPDATA_MASTER_KEY", TEST_KEY)
+
+
+def built_once(tmp_path_factory, subject: str, test_file: str, build) -> tuple[Path, str]:
+    """A home whose store ``build(home)`` makes once per test module (returning a release id). Under ``make
+    mutate`` (GPDATA_MUTATE_CACHE set) it is kept between mutants, keyed by every source file that builds it:
+    all of include/ except ``subject``, the module being mutated, whose tests exercise it but which the build
+    never runs; so a mutant of any other file builds a new one."""
+    cached = None
+    if os.environ.get("GPDATA_MUTATE_CACHE"):
+        digest = hashlib.sha256()
+        sources = sorted(p for p in (CHECKOUT / "include").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        for path in [*sources, CHECKOUT / "tests" / "factory.py", Path(__file__), Path(test_file)]:
+            if path.relative_to(CHECKOUT).as_posix() != subject:
+                digest.update(str(path.relative_to(CHECKOUT)).encode() + b"\0" + path.read_bytes())
+        cached = Path(os.environ["GPDATA_MUTATE_CACHE"]) / f"{Path(test_file).stem}-{digest.hexdigest()[:16]}"
+        if (cached / "release_id").exists():
+            return cached, (cached / "release_id").read_text()
+    home = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as mp:
+        use_home(mp, home)
+        rid = build(home)
+    if cached is None:
+        return home, rid
+    (home / "release_id").write_text(rid)
+    shutil.copytree(home, cached, dirs_exist_ok=True)
+    return cached, rid
+
+
+def copy_of(template: tuple[Path, str], tmp_path: Path, mp: pytest.MonkeyPatch) -> Path:
+    """A test's own copy of a ``built_once`` home, in use."""
+    home = tmp_path / "home"
+    shutil.copytree(template[0], home)
+    use_home(mp, home)
+    return home
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """An isolated GPDATA_HOME with a test key and a postcode lookup."""
-    monkeypatch.setenv("GPDATA_HOME", str(tmp_path))
-    monkeypatch.setenv("GPDATA_FEEDS_DIR", str(tmp_path / "feeds"))
-    monkeypatch.delenv("GPDATA_STORE", raising=False)
-    monkeypatch.delenv("GPDATA_MASTER_KEY_FILE", raising=False)
-    monkeypatch.delenv("GPDATA_MODE", raising=False)
-    monkeypatch.setenv("GPDATA_MASTER_KEY", TEST_KEY)
+    use_home(monkeypatch, tmp_path)
     f.write_lookup(tmp_path / "reference" / "postcode_lsoa.csv",
                    [("LS1 4AB", "E01000001"), ("LS2 9XY", "E01000002")])
     return tmp_path

@@ -3,11 +3,7 @@
 A81001 (p1 with hypertension in range, p2 on the National Data Opt-out list, p4 a type 1 dissenter), one release."""
 
 import datetime as dt
-import hashlib
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,42 +18,13 @@ from gpdata.share import disseminate
 from gpdata.share.publish import REDACTED
 from gpdata.store import release
 from tests import factory as f
-from tests.conftest import TEST_KEY, practice_resources
+from tests.conftest import built_once, copy_of, practice_resources
 from tests.unit.share.test_disseminate import TODAY, _project
-
-
-def _env(mp, home):
-    mp.setenv("GPDATA_HOME", str(home))
-    mp.setenv("GPDATA_FEEDS_DIR", str(home / "feeds"))
-    mp.delenv("GPDATA_STORE", raising=False)
-    mp.delenv("GPDATA_MASTER_KEY_FILE", raising=False)
-    mp.delenv("GPDATA_MODE", raising=False)
-    mp.setenv("GPDATA_MASTER_KEY", TEST_KEY)
-
-
-def _cached_home(tmp_path_factory) -> tuple[Path, Path | None]:
-    """Where to build the template. Under ``make mutate`` (GPDATA_MUTATE_CACHE set) the built store is kept
-    between mutants, keyed by every source file that builds it: all of include/ except this module's subject,
-    share/disseminate.py (which the build never runs), so a mutant of any other file builds a new one."""
-    cache = os.environ.get("GPDATA_MUTATE_CACHE")
-    if not cache:
-        return tmp_path_factory.mktemp("template"), None
-    root = Path(__file__).resolve().parents[3]
-    digest = hashlib.sha256()
-    sources = sorted(p for p in (root / "include").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    for path in [*sources, root / "tests" / "factory.py", root / "tests" / "conftest.py", Path(__file__)]:
-        if path.name != "disseminate.py" or path.parent.name != "share":
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return tmp_path_factory.mktemp("template"), Path(cache) / f"disseminate-world-{digest.hexdigest()[:16]}"
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
-    home, cached = _cached_home(tmp_path_factory)
-    if cached is not None and (cached / "release_id").exists():
-        return cached, (cached / "release_id").read_text()
-    with pytest.MonkeyPatch.context() as mp:
-        _env(mp, home)
+    def build(home):
         f.write_lookup(home / "reference" / "postcode_lsoa.csv", [("LS1 4AB", "E01000001"), ("LS2 9XY", "E01000002")])
         resources = practice_resources() + [
             f.observation("old", "p1", f.BMI, "2015-01-01", value=26.0, unit="kg/m2"),
@@ -74,20 +41,15 @@ def template(tmp_path_factory):
         key = keys.load_master_key()
         ndop.ingest(home / "ndop.csv", cfg.store, key, published=TODAY - dt.timedelta(days=3),
                     today=TODAY - dt.timedelta(days=3))
-    if cached is not None:
-        (home / "release_id").write_text(rid)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(home, cached, dirs_exist_ok=True)
-        return cached, rid
-    return home, rid
+        return rid
+
+    return built_once(tmp_path_factory, "include/gpdata/share/disseminate.py", __file__, build)
 
 
 @pytest.fixture
 def world(template, tmp_path, monkeypatch):
-    src, rid = template
-    home = tmp_path / "home"
-    shutil.copytree(src, home)
-    _env(monkeypatch, home)
+    rid = template[1]
+    copy_of(template, tmp_path, monkeypatch)
     cfg, key = settings.load(), keys.load_master_key()
     pids = dict(zip(["p1", "p2"], Pseudonymiser(key)(pa.array(["9990000018", "9990000026"]), "nhs_number")
                     .to_pylist(), strict=True))
@@ -251,8 +213,10 @@ def test_disseminating_all_takes_the_active_projects_and_the_latest_release(worl
     cfg = settings.load()
     done = disseminate.disseminate_all(cfg, key, requested_by="tester", today=TODAY)
     assert list(done) == ["LIVE"] and done["LIVE"]["release"] == rid
+    assert (cfg.register / "register.csv").exists()  # written after the extract that happened
+    (cfg.register / "register.csv").unlink()
     assert disseminate.disseminate_all(cfg, key, requested_by="tester", today=TODAY, projects=[]) == {}
-    assert (cfg.register / "register.csv").exists()
+    assert not (cfg.register / "register.csv").exists()  # no extract, no register written
 
 
 def test_the_hint_names_a_coarser_area_and_ethnicity_only_where_they_apply(world, tmp_path):

@@ -2,11 +2,7 @@
 23: every mutant of a guard is caught, and ``make mutate`` runs these in seconds). The store: practice A81001
 committed (p1 and p2 valid), one release."""
 
-import hashlib
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -19,60 +15,26 @@ from gpdata.privacy import keys
 from gpdata.privacy.deid import Pseudonymiser
 from gpdata.store import erasure, release
 from tests import factory as f
-from tests.conftest import TEST_KEY, practice_resources
-
-
-def _env(mp, home):
-    mp.setenv("GPDATA_HOME", str(home))
-    mp.setenv("GPDATA_FEEDS_DIR", str(home / "feeds"))
-    mp.delenv("GPDATA_STORE", raising=False)
-    mp.delenv("GPDATA_MASTER_KEY_FILE", raising=False)
-    mp.delenv("GPDATA_MODE", raising=False)
-    mp.setenv("GPDATA_MASTER_KEY", TEST_KEY)
-
-
-def _cached(tmp_path_factory):
-    """Under ``make mutate`` (GPDATA_MUTATE_CACHE) the built store is kept between mutants of store/erasure.py,
-    keyed by every other file that builds it; a mutant of erasure.py itself is exercised by the tests below."""
-    cache = os.environ.get("GPDATA_MUTATE_CACHE")
-    if not cache:
-        return None
-    root = Path(__file__).resolve().parents[3]
-    digest = hashlib.sha256()
-    sources = sorted(p for p in (root / "include").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    for path in [*sources, root / "tests" / "factory.py", root / "tests" / "conftest.py", Path(__file__)]:
-        if path.relative_to(root).as_posix() != "include/gpdata/store/erasure.py":
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return Path(cache) / f"erasure-world-{digest.hexdigest()[:16]}"
+from tests.conftest import built_once, copy_of, practice_resources
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
-    cached = _cached(tmp_path_factory)
-    if cached is not None and (cached / "release_id").exists():
-        return cached, (cached / "release_id").read_text()
-    home = tmp_path_factory.mktemp("template")
-    with pytest.MonkeyPatch.context() as mp:
-        _env(mp, home)
+    def build(home):
         f.write_lookup(home / "reference" / "postcode_lsoa.csv", [("LS1 4AB", "E01000001")])
         f.write_bundle(home / "sources" / "A81001", practice_resources())
         cfg = settings.load()
         pipeline.run_practice(Feed(ods_code="A81001", name="t", location=str(home / "sources" / "A81001"),
                                    max_quarantine_fraction=1), cfg, "r1")
-        rid = release.create_release(cfg.store)["release_id"]
-    if cached is None:
-        return home, rid
-    (home / "release_id").write_text(rid)
-    shutil.copytree(home, cached, dirs_exist_ok=True)
-    return cached, rid
+        return release.create_release(cfg.store)["release_id"]
+
+    return built_once(tmp_path_factory, "include/gpdata/store/erasure.py", __file__, build)
 
 
 @pytest.fixture
 def world(template, tmp_path, monkeypatch):
-    src, rid = template
-    home = tmp_path / "home"
-    shutil.copytree(src, home)
-    _env(monkeypatch, home)
+    rid = template[1]
+    copy_of(template, tmp_path, monkeypatch)
     cfg = settings.load()
     pids = Pseudonymiser(keys.load_master_key())(pa.array(["9990000018", "9990000026"]), "nhs_number").to_pylist()
     return cfg.store, rid, dict(zip(["p1", "p2"], pids, strict=True))
