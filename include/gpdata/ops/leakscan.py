@@ -53,7 +53,8 @@ _TOKEN = re.compile(r"[A-Z0-9]+")
 PSEUDONYM_RE = r"^[0-9a-f]{64}$"
 # Values gpdata writes from its own fixed vocabularies: a patient called White is not found in an ethnic group.
 OWN_VOCABULARY = frozenset(v.upper() for v in ETHNIC_GROUPS.values())
-_ENUM = re.compile(r"[a-z0-9]+(_[a-z0-9]+)+")  # gpdata's own lower-case codes (quarantine reasons): no surname
+_ENUM_WORD = re.compile(r"(?<![A-Za-z0-9_])[a-z0-9]+(?:_[a-z0-9]+)+(?![A-Za-z0-9_])")  # gpdata's own lower-case
+# codes (quarantine reasons, states), alone or inside a text: no surname
 DELTA_LOG_SKIP = frozenset({"date_of_birth"})
 TEXT_SUFFIXES = {".json", ".log", ".txt", ".csv", ".md", ".html", ".yaml", ".yml", ".crc"}
 MIN_IDENTIFIER_CHARS = 6  # letters and digits; shorter identifiers are not searched as text
@@ -183,6 +184,16 @@ class Finding:
         return f"{self.path}: {self.where}: {self.kind}"
 
 
+def _value_kind(value: str, ids: Identifiers) -> str | None:
+    """The kind of identifier a text cell holds: any identifier in it, or a surname on its own outside gpdata's
+    own vocabularies and lower-case codes, alone or inside a text (a failure's cause, counts by reason kept as
+    JSON: ``{"invalid_nhs_number": 1}`` is a reason code, not a patient called Invalid)."""
+    kind = ids.find(value)
+    if kind is None and value.upper() not in OWN_VOCABULARY and ids.surnames & set(tokens(_ENUM_WORD.sub(" ", value))):
+        kind = "name"
+    return kind
+
+
 def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
     findings = []
     with path.open("rb") as fh:  # a local file or an S3 object alike
@@ -200,10 +211,7 @@ def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
             # A pseudonym (64 hex characters, one token) can never contain an identifier: skip them in bulk.
             col = pc.filter(col, pc.invert(pc.fill_null(pc.match_substring_regex(col, PSEUDONYM_RE), True)))
             for value in set(pc.unique(col).to_pylist()) - {None}:
-                kind = ids.find(value)
-                if kind is None and not _ENUM.fullmatch(value) and value.upper() not in OWN_VOCABULARY \
-                        and ids.surnames & set(tokens(value)):
-                    kind = "name"
+                kind = _value_kind(value, ids)
                 if kind:
                     findings.append(Finding(str(path), f"column {name}", kind))
                     break

@@ -125,3 +125,20 @@ def test_a_surname_that_is_also_an_ethnic_group_is_no_finding_in_that_vocabulary
     assert scan_tree([out], ids) == []
     pq.write_table(pa.table({"note": ["Ada White"]}), out / "leak.parquet")  # the full name is still found
     assert [x.kind for x in scan_tree([out], ids)] == ["name"]
+
+
+def test_gpdata_codes_inside_a_text_cell_are_no_surname_but_a_surname_beside_them_is(tmp_path):
+    """Seen in the status index: counts by quarantine reason kept as a JSON text cell, {"invalid_nhs_number": 1},
+    and a failure's cause naming reasons, with a test patient whose family name is Invalid."""
+    f.write_bundle(tmp_path / "sources" / "A81001", practice_resources())  # p3: given Number, family Invalid
+    ids = collect_identifiers(tmp_path / "sources")
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"quarantined": ['{"invalid_nhs_number": 1, "patient_invalid_nhs_number": 1}', None],
+                             "error_cause": ["patients: 1 of 3 rows quarantined: invalid_nhs_number 1", None]}),
+                   out / "index.parquet")
+    assert scan_tree([out], ids) == []
+    for leak in ('{"note": "Invalid"}', '{"Invalid": 1}', '["seen", ["Abernethy"]]', "invalid_nhs_number Invalid",
+                 "Invalid_Nhs_Number"):
+        pq.write_table(pa.table({"quarantined": [leak]}), out / "index.parquet")
+        assert [x.kind for x in scan_tree([out], ids)] == ["name"], leak
