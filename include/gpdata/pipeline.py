@@ -15,6 +15,8 @@ import json
 import logging
 import shutil
 import time
+import traceback
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -268,33 +270,46 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     return counts
 
 
-def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = None) -> dict:
-    """The quality gate. Raises QualityGateError (after recording why) if the batch must not commit."""
+@dataclass
+class _Checking:
+    """A practice's quality gate between its row rules and its expectations (``check`` and ``run_chunk``)."""
+
+    result: quality.GateResult
+    counts: dict
+    carried: dict[str, pa.Table]
+    started: float
+    read_seconds: float
+
+
+def _check_rows(feed: Feed, settings: Settings, run_id: str, today: dt.date) -> _Checking:
     storage.restrict_umask()
     practice = feed.ods_code
     started = time.monotonic()
-    base = staging_dir(settings, run_id, practice)
-    staged, counts = _read_tables(base / "extracted", [*TABLES, *_CARRIED], practice, "quality")
+    staged, counts = _read_tables(staging_dir(settings, run_id, practice) / "extracted", [*TABLES, *_CARRIED],
+                                  practice, "quality")
     carried = {name: staged.pop(name) for name in _CARRIED}
-    full = counts["_ledger"]["full"]
     known = None
-    if not full:
+    if not counts["_ledger"]["full"]:
         pmap = ledger.PracticeState.load(settings.state, practice).patient_map()
         known = (pmap["patient_pid"].combine_chunks(), pmap["birth_month"].combine_chunks())
-    read_done = time.monotonic()
-    result = quality.gate(staged, practice, run_id, today=today or dt.date.today(),
-                          max_quarantine_fraction=feed.max_quarantine_fraction,
-                          quarantine_allowance=feed.quarantine_allowance,
-                          gx_root=settings.quality / practice / "gx", docs_dir=settings.data_docs / practice,
-                          known_patients=known)
+    read_seconds = time.monotonic() - started
+    result = quality.gate_rows(staged, practice, run_id, today=today,
+                               max_quarantine_fraction=feed.max_quarantine_fraction,
+                               quarantine_allowance=feed.quarantine_allowance, known_patients=known)
+    return _Checking(result, counts, carried, started, read_seconds)
+
+
+def _check_finish(feed: Feed, settings: Settings, run_id: str, checking: _Checking) -> dict:
+    """Record the gate's verdict; raise QualityGateError (after recording why) if the batch must not commit."""
+    practice, result, counts = feed.ods_code, checking.result, checking.counts
     previous = store.last_committed(settings.manifests, practice)
-    if feed.volume_tolerance is not None and previous and full:
+    if feed.volume_tolerance is not None and previous and counts["_ledger"]["full"]:
         result.failures += quality.volume_failures(counts["records_read"], previous.get("records_read"),
                                                    feed.volume_tolerance)
     counts["quality"] = {**result.counts, "passed": result.ok, "failures": result.failures,
                          "data_docs": str(settings.data_docs / practice / "index.html")}
-    counts["seconds"].update(quality_read=round(read_done - started, 3), **result.seconds)
-    counts["seconds"]["quality"] = round(time.monotonic() - started, 3)
+    counts["seconds"].update(quality_read=round(checking.read_seconds, 3), **result.seconds)
+    counts["seconds"]["quality"] = round(time.monotonic() - checking.started, 3)
     store.write_json_atomic(settings.quality / practice / f"{store.safe_name(run_id)}.json",
                             {"practice": practice, "run_id": run_id, "passed": result.ok,
                              "failures": result.failures, "expectations": result.expectations,
@@ -306,11 +321,29 @@ def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = N
         raise QualityGateError("quality gate failed, nothing committed: " + "; ".join(result.failures),
                                practice=practice, stage="quality")
     written_at = time.monotonic()
-    _write_tables(base / "validated", {**result.passed, "quarantine": result.quarantine, **carried}, counts)
+    _write_tables(staging_dir(settings, run_id, practice) / "validated",
+                  {**result.passed, "quarantine": result.quarantine, **checking.carried}, counts)
     counts["seconds"]["quality_write"] = round(time.monotonic() - written_at, 3)
     log.info("practice %s: quality gate passed; quarantined %s", practice,
              {t: sum(r.values()) for t, r in result.counts["quarantined"].items() if r})
     return counts
+
+
+def _expect(feed: Feed, settings: Settings, checking: _Checking, today: dt.date) -> None:
+    """Great Expectations on one practice's rows that passed the row rules, with its own Data Docs."""
+    started = time.monotonic()
+    expectations = quality.run_suites(checking.result.passed, feed.ods_code, today,
+                                      gx_root=settings.quality / feed.ods_code / "gx",
+                                      docs_dir=settings.data_docs / feed.ods_code)
+    quality.add_expectations(checking.result, expectations, time.monotonic() - started)
+
+
+def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = None) -> dict:
+    """The quality gate. Raises QualityGateError (after recording why) if the batch must not commit."""
+    today = today or dt.date.today()
+    checking = _check_rows(feed, settings, run_id, today)
+    _expect(feed, settings, checking, today)
+    return _check_finish(feed, settings, run_id, checking)
 
 
 def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
@@ -401,3 +434,146 @@ def run_practice(feed: Feed, settings: Settings, run_id: str, today: dt.date | N
         return store.read_json(settings.manifests / feed.ods_code / "latest.json")
     check(feed, settings, run_id, today=today)
     return commit(feed, settings, run_id)
+
+
+# ------------------------------------------------------------------------------------------ several practices
+CHUNK_BYTES_ENV = "GPDATA_CHUNK_BYTES"
+CHUNK_PRACTICES_ENV = "GPDATA_CHUNK_PRACTICES"
+DEFAULT_CHUNK_BYTES = 64 << 20  # delivered bytes a chunk of practices may hold; a practice above it runs alone
+DEFAULT_CHUNK_PRACTICES = 50
+
+
+def failure_cause(exc: BaseException) -> str:
+    """One line naming why a practice failed: a GpdataError's cause with its file and row; any other error by its
+    type only, since its message may quote data."""
+    if isinstance(exc, GpdataError):
+        where = f" (file {exc.file}{'' if exc.row is None else f', row {exc.row}'})" if exc.file else ""
+        return " ".join(f"{exc.cause}{where}".split())
+    return f"{type(exc).__name__} (unexpected error; the task log has the traceback)"
+
+
+def record_failure(settings: Settings, practice: str, run_id: str, *, stage: str, cause: str,
+                   task_id: str | None = None) -> dict:
+    """Put a failure in the practice's run manifest (the GP data page and the status index show it). A manifest
+    of the same run (a richer ``failed_quality`` one, with its counts) keeps its status and counts and gains the
+    error; otherwise a ``failed`` manifest is written for the run. Returns the manifest written."""
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    error = {"stage": stage, "cause": cause, "task_id": task_id, "at": now}
+    latest = store.read_json(settings.manifests / practice / "latest.json")
+    if latest and latest.get("run_id") == run_id:
+        doc = {**latest, "error": error}
+    else:
+        doc = {"practice": practice, "run_id": run_id, "status": "failed", "error": error, "finished_at": now}
+    store.write_manifest(settings.manifests, practice, run_id, doc)
+    return doc
+
+
+def delivered_bytes(feed: Feed, settings: Settings) -> int | None:
+    """Bytes delivered for a practice since its last commit (files in its delivery folder changed since then), to
+    plan chunks by; None when the practice has never committed (a baseline) or cannot be looked at, so it runs
+    alone. A database feed after its baseline delivers rows changed since the watermark: counted as 0."""
+    path = ledger.PracticeState.load(settings.state, feed.ods_code).folder / "ledger.json"
+    if not path.exists():
+        return None
+    if feed.format == "sql":
+        return 0
+    since = path.stat().st_mtime
+    try:
+        return sum(st.st_size for st in (f.stat() for f in feed.location_path().rglob("*") if f.is_file())
+                   if st.st_mtime >= since)
+    except OSError:
+        return None
+
+
+def plan_chunks(feeds: list[Feed], settings: Settings, *, max_bytes: int | None = None,
+                max_practices: int | None = None) -> tuple[list[str], list[list[str]]]:
+    """(practices that run alone, chunks of practices that run together). A practice delivering more than
+    ``max_bytes`` since its last commit, or never committed, runs alone (its three stages as three tasks);
+    the others are packed in delivery order into chunks of at most ``max_bytes`` and ``max_practices``."""
+    import os
+
+    max_bytes = max_bytes or int(os.environ.get(CHUNK_BYTES_ENV) or DEFAULT_CHUNK_BYTES)
+    max_practices = max_practices or int(os.environ.get(CHUNK_PRACTICES_ENV) or DEFAULT_CHUNK_PRACTICES)
+    alone, chunks, current, size = [], [], [], 0
+    for feed in feeds:
+        n = delivered_bytes(feed, settings)
+        if n is None or n > max_bytes:
+            alone.append(feed.ods_code)
+            continue
+        if current and (size + n > max_bytes or len(current) >= max_practices):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(feed.ods_code)
+        size += n
+    if current:
+        chunks.append(current)
+    return alone, chunks
+
+
+def _failed(settings: Settings, feed: Feed, run_id: str, stage: str, exc: BaseException) -> dict:
+    stage = getattr(exc, "stage", None) or stage
+    cause = failure_cause(exc)
+    record_failure(settings, feed.ods_code, run_id, stage=stage, cause=cause)
+    if not isinstance(exc, GpdataError):  # the frames, never the message (it may quote data)
+        log.error("practice %s: traceback (message withheld):\n%s", feed.ods_code,
+                  "".join(traceback.format_tb(exc.__traceback__)))
+    log.error("gpdata failure: practice=%s stage=%s cause=%s", feed.ods_code, stage, cause)
+    return {"practice": feed.ods_code, "status": "failed", "stage": stage, "cause": cause}
+
+
+def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date | None = None, *,
+              force: bool = False, connection_uris: dict[str, str] | None = None) -> dict[str, dict]:
+    """Several practices with small deliveries (a daily increment) in this process, which pays imports, Great
+    Expectations' set-up and caches once for all of them. Each practice is extracted, checked and committed on
+    its own, exactly as ``run_practice`` would; the expectations of the practices that pass their row rules are
+    validated together (``quality.run_suites_together``: same verdicts; any failure there and each practice is
+    validated alone). A practice that fails stops there, alone: its manifest names the stage and cause, the log
+    has one ``gpdata failure`` line for it, and the other practices go on and commit.
+
+    Returns, per ODS code, ``{"status": "committed" | "unchanged" | "failed", ...}`` with counts, or the failed
+    stage and cause."""
+    today = today or dt.date.today()
+    out: dict[str, dict] = {}
+    checking: dict[str, tuple[Feed, _Checking]] = {}
+    for number, feed in enumerate(feeds, start=1):
+        ods, stage = feed.ods_code, "extract"
+        try:
+            counts = extract(feed, settings, run_id, force=force, connection_uri=(connection_uris or {}).get(ods))
+            if counts.get("status") == "unchanged":
+                out[ods] = {"practice": ods, "status": "unchanged"}
+                continue
+            stage = "quality"
+            checking[ods] = (feed, _check_rows(feed, settings, run_id, today))
+        except Exception as exc:  # noqa: BLE001 - one practice's failure is its own; the others go on
+            out[ods] = _failed(settings, feed, run_id, stage, exc)
+        log.info("chunk: %d/%d practices read (%s)", number, len(feeds), ods)
+    together = None
+    started = time.monotonic()
+    passing = {ods: c.result.passed for ods, (_, c) in checking.items() if c.result.ok}
+    if len(passing) > 1:
+        base = settings.quality / "_chunks" / store.safe_name(run_id) / f"{min(passing)}-{len(passing)}"
+        try:
+            together = quality.run_suites_together(passing, today, gx_root=base / "gx", docs_dir=base / "docs")
+            for ods in together or {}:  # each practice's Data Docs: the pages of the validation its rows were in
+                shutil.copytree(base / "docs", settings.data_docs / ods, dirs_exist_ok=True)
+        except Exception as exc:  # noqa: BLE001 - validated one by one instead, as a practice alone would be
+            log.warning("chunk: validating %d practices together failed (%s): each is validated alone",
+                        len(passing), type(exc).__name__)
+            together = None
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    shared = (time.monotonic() - started) / max(len(passing), 1)
+    for ods, (feed, c) in checking.items():
+        stage = "quality"
+        try:
+            if together is not None and ods in together:
+                quality.add_expectations(c.result, together[ods], shared)
+            else:
+                _expect(feed, settings, c, today)
+            _check_finish(feed, settings, run_id, c)
+            stage = "commit"
+            counts = commit(feed, settings, run_id)
+            out[ods] = {**counts, "status": "committed"}
+        except Exception as exc:  # noqa: BLE001 - as above
+            out[ods] = _failed(settings, feed, run_id, stage, exc)
+    return {feed.ods_code: out[feed.ods_code] for feed in feeds}

@@ -79,15 +79,14 @@ def describe_failure(context) -> tuple[str | None, str, str]:
     if isinstance(exc, GpdataError):
         practice = exc.practice or practice
         stage = exc.stage or stage
-        cause = exc.cause
-        if exc.file:
-            cause = f"{cause} (file {exc.file}{'' if exc.row is None else f', row {exc.row}'})"
-    elif exc is None:
+    if exc is None:
         cause = "task failed (no exception recorded; see the task log)"
-    elif type(exc).__module__.startswith(("airflow.", "gpdata.")):
+    elif type(exc).__module__.startswith("airflow."):
         cause = f"{type(exc).__name__}: {exc}"  # Airflow's own errors (timeouts, zombies) say no data
     else:
-        cause = f"{type(exc).__name__} (unexpected error; the task log has the traceback)"
+        from gpdata.pipeline import failure_cause
+
+        cause = failure_cause(exc)
     return practice, stage, _one_line(cause)
 
 
@@ -100,19 +99,11 @@ def record_failure(settings, practice: str, run_id: str, *, stage: str, cause: s
     """Put the failure in the practice's run manifest. A manifest of the same run (a richer
     ``failed_quality`` one, with its counts) keeps its status and counts and gains the error; otherwise a
     ``failed`` manifest is written for the run. Returns the manifest written."""
-    from gpdata import store
+    from gpdata import pipeline
 
     if not ODS_RE.match(practice):
         raise ValueError(f"not an ODS code: {practice!r}")
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    error = {"stage": stage, "cause": cause, "task_id": task_id, "at": now}
-    latest = store.read_json(settings.manifests / practice / "latest.json")
-    if latest and latest.get("run_id") == run_id:
-        doc = {**latest, "error": error}
-    else:
-        doc = {"practice": practice, "run_id": run_id, "status": "failed", "error": error, "finished_at": now}
-    store.write_manifest(settings.manifests, practice, run_id, doc)
-    return doc
+    return pipeline.record_failure(settings, practice, run_id, stage=stage, cause=cause, task_id=task_id)
 
 
 def load_notifier(env=None):

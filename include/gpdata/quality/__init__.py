@@ -2,6 +2,16 @@
 staged batch; a failing batch is never committed.
 """
 
-from gpdata.quality.rules import GateResult, gate, row_reasons, run_suites, volume_failures
+from gpdata.quality.rules import (
+    GateResult,
+    add_expectations,
+    gate,
+    gate_rows,
+    row_reasons,
+    run_suites,
+    run_suites_together,
+    volume_failures,
+)
 
-__all__ = ["GateResult", "gate", "row_reasons", "run_suites", "volume_failures"]
+__all__ = ["GateResult", "add_expectations", "gate", "gate_rows", "row_reasons", "run_suites", "run_suites_together",
+           "volume_failures"]

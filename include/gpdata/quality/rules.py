@@ -171,7 +171,7 @@ def _gx_context(root: Path | None, docs: Path | None):
     return ctx
 
 
-def _batches(tables: dict[str, pa.Table], practice: str, today: dt.date):
+def _batches(tables: dict[str, pa.Table], practice: str | None, today: dt.date):
     """(asset, table, rows, expectations) to validate. The measurement expectations of observations (each
     with a row condition on the code) run on the measurement rows only, where they cost least."""
     for name, table in tables.items():
@@ -190,6 +190,47 @@ def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date, *, gx
     """Validate each table with its suite. With ``gx_root``, a file context keeps the suites and results
     and builds Data Docs into ``docs_dir`` (only this run's pages and the index: the cost does not grow with
     the practice's history). What is returned keeps counts only: no row values, ever."""
+    return [_public(r) for r in _validate(_batches(tables, practice, today), gx_root, docs_dir)]
+
+
+def _public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "asset"}
+
+
+def run_suites_together(tables: dict[str, dict[str, pa.Table]], today: dt.date, *, gx_root: Path | None = None,
+                        docs_dir: Path | None = None) -> dict[str, list[dict]] | None:
+    """Several practices' tables (practice -> table name -> rows that passed the row rules) validated as one
+    batch per table, so Great Expectations' fixed cost per validation is paid once for all of them.
+
+    Every expectation of the suites holds on a set of rows only if it holds on each practice's part of it (value
+    checks row by row; bounds on minimum and maximum; uniqueness; the exact column set, as every part has the
+    curated schema), and the practice code is checked row by row against the practice each row was staged for
+    (``suites.CHUNK_COLUMN``). So when every expectation passes here, each practice's own suite passes too: the
+    results are returned per practice (the evaluated expectations, with each practice's element count). When any
+    expectation fails, None: the caller validates each practice on its own (``run_suites``), which gives exactly
+    the verdicts, counts and Data Docs of a practice validated alone."""
+    practices = list(tables)
+    combined = {}
+    for name in next(iter(tables.values()), {}):
+        parts = [tables[p][name].append_column(suites.CHUNK_COLUMN, const(p, tables[p][name].num_rows))
+                 for p in practices]
+        combined[name] = pa.concat_tables(parts)
+    results = _validate(_batches(combined, None, today), gx_root, docs_dir)
+    if not all(r["success"] for r in results):
+        return None
+    measured = pa.array(suites.measurement_codes(), pa.string())
+
+    def rows(practice: str, asset: str) -> int:
+        table = tables[practice][asset.removesuffix("_measurements")]
+        if asset.endswith("_measurements"):
+            return pc.sum(pc.fill_null(pc.is_in(table["code"], value_set=measured), False)).as_py() or 0
+        return table.num_rows
+
+    return {p: [_public({**r, "element_count": None if r["element_count"] is None else rows(p, r["asset"])})
+                for r in results] for p in practices}
+
+
+def _validate(batches, gx_root: Path | None, docs_dir: Path | None) -> list[dict]:
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
@@ -205,7 +246,7 @@ def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date, *, gx
     result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
     run_id = RunIdentifier(run_time=dt.datetime.now(dt.UTC))
     results, built = [], []
-    for asset_name, name, table, expectations in _batches(tables, practice, today):
+    for asset_name, name, table, expectations in batches:
         try:
             asset = source.get_asset(asset_name)
         except LookupError:
@@ -230,6 +271,7 @@ def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date, *, gx
         for er in outcome.results:
             results.append({
                 "table": name,
+                "asset": asset_name,  # for run_suites_together; never returned
                 "expectation": er.expectation_config.type,
                 "column": er.expectation_config.kwargs.get("column"),
                 "success": bool(er.success),
@@ -283,6 +325,17 @@ def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.d
 
     A table fails the batch when its quarantined rows exceed both ``max_quarantine_fraction`` of its rows
     and ``quarantine_allowance`` rows."""
+    result = gate_rows(staged, practice, run_id, today=today, max_quarantine_fraction=max_quarantine_fraction,
+                       quarantine_allowance=quarantine_allowance, known_patients=known_patients)
+    started = time.monotonic()
+    expectations = run_suites(result.passed, practice, today, gx_root=gx_root, docs_dir=docs_dir)
+    return add_expectations(result, expectations, time.monotonic() - started)
+
+
+def gate_rows(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.date,
+              max_quarantine_fraction: float = 0.05, quarantine_allowance: int = 10,
+              known_patients: tuple[pa.Array, pa.Array] | None = None) -> GateResult:
+    """The row-rule half of ``gate``: quarantine and thresholds, no expectations yet (``add_expectations``)."""
     quarantined: list[pa.Table] = []
     passed: dict[str, pa.Table] = {}
     counts: dict = {"rows_in": {}, "rows_passed": {}, "quarantined": {}}
@@ -325,17 +378,20 @@ def gate(staged: dict[str, pa.Table], practice: str, run_id: str, *, today: dt.d
             failures.append(f"{name}: {n_bad} of {table.num_rows} rows quarantined "
                             f"({n_bad / table.num_rows:.1%} > threshold {max_quarantine_fraction:.1%}): "
                             + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))
-    rules_done = time.monotonic()
-    expectations = run_suites(passed, practice, today, gx_root=gx_root, docs_dir=docs_dir)
-    seconds = {"quality_rules": round(rules_done - started, 3),
-               "quality_expectations": round(time.monotonic() - rules_done, 3)}
+    quarantine = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
+    return GateResult(passed=passed, quarantine=quarantine, counts=counts, failures=failures,
+                      seconds={"quality_rules": round(time.monotonic() - started, 3)})
+
+
+def add_expectations(result: GateResult, expectations: list[dict], seconds: float) -> GateResult:
+    """Complete a ``gate_rows`` result with the Great Expectations results: a failed expectation fails the batch."""
+    result.expectations = expectations
+    result.seconds["quality_expectations"] = round(seconds, 3)
     for r in expectations:
         if not r["success"]:
-            failures.append(f"{r['table']}: expectation {r['expectation']}"
-                            f"{' on ' + r['column'] if r['column'] else ''} failed"
-                            f"{'' if r['unexpected_count'] is None else ' (' + str(r['unexpected_count']) + ' rows)'}")
-    counts["expectations"] = {"evaluated": len(expectations),
-                              "failed": sum(1 for r in expectations if not r["success"])}
-    quarantine = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
-    return GateResult(passed=passed, quarantine=quarantine, counts=counts, expectations=expectations,
-                      failures=failures, seconds=seconds)
+            result.failures.append(
+                f"{r['table']}: expectation {r['expectation']}{' on ' + r['column'] if r['column'] else ''} failed"
+                f"{'' if r['unexpected_count'] is None else ' (' + str(r['unexpected_count']) + ' rows)'}")
+    result.counts["expectations"] = {"evaluated": len(expectations),
+                                     "failed": sum(1 for r in expectations if not r["success"])}
+    return result

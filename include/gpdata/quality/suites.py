@@ -57,17 +57,31 @@ def latest_allowed(table: str, today: dt.date) -> dt.date:
     return today + dt.timedelta(days=FUTURE_ALLOWANCE_DAYS.get(table, 0))
 
 
-def suite(table: str, practice: str, today: dt.date, empty: frozenset[str] = frozenset(),
+# Several practices validated as one batch (gpdata.quality.rules.run_suites_together): the practice each row was
+# staged for, added beside the curated columns, so "every row belongs to its practice" stays a per-row check.
+CHUNK_COLUMN = "_staged_for"
+
+
+def suite(table: str, practice: str | None, today: dt.date, empty: frozenset[str] = frozenset(),
           with_measurements: bool = True) -> list:
     """The expectations for one table. Min/max bounds apply to columns with at least one value (``empty``
     names the all-null ones: GX cannot take the minimum of nothing). ``with_measurements=False`` leaves out
-    the measurement expectations of observations (see measurement_suite)."""
+    the measurement expectations of observations (see measurement_suite).
+
+    ``practice=None``: the suite of several practices' rows together, with ``CHUNK_COLUMN`` naming the practice
+    each row was staged for. It differs from one practice's suite in three expectations only, each with the same
+    verdict on every practice's rows: the columns are the curated ones plus ``CHUNK_COLUMN``, and the practice
+    code must equal ``CHUNK_COLUMN`` (instead of being in the set of the one practice)."""
     import great_expectations as gx
 
     e = gx.expectations
     schema: pa.Schema = CURATED[table]
-    exps = [e.ExpectTableColumnsToMatchSet(column_set=schema.names, exact_match=True),
-            e.ExpectColumnValuesToBeInSet(column=PARTITION, value_set=[practice])]
+    if practice is None:
+        exps = [e.ExpectTableColumnsToMatchSet(column_set=[*schema.names, CHUNK_COLUMN], exact_match=True),
+                e.ExpectColumnPairValuesToBeEqual(column_A=PARTITION, column_B=CHUNK_COLUMN)]
+    else:
+        exps = [e.ExpectTableColumnsToMatchSet(column_set=schema.names, exact_match=True),
+                e.ExpectColumnValuesToBeInSet(column=PARTITION, value_set=[practice])]
     for f in schema:
         if not f.nullable:
             exps.append(e.ExpectColumnValuesToNotBeNull(column=f.name))
@@ -80,7 +94,11 @@ def suite(table: str, practice: str, today: dt.date, empty: frozenset[str] = fro
                     column=f.name, max_value=dt.datetime.combine(latest_allowed(table, today), dt.time())))
         if f.name in VALUE_SETS:
             exps.append(e.ExpectColumnValuesToBeInSet(column=f.name, value_set=VALUE_SETS[f.name]))
-    exps.append(e.ExpectColumnValuesToBeUnique(column=UNIQUE_KEY.get(table, "record_id")))
+    key = UNIQUE_KEY.get(table, "record_id")
+    if practice is None:  # unique within each practice (a patient registered at two practices has one pseudonym)
+        exps.append(e.ExpectCompoundColumnsToBeUnique(column_list=[key, CHUNK_COLUMN]))
+    else:
+        exps.append(e.ExpectColumnValuesToBeUnique(column=key))
     if table == "patients":
         for later, earlier in PATIENT_DATE_ORDER:
             if later in schema.names and earlier in schema.names and not {later, earlier} & empty:

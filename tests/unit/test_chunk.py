@@ -1,0 +1,180 @@
+"""Several practices in one process (gpdata.pipeline.run_chunk): the same store as one practice at a time, Great
+Expectations validated together with the verdicts each practice gets alone, and a failure that stays its own."""
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from gpdata import pipeline, quality, settings, store
+from gpdata.ingest.dialects import load_dialect
+from gpdata.ingest.feeds import Feed
+from gpdata.ingest.sources.flatfile import write_delivery
+from gpdata.model import PARTITION, TABLES
+from gpdata.synth import exports, generate
+
+TODAY = dt.date(2026, 6, 1)
+DAY2 = "20260102020000"
+
+
+def _practices(home: Path, n: int = 3) -> list[Feed]:
+    """``n`` small generated practices delivering EMIS-style flat files, baselined one at a time."""
+    truths = generate(home, n_practices=n, n_patients=80, events_per_patient=12, dirty_fraction=0.0, seed=5)
+    feeds = []
+    for t in truths:
+        out = home / "inbox" / t.ods_code
+        exports.export_flatfile(home / "sources" / t.ods_code, out, t.ods_code, "emis_csv")
+        feeds.append(Feed(ods_code=t.ods_code, name="p", location=str(out), format="flatfile", dialect="emis_csv",
+                          mode="incremental", max_quarantine_fraction=0.5))
+    cfg = settings.load()
+    for feed in feeds:
+        pipeline.run_practice(feed, cfg, "base", today=TODAY)
+    return feeds
+
+
+def _deliver_increments(home: Path, feeds: list[Feed]) -> None:
+    dialect = load_dialect("emis_csv")
+    for number, feed in enumerate(feeds):
+        canonical = exports.canonical_of(home / "sources" / feed.ods_code, feed.ods_code)
+        inc = exports.make_increment(canonical, seed=number, fraction=0.05)
+        write_delivery(inc.changed, Path(feed.location), feed.ods_code, dialect, DAY2, deleted=inc.deleted)
+
+
+def _rows(cfg, ods: str) -> dict[str, list]:
+    out = {}
+    for name in TABLES:
+        table = store.read_table(cfg.store, name, ods)
+        out[name] = sorted(map(str, table.to_pylist()))
+    return out
+
+
+def test_a_chunk_commits_what_practices_alone_commit_and_a_failure_stays_its_own(home, tmp_path, monkeypatch):
+    feeds = _practices(home)
+    _deliver_increments(home, feeds)
+    broken = feeds[1]
+    obs = next(Path(broken.location).glob(f"*Observation*{DAY2}*"))
+    with open(obs, "a") as fh:
+        fh.write('"a row with","too many","fields"' + ",x" * 40 + "\n")  # the third practice's file is unreadable
+    cfg = settings.load()
+    before = _rows(cfg, broken.ods_code)
+    alone = tmp_path / "alone"  # the same homes, run one practice at a time
+    shutil.copytree(home, alone)
+
+    out = pipeline.run_chunk(feeds, cfg, "delta", today=TODAY)
+
+    assert list(out) == [f.ods_code for f in feeds]
+    assert out[broken.ods_code]["status"] == "failed" and out[broken.ods_code]["stage"] == "extract"
+    assert "row" in out[broken.ods_code]["cause"] and "file file-" in out[broken.ods_code]["cause"]
+    latest = store.latest_manifests(cfg.manifests)[broken.ods_code]
+    assert latest["run_id"] == "delta" and latest["status"] == "failed"
+    assert latest["error"]["stage"] == "extract" and latest["error"]["cause"] == out[broken.ods_code]["cause"]
+    assert _rows(cfg, broken.ods_code) == before  # nothing stored for it changed
+    good = [f for f in feeds if f is not broken]
+    for feed in good:
+        assert out[feed.ods_code]["status"] == "committed"
+        assert store.latest_manifests(cfg.manifests)[feed.ods_code]["status"] == "committed"
+        assert (cfg.data_docs / feed.ods_code / "index.html").exists()
+    chunk = {f.ods_code: _rows(cfg, f.ods_code) for f in good}
+
+    monkeypatch.setenv("GPDATA_HOME", str(alone))
+    monkeypatch.setenv("GPDATA_INBOX_ROOT", str(home))
+    solo_cfg = settings.load()
+    for feed in good:
+        counts = pipeline.run_practice(feed, solo_cfg, "delta", today=TODAY)
+        assert counts["status"] == "committed"
+        assert counts["quality"]["quarantined"] == out[feed.ods_code]["quality"]["quarantined"]
+        assert counts["committed_rows"] == out[feed.ods_code]["committed_rows"]
+        assert _rows(solo_cfg, feed.ods_code) == chunk[feed.ods_code]
+
+
+@pytest.fixture(scope="module")
+def passed(tmp_path_factory):
+    """Three practices' rows that passed the row rules (the input of the expectations), per practice."""
+    from tests.conftest import use_home
+
+    home = tmp_path_factory.mktemp("together")
+    with pytest.MonkeyPatch.context() as mp:
+        use_home(mp, home)
+        truths = generate(home, n_practices=3, n_patients=60, events_per_patient=10, dirty_fraction=0.0, seed=8)
+        cfg = settings.load()
+        out = {}
+        for t in truths:
+            feed = Feed(ods_code=t.ods_code, name="p", location=str(home / "sources" / t.ods_code))
+            pipeline.extract(feed, cfg, "r1")
+            out[t.ods_code] = pipeline._check_rows(feed, cfg, "r1", TODAY).result.passed
+    return out
+
+
+def _verdicts_alone(tables: dict[str, dict[str, pa.Table]]) -> dict[str, bool]:
+    return {p: all(r["success"] for r in quality.run_suites(t, p, TODAY)) for p, t in tables.items()}
+
+
+def _replace(table: pa.Table, column: str, row: int, value) -> pa.Table:
+    values = table[column].to_pylist()
+    values[row] = value
+    at = table.schema.get_field_index(column)
+    return table.set_column(at, table.schema.field(at), pa.array(values, table[column].type))
+
+
+def test_together_every_practice_passes_and_each_gets_its_own_counts(passed):
+    together = quality.run_suites_together(passed, TODAY)
+    assert together is not None and set(together) == set(passed)
+    assert all(_verdicts_alone(passed).values())
+    for practice, results in together.items():
+        assert all(r["success"] for r in results)
+        counts = {r["table"]: r["element_count"] for r in results
+                  if r["expectation"] == "expect_column_values_to_not_be_null" and r["element_count"] is not None}
+        assert counts == {name: passed[practice][name].num_rows for name in counts} and counts
+
+
+@pytest.mark.parametrize("defect", ["another_practice", "before_1900", "duplicate_record", "bad_pseudonym"])
+def test_a_defect_in_one_practice_is_never_passed_together(passed, defect):
+    """Whatever breaks one practice's suite alone makes the validation together fail (so each practice is then
+    validated alone). A practice code of another practice of the chunk is the case a set of the chunk's
+    practices would let through: the row is checked against the practice it was staged for."""
+    practices = sorted(passed)
+    victim, other = practices[0], practices[1]
+    tables = {p: dict(t) for p, t in passed.items()}
+    obs = tables[victim]["observations"]
+    assert obs.num_rows > 2
+    if defect == "another_practice":
+        obs = _replace(obs, PARTITION, 1, other)
+    elif defect == "before_1900":
+        obs = _replace(obs, "event_date", 1, dt.date(1850, 1, 1))
+    elif defect == "duplicate_record":
+        obs = _replace(obs, "record_id", 1, obs["record_id"][0].as_py())
+    else:
+        obs = _replace(obs, "patient_pid", 1, "not-a-pseudonym")
+    tables[victim]["observations"] = obs
+    alone = _verdicts_alone(tables)
+    assert alone == {p: p != victim for p in practices}
+    assert quality.run_suites_together(tables, TODAY) is None
+
+
+def test_plan_puts_baselines_and_large_deliveries_alone(home):
+    feeds = _practices(home, n=3)
+    cfg = settings.load()
+    assert pipeline.plan_chunks(feeds, cfg) == ([], [[f.ods_code for f in feeds]])  # nothing new: all small
+    _deliver_increments(home, feeds)
+    sizes = [pipeline.delivered_bytes(f, cfg) for f in feeds]
+    assert all(s > 0 for s in sizes)
+    alone, chunks = pipeline.plan_chunks(feeds, cfg, max_bytes=max(sizes) - 1)
+    assert alone == [f.ods_code for f, s in zip(feeds, sizes, strict=True) if s == max(sizes)]
+    assert sorted(sum(chunks, [])) == sorted(f.ods_code for f, s in zip(feeds, sizes, strict=True) if s < max(sizes))
+    assert pipeline.plan_chunks(feeds, cfg, max_practices=1)[1] == [[f.ods_code] for f in feeds]
+    new = Feed(ods_code="Y01234", name="new", location=str(home / "inbox" / "Y01234"))
+    assert pipeline.plan_chunks([new], cfg) == (["Y01234"], [])  # never committed: a baseline runs alone
+
+
+def test_the_same_key_in_two_practices_passes_together_as_it_does_alone(passed):
+    """A record id or a patient's pseudonym may recur in another practice (a patient registered at both): unique
+    within each practice is what each suite asks, so together asks the same."""
+    practices = sorted(passed)
+    tables = {p: dict(t) for p, t in passed.items()}
+    a, b = tables[practices[0]], tables[practices[1]]
+    b["observations"] = _replace(b["observations"], "record_id", 0, a["observations"]["record_id"][0].as_py())
+    b["patients"] = _replace(b["patients"], "patient_pid", 0, a["patients"]["patient_pid"][0].as_py())
+    assert all(_verdicts_alone(tables).values())
+    assert quality.run_suites_together(tables, TODAY) is not None
