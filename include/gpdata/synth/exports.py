@@ -68,14 +68,18 @@ def _unique_rows(table: pa.Table) -> np.ndarray:
 
 
 def make_increment(tables: dict[str, pa.Table], *, seed: int = 7, fraction: float = 0.03,
-                   when: dt.date = dt.date(2025, 12, 30)) -> Increment:
+                   when: dt.date = dt.date(2025, 12, 30), dissent: bool = True) -> Increment:
     """Amend the values of some observations, delete some observations and medications, add new
-    observations, and record a type 1 dissent for one patient."""
+    observations, and (``dissent``) record a type 1 dissent for one patient."""
     rng = np.random.default_rng(seed)
     inc = Increment(changed={n: CANONICAL[n].empty_table() for n in TABLES},
                     deleted={n: CANONICAL[n].empty_table() for n in TABLES})
     obs = tables["observations"]
+    # type 1 codes are never amended, deleted or copied as new records: the one new dissent is made below
+    dissent_codes = {"827241000000103", "9Nu0.", "XaZ89", "827261000000102", "9Nu1.", "XaZ8A"}
+    type1_row = pc.fill_null(pc.is_in(obs["code"], pa.array(sorted(dissent_codes))), False).to_numpy(zero_copy_only=False)
     rows = _unique_rows(obs)
+    rows = rows[~type1_row[rows]]
     rng.shuffle(rows)
     k = max(1, int(len(rows) * fraction))
     with_value = [r for r in rows[: 4 * k] if obs["value"][int(r)].is_valid][:k]
@@ -89,7 +93,6 @@ def make_increment(tables: dict[str, pa.Table], *, seed: int = 7, fraction: floa
     new = new.set_column(new.schema.get_field_index("event_date"), "event_date",
                          pa.array([when] * new.num_rows, pa.date32()))
     # a patient with a valid NHS number and no opt-out code so far dissents in this delivery
-    dissent_codes = {"827241000000103", "9Nu0.", "XaZ89", "827261000000102", "9Nu1.", "XaZ8A"}
     coded = set(obs.filter(pc.is_in(obs["code"], pa.array(sorted(dissent_codes))))["patient_ref"].to_pylist())
     patients = tables["patients"]
     from gpdata.privacy import nhsnumber
@@ -98,7 +101,7 @@ def make_increment(tables: dict[str, pa.Table], *, seed: int = 7, fraction: floa
     candidates = [p for p, ok in zip(patients["source_id"].to_pylist(), valid, strict=True)
                   if ok and p not in coded and p is not None]
     dissent_rows = []
-    if candidates:
+    if candidates and dissent:
         who = candidates[int(rng.integers(len(candidates)))]
         inc.new_dissent_patient = who
         template = {f.name: None for f in CANONICAL["observations"]}
