@@ -99,12 +99,18 @@ def measure_size(ps, fmt: str, work: Path, naive: bool, profile: Path | None = N
         "pipeline_seconds": round(pipe["seconds"], 3),
         "pipeline_rows_per_second": round(_rate(pipe["rows"], pipe["seconds"])),
         "pipeline_rows_per_cpu_second": round(_rate(pipe["rows"], pipe["cpu_seconds"])),
-        "pipeline_over_limit": round(limit["seconds"] / pipe["seconds"], 3),
+        "pipeline_over_limit": round(limit["seconds"] / pipe["seconds"], 3),  # FHIR: the fastest candidate's
         "peak_rss_mib": round(pipe["peak_rss_mib"]), "limit_peak_rss_mib": round(limit["peak_rss_mib"]),
         "cold_start_seconds": round(pipe["cold_start_seconds"], 2),
         "committed_rows": pipe["committed_rows"], "quarantined_rows": pipe["quarantined_rows"],
         "expectations": pipe["expectations"], "stages": stage_table(pipe),
     }
+    if "candidates" in limit:  # FHIR: every candidate limit measured in the same process, fastest first
+        row["fhir_limit"] = limit["limit"]
+        row["fhir_limit_candidates"] = {name: round(_rate(c["rows"], c["seconds"])) for name, c in sorted(
+            limit["candidates"].items(), key=lambda item: item[1]["seconds"])}
+        row["fhir_limit_candidates_per_cpu_second"] = {name: round(_rate(c["rows"], c["cpu_seconds"]))
+                                                       for name, c in limit["candidates"].items()}
     if naive:
         nv = worker({"kind": "naive", "input": str(ps.home), "folder": str(folder), "ods": ods, "fmt": fmt,
                      "work": str(work)}, timeout=7200)
@@ -163,6 +169,11 @@ def render(doc: dict) -> str:
                      f"{_fmt_rate(r['pipeline_rows_per_cpu_second'])} | {r['peak_rss_mib']} | "
                      f"{_fmt_rate(r['naive_rows_per_second']) if 'naive_rows_per_second' in r else ''} | "
                      f"{r.get('pipeline_over_naive', '')} |")
+    fhir = [r for r in doc["sizes"] if r.get("fhir_limit_candidates")]
+    if fhir:
+        lines += ["", "FHIR limit candidates (rows/s, measured one after the other in one process; the fastest is "
+                  "the limit): " + "; ".join(f"{r['patients']} patients: " + ", ".join(
+                      f"{name} {_fmt_rate(v)}" for name, v in r["fhir_limit_candidates"].items()) for r in fhir)]
     lines += ["", "## Stages (share of the pipeline's time; rows/s of the stage alone)", "",
               "| format | patients | " + " | ".join(STAGES) + " |", "|---|---|" + "---|" * len(STAGES)]
     for r in doc["sizes"]:
@@ -356,6 +367,7 @@ def summarise(sizes: list[dict], practices: list[dict], largest: int, plan: dict
         "flatfile_ratio_at_patients": flat["patients"] if flat else None,
         "fhir_pipeline_over_limit": fhir["pipeline_over_limit"] if fhir else None,
         "fhir_ratio_at_patients": fhir["patients"] if fhir else None,
+        "fhir_limit": fhir.get("fhir_limit") if fhir else None,  # the fastest candidate at that size
         "pipeline_over_naive": naive[-1]["pipeline_over_naive"] if naive else None,  # the largest naive size
         "naive_at_patients": naive[-1]["patients"] if naive else None,
         "pipeline_over_naive_by_patients": {r["patients"]: r["pipeline_over_naive"] for r in naive},

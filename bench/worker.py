@@ -2,7 +2,8 @@
 
     python -m bench.worker '{"kind": "pipeline", "input": "...", "ods": "A12345", "fmt": "emis_csv", "work": "..."}'
 
-Kinds: ``limit`` (read the delivery, write the same records to zstd Parquet, nothing else), ``pipeline``
+Kinds: ``limit`` (read the delivery, write the same records to zstd Parquet, nothing else; for FHIR every
+candidate of FHIR_LIMITS, the fastest being the limit), ``pipeline``
 (gpdata's extract, quality gate and commit, with each stage's seconds) and ``naive`` (bench.naive). Prints one
 JSON line: counts and timings only, never a record or an identifier.
 """
@@ -65,33 +66,138 @@ def limit_flatfile(folder: Path, out: Path) -> int:
     return rows
 
 
-def limit_fhir(folder: Path, out: Path) -> int:
-    """The fastest way found here to get FHIR bundles into Arrow: each bundle decoded with orjson, its resources
-    grouped by type and converted with ``pa.Table.from_pylist`` (types inferred, nesting kept), then zstd
-    Parquet per resource type. Nothing is flattened, renamed or checked."""
-    import orjson
-    import pyarrow as pa
+def _write_by_type(tables: dict, out: Path) -> dict[str, int]:
+    """Each resource type's table to ``out/<type>.parquet`` (zstd); rows written per type."""
     import pyarrow.parquet as pq
 
+    out.mkdir(parents=True, exist_ok=True)
+    for rtype, table in tables.items():
+        pq.write_table(table, out / f"{rtype}.parquet", compression="zstd")
+    return {rtype: table.num_rows for rtype, table in tables.items()}
+
+
+def fhir_orjson(folder: Path, out: Path) -> dict[str, int]:
+    """Each bundle decoded with orjson, its resources grouped by type and converted with ``pa.Table.from_pylist``
+    (types inferred, nesting kept), then zstd Parquet per resource type. Nothing is flattened, renamed or checked."""
+    import orjson
+    import pyarrow as pa
+
     by_type: dict[str, list] = {}
-    rows = 0
     for path in sorted(folder.glob("*.json")):
         for entry in orjson.loads(path.read_bytes())["entry"]:
             res = entry["resource"]
             by_type.setdefault(res["resourceType"], []).append(res)
-            rows += 1
-    for rtype, resources in by_type.items():
-        pq.write_table(pa.Table.from_pylist(resources), out / f"{rtype}.parquet", compression="zstd")
-    return rows
+    return _write_by_type({rtype: pa.Table.from_pylist(rs) for rtype, rs in by_type.items()}, out)
+
+
+def _msgspec_types():
+    """msgspec Structs for the Bundle envelope: resources as dicts, or as ``msgspec.Raw`` (the resource's bytes
+    in the file, not decoded) with a struct holding only ``resourceType`` to sort them by type."""
+    import msgspec
+
+    dict_entry = msgspec.defstruct("DictEntry", [("resource", dict)])
+    raw_entry = msgspec.defstruct("RawEntry", [("resource", msgspec.Raw)])
+    return (msgspec.defstruct("DictBundle", [("entry", list[dict_entry])]),
+            msgspec.defstruct("RawBundle", [("entry", list[raw_entry])]),
+            msgspec.defstruct("Head", [("resourceType", str)]))
+
+
+def fhir_msgspec(folder: Path, out: Path) -> dict[str, int]:
+    """msgspec with typed Structs for the Bundle and its entries, each resource decoded to a dict (``msgspec.Raw``
+    decoded to dicts afterwards was no faster), grouped by type, ``pa.Table.from_pylist``, zstd Parquet per type. Typed
+    Structs for the resources themselves were tried and not kept: they decode faster, but Arrow takes no
+    Struct, and turning them back into builtins or columns costs more than it saves (docs/performance.md)."""
+    import msgspec
+    import pyarrow as pa
+
+    decoder = msgspec.json.Decoder(_msgspec_types()[0])
+    by_type: dict[str, list] = {}
+    for path in sorted(folder.glob("*.json")):
+        for entry in decoder.decode(path.read_bytes()).entry:
+            res = entry.resource
+            by_type.setdefault(res["resourceType"], []).append(res)
+    return _write_by_type({rtype: pa.Table.from_pylist(rs) for rtype, rs in by_type.items()}, out)
+
+
+FHIR_JSON_BLOCK_BYTES = 1 << 26  # pyarrow's JSON reader: bytes per block (16 and 256 MiB: no faster here)
+
+
+def fhir_pyarrow_json(folder: Path, out: Path) -> dict[str, int]:
+    """pyarrow's JSON reader (one thread), which reads only line-delimited JSON, so the bundles are first turned
+    into NDJSON, one per resource type, and that conversion is timed as part of this limit (a pipeline gets
+    bundles, not NDJSON): msgspec splits each bundle into its resources' raw bytes (``msgspec.Raw``, not decoded;
+    a struct holding only ``resourceType`` sorts them by type), the bytes are joined with newlines, and
+    ``pyarrow.json.read_json`` decodes them into Arrow (types inferred, nesting kept; if a bundle is written over
+    several lines, told that a resource may span lines). Then zstd Parquet per type."""
+    import io
+
+    import msgspec
+    import pyarrow.json as pajson
+
+    _, raw_bundle, head = _msgspec_types()
+    bundle_decoder, head_decoder = msgspec.json.Decoder(raw_bundle), msgspec.json.Decoder(head)
+    by_type: dict[str, list] = {}
+    multiline = False
+    for path in sorted(folder.glob("*.json")):
+        data = path.read_bytes()
+        multiline = multiline or b"\n" in data
+        for entry in bundle_decoder.decode(data).entry:
+            by_type.setdefault(head_decoder.decode(entry.resource).resourceType, []).append(entry.resource)
+    options = pajson.ReadOptions(use_threads=False, block_size=FHIR_JSON_BLOCK_BYTES)
+    parse = pajson.ParseOptions(newlines_in_values=multiline)
+    return _write_by_type({rtype: pajson.read_json(io.BytesIO(b"\n".join(raws)), read_options=options,
+                                                   parse_options=parse) for rtype, raws in by_type.items()}, out)
+
+
+FHIR_LIMITS = {"orjson": fhir_orjson, "msgspec": fhir_msgspec, "pyarrow_json": fhir_pyarrow_json}
+
+
+def fhir_limits(folder: Path, work: Path) -> dict[str, dict]:
+    """Every FHIR candidate limit in turn on the same bundles, in this process: name -> rows, seconds (wall
+    clock, what the limit is) and CPU seconds (steadier than the wall clock on a shared machine).
+
+    The files are read once before the clocks start (so no candidate pays for the disk and the others for the
+    page cache), and Python's cyclic garbage collector is paused while each candidate runs (millions of small
+    dicts otherwise set off repeated full collections, which any bulk decoder can avoid; it matters only for
+    the two candidates that build Python objects)."""
+    import gc
+
+    for path in folder.glob("*.json"):
+        path.read_bytes()
+    found = {}
+    for name, candidate in FHIR_LIMITS.items():
+        gc.collect()
+        gc.disable()
+        try:
+            t0, c0 = time.perf_counter(), time.process_time()
+            rows = candidate(folder, work / name)
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            gc.enable()
+        shutil.rmtree(work / name, ignore_errors=True)
+        found[name] = {"rows": sum(rows.values()), "seconds": seconds, "cpu_seconds": cpu}
+    return found
 
 
 def run_limit(folder: Path, fmt: str, work: Path) -> dict:
+    """The limit of one format. FHIR: every candidate of FHIR_LIMITS, the fastest being the limit (``rows`` and
+    ``seconds`` are its own, ``candidates`` has them all); peak RSS is then the largest candidate's."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     import pyarrow  # noqa: F401  (imports are not the limit's work)
 
+    if fmt == "fhir":
+        import msgspec  # noqa: F401
+        import orjson  # noqa: F401
+        import pyarrow.json  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
+        candidates = fhir_limits(folder, work)
+        fastest = min(candidates, key=lambda name: candidates[name]["seconds"])
+        shutil.rmtree(work, ignore_errors=True)
+        return {**candidates[fastest], "limit": fastest, "candidates": candidates}
     t0 = time.perf_counter()
-    rows = limit_fhir(folder, work) if fmt == "fhir" else limit_flatfile(folder, work)
+    rows = limit_flatfile(folder, work)
     seconds = time.perf_counter() - t0
     shutil.rmtree(work, ignore_errors=True)
     return {"rows": rows, "seconds": seconds}

@@ -20,6 +20,7 @@ def clean_env():
 
 def test_bench_machinery_writes_every_headline_key(tmp_path, clean_env, monkeypatch):
     import bench.__main__ as bench
+    from bench.worker import FHIR_LIMITS
 
     monkeypatch.setattr(bench, "IN_PROCESS", True)
     plan = {"sizes": [12], "practices": [], "practice_patients": 12, "naive_patients": [12],
@@ -38,6 +39,78 @@ def test_bench_machinery_writes_every_headline_key(tmp_path, clean_env, monkeypa
     for row in written["sizes"]:
         assert row["rows"] > 0 and row["limit_rows_per_second"] > 0 and row["pipeline_rows_per_second"] > 0
         assert set(row["stages"]) == set(bench.STAGES)
+    fhir = next(row for row in written["sizes"] if row["format"] == "fhir")
+    rates = fhir["fhir_limit_candidates"]  # name -> rows/s, fastest first; the fastest is the limit
+    assert set(rates) == set(FHIR_LIMITS) and list(rates)[0] == fhir["fhir_limit"]
+    assert rates[fhir["fhir_limit"]] == fhir["limit_rows_per_second"] == max(rates.values())
+    assert written["fhir_limit"] == fhir["fhir_limit"]
+    assert set(fhir["fhir_limit_candidates_per_cpu_second"]) == set(rates)
+    assert all(v > 0 for v in fhir["fhir_limit_candidates_per_cpu_second"].values())
     assert [t[0] for t in written["targets"]][:3] == list(REQUIRED[:3])
     md = (tmp_path / "results" / "latest.md").read_text()
-    assert "pipeline/limit" in md and "Rerun" in md
+    assert "pipeline/limit" in md and "Rerun" in md and "FHIR limit candidates" in md
+
+
+@pytest.fixture(scope="module")
+def fhir_folder(tmp_path_factory):
+    """One tiny generated practice's FHIR bundles, as `make bench` gets them."""
+    from bench.inputs import practice_set
+
+    ps = practice_set(tmp_path_factory.mktemp("bench-input"), 1, 30, 4.0, ("fhir",))
+    return ps.folder(ps.ods_codes[0], "fhir")
+
+
+def _resources_by_type(folder):
+    by_type = {}
+    for path in sorted(folder.glob("*.json")):
+        for entry in json.loads(path.read_text())["entry"]:
+            rtype = entry["resource"]["resourceType"]
+            by_type[rtype] = by_type.get(rtype, 0) + 1
+    return by_type
+
+
+def _parquet_rows(out):
+    import pyarrow.parquet as pq
+
+    return {p.stem: pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet")}
+
+
+def test_every_fhir_limit_candidate_writes_every_resource(fhir_folder, tmp_path):
+    """Each candidate limit writes as many rows per resource type as the bundles hold resources of that type (a
+    candidate that drops resources, or a whole type, fails here), and says so in its own count."""
+    from bench.worker import FHIR_LIMITS
+
+    expected = _resources_by_type(fhir_folder)
+    assert len(expected) > 5 and sum(expected.values()) > 100  # the generator's spread of types, not one
+    for name, candidate in FHIR_LIMITS.items():
+        counted = candidate(fhir_folder, tmp_path / name)
+        assert _parquet_rows(tmp_path / name) == expected, name
+        assert counted == expected, name
+
+
+def test_pyarrow_json_limit_reads_bundles_written_over_several_lines(fhir_folder, tmp_path, monkeypatch):
+    """pyarrow's JSON reader splits its blocks at newlines unless told a value may span lines: an indented
+    bundle, read in blocks smaller than one type's resources, loses or breaks none of them."""
+    from bench import worker
+    from bench.worker import fhir_pyarrow_json
+
+    monkeypatch.setattr(worker, "FHIR_JSON_BLOCK_BYTES", 4096)
+
+    pretty = tmp_path / "pretty"
+    pretty.mkdir()
+    for path in fhir_folder.glob("*.json"):
+        (pretty / path.name).write_text(json.dumps(json.loads(path.read_text()), indent=2))
+    expected = _resources_by_type(fhir_folder)
+    assert fhir_pyarrow_json(pretty, tmp_path / "out") == expected
+    assert _parquet_rows(tmp_path / "out") == expected
+
+
+def test_fhir_limit_is_the_fastest_candidate(fhir_folder, tmp_path):
+    from bench.worker import FHIR_LIMITS, run_limit
+
+    found = run_limit(fhir_folder, "fhir", tmp_path / "work")
+    assert set(found["candidates"]) == set(FHIR_LIMITS)
+    assert found["seconds"] == min(c["seconds"] for c in found["candidates"].values())
+    assert found["candidates"][found["limit"]]["seconds"] == found["seconds"]
+    assert {c["rows"] for c in found["candidates"].values()} == {sum(_resources_by_type(fhir_folder).values())}
+    assert not (tmp_path / "work").exists()  # the written Parquet is removed after the measurement
