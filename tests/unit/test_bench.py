@@ -7,7 +7,8 @@ import os
 import pytest
 
 REQUIRED = ("flatfile_pipeline_over_limit", "fhir_pipeline_over_limit", "pipeline_over_naive",
-            "peak_rss_mib_60k_patients", "cpu_count")
+            "peak_rss_mib_60k_patients", "cpu_count", "fixed_cpu_seconds_per_practice", "daily_increment_core_hours",
+            "baseline_core_hours", "rows_per_cpu_second_0_1m", "rows_per_cpu_second_6m")
 
 
 @pytest.fixture
@@ -114,3 +115,22 @@ def test_fhir_limit_is_the_fastest_candidate(fhir_folder, tmp_path):
     assert found["candidates"][found["limit"]]["seconds"] == found["seconds"]
     assert {c["rows"] for c in found["candidates"].values()} == {sum(_resources_by_type(fhir_folder).values())}
     assert not (tmp_path / "work").exists()  # the written Parquet is removed after the measurement
+
+
+def test_the_daily_increment_runs_each_practice_once_in_chunks_and_projects_from_its_cpu(tmp_path, clean_env):
+    import bench.__main__ as bench
+    from bench import increment
+    from bench.inputs import practice_set
+
+    ps = practice_set(tmp_path / "cache", 3, 30, 8.0, ("fhir", "emis_csv"))
+    got = increment.measure(ps, tmp_path / "work", fraction=0.1, workers=1)
+    assert got["practices"] == 3 and got["committed"] == 3 and got["failed"] == 0
+    assert got["chunks"] == 1 and got["alone"] == 0  # baselined, small deliveries: one chunk
+    assert got["rows"] > 0 and got["cpu_seconds"] > 0 and got["max_peak_rss_mib"] > 0
+    assert got["national_core_hours"] == round(got["cpu_seconds_per_practice"] * 6500 / 3600, 3)
+    doc = {"increment": got, "airflow": {"overhead_seconds_per_task": 2.0}, "sizes": [],
+           "national_projection": {"baseline": {"core_hours": 5.0}}}
+    keys = bench.cadence(doc)
+    assert keys["fixed_cpu_seconds_per_practice"] == round(got["cpu_seconds_per_practice"] + 2.0 / 3, 3)
+    assert keys["daily_increment_core_hours"] == round(keys["fixed_cpu_seconds_per_practice"] * 6500 / 3600, 3)
+    assert keys["baseline_core_hours"] == 5.0 and keys["rows_per_cpu_second_6m"] is None
