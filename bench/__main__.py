@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                     "profile_patients: 10,000 by default)")
     parser.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
     parser.add_argument("--only-dag-parse", action="store_true", help="measure only the DAG parse time")
-    parser.add_argument("--only", choices=["status"], help="status: measure only the GP data page with 6,500 "
+    parser.add_argument("--only", choices=["status", "increment"], help="increment: only the daily increment "
+                        "(--increment-practices, default 200); status: measure only the GP data page with 6,500 "
                                                           "practices and merge its keys into latest.json")
     parser.add_argument("--no-status", action="store_true", help="skip the GP data page with 6,500 practices")
     parser.add_argument("--increment-practices", type=int, help="practices in the daily increment (default "
@@ -239,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.only == "status":
         return only_status(Path(args.out))
+    if args.only == "increment":
+        n = FULL["increment_practices"] if args.increment_practices is None else args.increment_practices
+        return only_increment(Path(args.out), n, Path(args.cache) if args.cache else None)
     if args.only_dag_parse:
         from bench.dagparse import measure_dag_parse
 
@@ -278,6 +282,31 @@ def only_status(out: Path) -> int:
         status_targets(doc)
     path.write_text(json.dumps(doc, indent=2))
     print(json.dumps({k: v for k, v in found.items()}, indent=2))
+    print(f"merged into {path}")
+    return 0
+
+
+def only_increment(out: Path, n: int, cache: Path | None) -> int:
+    """The daily increment's keys, merged into an existing latest.json (or a new one); Airflow's overhead per task
+    is taken from that file when an earlier run measured it."""
+    from bench import increment
+    from bench.inputs import practice_set
+
+    with tempfile.TemporaryDirectory(prefix="gpdata-bench-") as tmp:
+        log(f"daily increment: {n} practices (set-up not timed)")
+        ps = practice_set(cache or Path(tmp), n, INCREMENT["patients"], INCREMENT["events_per_patient"],
+                          ("fhir", "emis_csv"))
+        found = increment.measure(ps, Path(tmp) / "work", fraction=INCREMENT["fraction"], workers=os.cpu_count() or 1)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "latest.json"
+    doc = json.loads(path.read_text()) if path.exists() else {"sizes": []}
+    doc["increment"] = found
+    doc.update({k: v for k, v in cadence(doc).items() if v is not None or k not in doc})
+    keys = ("fixed_cpu_seconds_per_practice", "daily_increment_core_hours")
+    doc["targets"] = [t for t in (doc.get("targets") or []) if t[0] not in keys] + \
+        [t for t in targets({**{"flatfile_rows_per_cpu_second_spread": None}, **doc}) if t[0] in keys]
+    path.write_text(json.dumps(doc, indent=2))
+    print(json.dumps({"increment": found, **{k: doc[k] for k in keys}}, indent=2))
     print(f"merged into {path}")
     return 0
 
