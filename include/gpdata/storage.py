@@ -121,9 +121,9 @@ def delta_table(path: Any, version: int | None = None):
     ``version`` (time travel: always opened afresh, never cached).
 
     Opening a table replays its log (a few ms locally, growing with the commits since the last checkpoint; a
-    LIST and several GETs on S3), and one commit of a practice asks for the same ten tables about fifty times.
-    So the newest-version handle is kept per process and thread (``_handles``) and brought up to date on each
-    call; see ``_cached_table`` for why every call still sees the newest committed version. The handle is
+    LIST and several GETs on S3), and one commit of a practice asks for the same ten tables about 66 times. So
+    the newest-version handle is kept per process and thread (``_handles``) and brought up to date on each call;
+    the comment on Delta table handles below says why every call still sees the newest committed version. The handle is
     shared: a later call for the same table moves the same object on, so pin a version with ``version=``,
     never with ``load_as_version`` on a handle from here.
     """
