@@ -21,8 +21,10 @@ MinIO, and moto's server do).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -115,16 +117,114 @@ def delta_options(path: Any) -> dict[str, str] | None:
 
 
 def delta_table(path: Any, version: int | None = None):
-    """The Delta table at ``path`` (a local folder or under an s3:// root)."""
+    """The Delta table at ``path`` (a local folder or under an s3:// root) at its newest committed version, or at
+    ``version`` (time travel: always opened afresh, never cached).
+
+    Opening a table replays its log (a few ms locally, growing with the commits since the last checkpoint; a
+    LIST and several GETs on S3), and one commit of a practice asks for the same ten tables about 66 times. So
+    the newest-version handle is kept per process and thread (``_handles``) and brought up to date on each call;
+    the comment on Delta table handles below says why every call still sees the newest committed version. The handle is
+    shared: a later call for the same table moves the same object on, so pin a version with ``version=``,
+    never with ``load_as_version`` on a handle from here.
+    """
     from deltalake import DeltaTable
 
+    if version is None and _cacheable(path):
+        return _cached_table(path)
     return DeltaTable(uri(path), version=version, storage_options=delta_options(path))
 
 
 def write_delta(path: Any, data, **kwargs) -> None:
+    """``write_deltalake`` into the table at ``path``. An existing table is written through its handle from
+    ``delta_table`` (brought up to date first), which is what ``write_deltalake`` would open itself from the URI:
+    the same write, conflict checks and commit, without a second replay of the log."""
     from deltalake import write_deltalake
+    from deltalake.exceptions import TableNotFoundError
 
-    write_deltalake(uri(path), data, storage_options=delta_options(path), **kwargs)
+    target: Any = uri(path)
+    if _cacheable(path):
+        with contextlib.suppress(TableNotFoundError):  # a new table: created from the URI
+            target = _cached_table(path)
+    write_deltalake(target, data, storage_options=delta_options(path), **kwargs)
+
+
+# ------------------------------------------------------------------------------------- Delta table handles
+# Why a cached handle always shows the newest committed version: a Delta table's versions are the files
+# _delta_log/<version, 20 digits>.json, each written once (put-if-absent on S3, rename locally) and never
+# changed, and version N+1 exists before any later one. On every call, for a handle last seen at version S and
+# now at V (V > S when this process wrote through it: write, merge, delete and vacuum move a handle on in place):
+# - S's commit file must still be there with the same content (sha256), so the folder holds the same table, not
+#   one deleted and made again, nor a copy restored over it (the content names data files by random UUIDs);
+# - if V+1's commit file exists, ``update_incremental`` reads the newer commits, as a fresh open would;
+# - the digest of the version reached is recorded for the next call (reading it fails if V's file is gone).
+# Any doubt (a file missing or changed, an I/O error, a handle older than _MAX_AGE) opens the table afresh, so
+# no handle outlives a clean-up of old log files (30 days by default). One case is not seen: a copy restored
+# over the table between two calls that has history identical up to S and has already passed V; a restore under
+# live writers loses their commits anyway (never restore a table while the pipeline runs).
+# Writers are unchanged: delta-rs commits against the newest version with its conflict checks, as before.
+_MAX_AGE = 600.0  # seconds a handle is reused before the table is opened afresh
+_MAX_HANDLES = 64  # tables kept per thread; the oldest is dropped first (a store has ten, releases add copies)
+_LOCAL = threading.local()
+
+
+def _cacheable(path: Any) -> bool:
+    """A local folder or a StorePath (an ``s3://`` string carries no credentials: opened as it is, uncached)."""
+    return isinstance(path, StorePath) or not is_remote(path)
+
+
+def _handles() -> dict:
+    """This thread's handles (none are shared between threads, or inherited by a forked process)."""
+    if getattr(_LOCAL, "pid", None) != os.getpid():
+        _LOCAL.pid, _LOCAL.handles = os.getpid(), {}
+    return _LOCAL.handles
+
+
+def forget_delta_tables() -> None:
+    """Drop this thread's cached handles (the next call of ``delta_table`` opens each table afresh)."""
+    _handles().clear()
+
+
+def _commit_file(path: Any, version: int) -> Any:
+    return path / "_delta_log" / f"{version:020d}.json"
+
+
+def _digest(path: Any, version: int) -> bytes:
+    return hashlib.sha256(_commit_file(path, version).read_bytes()).digest()
+
+
+def _cached_table(path: Any):
+    """The newest committed version of the table at ``path`` (which exists; else TableNotFoundError)."""
+    import time
+
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError
+
+    path = path if isinstance(path, StorePath) else Path(os.path.abspath(path))
+    options = delta_options(path)
+    key = (uri(path), tuple(sorted((options or {}).items())))
+    handles = _handles()
+    entry = handles.pop(key, None)
+    if entry is not None:
+        table, seen, digest, opened = entry
+        try:
+            if time.monotonic() - opened < _MAX_AGE and _digest(path, seen) == digest:
+                if _commit_file(path, table.version() + 1).exists():
+                    table.update_incremental()
+                if table.version() != seen:
+                    seen, digest = table.version(), _digest(path, table.version())
+                handles[key] = (table, seen, digest, opened)
+                return table
+        except (OSError, DeltaError):
+            pass  # unreadable, gone or not readable by delta-rs: open it afresh below
+    table = DeltaTable(uri(path), storage_options=options)
+    version = table.version()
+    try:
+        handles[key] = (table, version, _digest(path, version), time.monotonic())
+    except OSError:
+        return table  # its commit file is not readable (cleaned up?): used once, not cached
+    while len(handles) > _MAX_HANDLES:
+        handles.pop(next(iter(handles)))
+    return table
 
 
 def write_bytes_atomic(path: Any, data: bytes) -> None:

@@ -215,3 +215,28 @@ def test_the_leak_scanner_reads_a_store_on_s3(s3_env, tmp_path):
     found = sorted((str(x).split(": ")[0], x.kind) for x in scan_tree([root], ids))
     assert found == [(f"{s3_env['uri']}/_manifests/A81001/stray.json", "name"),
                      (f"{s3_env['uri']}/stray/leak.parquet", "nhs_number")]
+
+
+def test_a_cached_handle_on_s3_sees_another_writer_and_a_table_made_again(s3_env):
+    """gpdata.storage keeps Delta handles per process: on S3 too every read sees the newest commit."""
+    from deltalake import write_deltalake
+
+    path = storage.root(s3_env["uri"]) / "t"
+
+    def values(table):
+        return sorted(table.to_pyarrow_table()["v"].to_pylist())
+
+    storage.write_delta(path, pa.table({"v": ["a"]}))
+    first = storage.delta_table(path)
+    write_deltalake(str(path), pa.table({"v": ["b"]}), mode="append", storage_options=storage.delta_options(path))
+    assert storage.delta_table(path) is first and first.version() == 1 and values(first) == ["a", "b"]
+    assert values(storage.delta_table(path, version=0)) == ["a"] and values(first) == ["a", "b"]
+    client = s3_env["client"]
+    for key in _keys(s3_env):
+        if key.startswith("store/t/"):
+            client.delete_object(Bucket=s3_env["bucket"], Key=key)
+    for value in ("x", "y"):  # made again, up to the same version
+        write_deltalake(str(path), pa.table({"v": [value]}), mode="append",
+                        storage_options=storage.delta_options(path))
+    again = storage.delta_table(path)
+    assert again.version() == 1 and values(again) == ["x", "y"]
