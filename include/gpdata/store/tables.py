@@ -72,8 +72,27 @@ def replace_partition(store: Path, name: str, practice: str, table: pa.Table) ->
 
 
 def key_versions(store: Path, name: str, exclude_practice: str | None = None) -> set[str]:
-    """The key versions present in a table (optionally ignoring one practice's partition)."""
-    dataset = storage.delta_table(table_path(store, name)).to_pyarrow_dataset()
+    """The key versions present in a table (optionally ignoring one practice's partition).
+
+    Read from the statistics the Delta log keeps for each data file (the minimum and maximum of ``key_version``),
+    not from the data: every commit asks, so reading the column would cost as much as the whole store. A file
+    holding one version has minimum = maximum = that version; a file holding several shows at least two of them,
+    so "only version V" is answered exactly. Files without statistics are read."""
+    table = storage.delta_table(table_path(store, name))
+    files = pa.table(table.get_add_actions(flatten=True))
+    if exclude_practice and files.num_rows:
+        files = files.filter(pc.not_equal(files[f"partition.{PARTITION}"], exclude_practice))
+    if not files.num_rows:
+        return set()
+    stats = ("min.key_version", "max.key_version", "null_count.key_version")
+    if set(stats) <= set(files.column_names):
+        all_null = pc.equal(files["null_count.key_version"], files["num_records"])
+        known = pc.or_(pc.and_(pc.is_valid(files["min.key_version"]), pc.is_valid(files["max.key_version"])),
+                       pc.fill_null(all_null, False))
+        if pc.all(known).as_py():
+            return (set(pc.unique(files["min.key_version"]).to_pylist())
+                    | set(pc.unique(files["max.key_version"]).to_pylist())) - {None}
+    dataset = table.to_pyarrow_dataset()
     expr = (pc.field(PARTITION) != exclude_practice) if exclude_practice else None
     column = dataset.to_table(columns=["key_version"], filter=expr)["key_version"]
     return set(pc.unique(column).to_pylist()) - {None}
