@@ -148,11 +148,31 @@ def _practice_file(store_root, practice: str):
     return register_dir(store_root) / f"{practice}.parquet"
 
 
+# Decoded register files by their content: every practice's run reads every practice's file three times (the
+# register must be current at each check), and decoding Parquet costs far more than reading a small file's bytes.
+# Keyed by the SHA-256 of the bytes just read, so a file changed in any way is decoded afresh: never a stale answer.
+_DECODED: dict[bytes, tuple[pa.Table, str | None]] = {}
+_DECODED_MAX = 20_000
+
+
 def _read(path) -> tuple[pa.Table, str | None]:
-    table = storage.read_parquet(path)
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).digest()
+    hit = _DECODED.get(digest)
+    if hit is not None:
+        return hit
+    table = pq.read_table(pa.BufferReader(data))
     meta = table.schema.metadata or {}
     version = meta.get(b"key_version", b"").decode() or None
-    return table.select(EVENTS.names).cast(EVENTS), version
+    decoded = (table.select(EVENTS.names).cast(EVENTS), version)
+    if len(_DECODED) >= _DECODED_MAX:
+        _DECODED.clear()
+    _DECODED[digest] = decoded
+    return decoded
 
 
 def register_files(store_root) -> list:
