@@ -526,9 +526,9 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
     """Several practices with small deliveries (a daily increment) in this process, which pays imports, Great
     Expectations' set-up and caches once for all of them. Each practice is extracted, checked and committed on
     its own, exactly as ``run_practice`` would; the expectations of the practices that pass their row rules are
-    validated together (``quality.run_suites_together``: same verdicts; any failure there and each practice is
-    validated alone). A practice that fails stops there, alone: its manifest names the stage and cause, the log
-    has one ``gpdata failure`` line for it, and the other practices go on and commit.
+    validated together (``quality.run_suites_together``: same verdicts; a group with a failure is halved until the
+    practice that fails is validated alone). A practice that fails stops there, alone: its manifest names the
+    stage and cause, the log has one ``gpdata failure`` line for it, and the other practices go on and commit.
 
     Returns, per ODS code, ``{"status": "committed" | "unchanged" | "failed", ...}`` with counts, or the failed
     stage and cause."""
@@ -547,26 +547,23 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
         except Exception as exc:  # noqa: BLE001 - one practice's failure is its own; the others go on
             out[ods] = _failed(settings, feed, run_id, stage, exc)
         log.info("chunk: %d/%d practices read (%s)", number, len(feeds), ods)
-    together = None
+    together: dict[str, list[dict] | None] = {}
     started = time.monotonic()
     passing = {ods: c.result.passed for ods, (_, c) in checking.items() if c.result.ok}
     if len(passing) > 1:
-        base = settings.quality / "_chunks" / store.safe_name(run_id) / f"{min(passing)}-{len(passing)}"
-        try:
-            together = quality.run_suites_together(passing, today, gx_root=base / "gx", docs_dir=base / "docs")
-            for ods in together or {}:  # each practice's Data Docs: the pages of the validation its rows were in
-                shutil.copytree(base / "docs", settings.data_docs / ods, dirs_exist_ok=True)
+        try:  # each practice's Data Docs: a copy of the pages of the validation its rows passed in
+            together = quality.run_suites_together(
+                passing, today, work=settings.quality / "_chunks" / store.safe_name(run_id) / min(passing),
+                docs_of=lambda ods: settings.data_docs / ods)
         except Exception as exc:  # noqa: BLE001 - validated one by one instead, as a practice alone would be
             log.warning("chunk: validating %d practices together failed (%s): each is validated alone",
                         len(passing), type(exc).__name__)
-            together = None
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+            together = {}
     shared = (time.monotonic() - started) / max(len(passing), 1)
     for ods, (feed, c) in checking.items():
         stage = "quality"
         try:
-            if together is not None and ods in together:
+            if together.get(ods) is not None:
                 quality.add_expectations(c.result, together[ods], shared)
             else:
                 _expect(feed, settings, c, today)

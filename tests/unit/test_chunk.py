@@ -120,7 +120,7 @@ def _replace(table: pa.Table, column: str, row: int, value) -> pa.Table:
 
 def test_together_every_practice_passes_and_each_gets_its_own_counts(passed):
     together = quality.run_suites_together(passed, TODAY)
-    assert together is not None and set(together) == set(passed)
+    assert set(together) == set(passed) and all(r is not None for r in together.values())
     assert all(_verdicts_alone(passed).values())
     for practice, results in together.items():
         assert all(r["success"] for r in results)
@@ -131,10 +131,11 @@ def test_together_every_practice_passes_and_each_gets_its_own_counts(passed):
 
 @pytest.mark.parametrize("defect", ["another_practice", "before_1900", "duplicate_record", "bad_pseudonym"])
 def test_a_defect_in_one_practice_is_never_passed_together(passed, defect):
-    """Whatever breaks one practice's suite alone makes the validation together fail (so each practice is then
-    validated alone). A practice code of another practice of the chunk is the case a set of the chunk's
-    practices would let through: the row is checked against the practice it was staged for."""
-    practices = sorted(passed)
+    """Whatever breaks one practice's suite alone makes every group holding it fail, down to the practice alone
+    (validated alone by the caller); the others pass in their half. A practice code of another practice of the
+    chunk is the case a set of the chunk's practices would let through: the row is checked against the practice
+    it was staged for."""
+    practices = list(passed)  # the first is alone in the first half; the other two pass together
     victim, other = practices[0], practices[1]
     tables = {p: dict(t) for p, t in passed.items()}
     obs = tables[victim]["observations"]
@@ -150,7 +151,8 @@ def test_a_defect_in_one_practice_is_never_passed_together(passed, defect):
     tables[victim]["observations"] = obs
     alone = _verdicts_alone(tables)
     assert alone == {p: p != victim for p in practices}
-    assert quality.run_suites_together(tables, TODAY) is None
+    together = quality.run_suites_together(tables, TODAY)
+    assert {p: r is not None for p, r in together.items()} == alone  # the victim: the caller validates it alone
 
 
 def test_plan_puts_baselines_and_large_deliveries_alone(home):
@@ -177,4 +179,4 @@ def test_the_same_key_in_two_practices_passes_together_as_it_does_alone(passed):
     b["observations"] = _replace(b["observations"], "record_id", 0, a["observations"]["record_id"][0].as_py())
     b["patients"] = _replace(b["patients"], "patient_pid", 0, a["patients"]["patient_pid"][0].as_py())
     assert all(_verdicts_alone(tables).values())
-    assert quality.run_suites_together(tables, TODAY) is not None
+    assert all(r is not None for r in quality.run_suites_together(tables, TODAY).values())

@@ -77,7 +77,8 @@ def make_increment(tables: dict[str, pa.Table], *, seed: int = 7, fraction: floa
     obs = tables["observations"]
     # type 1 codes are never amended, deleted or copied as new records: the one new dissent is made below
     dissent_codes = {"827241000000103", "9Nu0.", "XaZ89", "827261000000102", "9Nu1.", "XaZ8A"}
-    type1_row = pc.fill_null(pc.is_in(obs["code"], pa.array(sorted(dissent_codes))), False).to_numpy(zero_copy_only=False)
+    type1_row = pc.fill_null(pc.is_in(obs["code"], pa.array(sorted(dissent_codes))), False)
+    type1_row = type1_row.to_numpy(zero_copy_only=False)
     rows = _unique_rows(obs)
     rows = rows[~type1_row[rows]]
     rng.shuffle(rows)
