@@ -535,8 +535,8 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
     validated alone). A practice that fails stops there, alone: its manifest names the stage and cause, the log
     has one ``gpdata failure`` line for it, and the other practices go on and commit.
 
-    Returns, per ODS code, ``{"status": "committed" | "unchanged" | "failed", ...}`` with counts, or the failed
-    stage and cause."""
+    Returns, per ODS code, ``{"status": "committed" | "unchanged" | "failed", ...}`` with counts, the run last
+    committed, or the failed stage and cause."""
     today = today or dt.date.today()
     out: dict[str, dict] = {}
     checking: dict[str, tuple[Feed, _Checking]] = {}
@@ -545,7 +545,8 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
         try:
             counts = extract(feed, settings, run_id, force=force, connection_uri=(connection_uris or {}).get(ods))
             if counts.get("status") == "unchanged":
-                out[ods] = {"practice": ods, "status": "unchanged"}
+                out[ods] = {"practice": ods, "status": "unchanged",
+                            "last_committed_run": counts.get("last_committed_run")}
                 continue
             stage = "quality"
             checking[ods] = (feed, _check_rows(feed, settings, run_id, today))

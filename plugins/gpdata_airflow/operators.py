@@ -216,7 +216,7 @@ class PracticeChunkOperator(BaseOperator):
                 committed.append(_commit_summary(ods, result))
                 log.info("practice %s committed: %s", ods, _headline(result))
             elif result["status"] == "unchanged":
-                log.info("practice %s unchanged: nothing new delivered", ods)
+                log.info("practice %s unchanged: nothing new delivered since run %s", ods, result["last_committed_run"])
             else:
                 failed.append(f"{ods} ({result['stage']})")
                 log.info("practice %s failed at %s: %s", ods, result["stage"], result["cause"])

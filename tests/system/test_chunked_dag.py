@@ -1,10 +1,12 @@
-"""Small practices several to a task, through `airflow dags test gpdata_extract`: three tiny practices baselined
-earlier deliver a small increment and run in chunks (GPDATA_CHUNK_PRACTICES=2: two chunks), one of them with a
-broken delivery; a fourth, never committed, runs alone through its extract, quality and commit tasks.
+"""Small practices several to a task, through `airflow dags test gpdata_extract`: four tiny practices baselined
+earlier run in chunks (GPDATA_CHUNK_PRACTICES=2: two chunks). In the first, both deliver a small increment, one
+of them broken; in the second, nothing new was delivered. A fifth, never committed, runs alone through its
+extract, quality and commit tasks.
 
-Proves: the plan puts the baseline alone and the increments in chunks; the broken practice's manifest names its
-stage and cause and nothing of it is committed; the other practices, in its chunk and the other, commit; its chunk
-task fails after every practice ran, naming it; the run fails; the baseline commits through the per-practice path.
+Proves: the plan puts the baseline alone and the others in chunks; the broken practice's manifest names its stage
+and cause and nothing of it is committed; the other practice of its chunk commits; the chunk task fails after
+every practice ran, naming it; the chunk with nothing new is skipped; the run fails (the skip hides nothing);
+the baseline commits through the per-practice path.
 """
 
 import os
@@ -34,13 +36,13 @@ def run(tmp_path_factory):
     env["GPDATA_SECRETS_DIR"] = os.environ["GPDATA_SECRETS_DIR"]  # the test session's, never the checkout's
     env.update({"GPDATA_HOME": str(home), "GPDATA_FEEDS_DIR": str(home / "feeds"), "GPDATA_CHUNK_PRACTICES": "2"})
     cfg = settings.load(env)
-    truths = generate(home, n_practices=4, n_patients=25, events_per_patient=8, dirty_fraction=0.0,
+    truths = generate(home, n_practices=5, n_patients=25, events_per_patient=8, dirty_fraction=0.0,
                       optout_fraction=0.1, seed=11)
     codes = sorted(t.ods_code for t in truths)
     write_synthetic_feeds(codes, cfg.sources, cfg.feeds_dir, formats=["emis_csv"])
     keys.write_development_key(cfg.secrets / "dev.key")
     env.update(airflow_env(cfg, cfg.secrets / "dev.key"))
-    baselined, new = codes[:3], codes[3]
+    baselined, new = codes[:4], codes[4]
     dialect = load_dialect("emis_csv")
     with pytest.MonkeyPatch.context() as process:  # the baselines in this process, on the same home and key
         for name, value in env.items():
@@ -49,6 +51,8 @@ def run(tmp_path_factory):
         for number, ods in enumerate(baselined):
             feed = find_feed(cfg.feeds_dir, ods)
             assert pipeline.run_practice(feed, cfg, "earlier")["status"] == "committed"
+            if number >= 2:  # the second chunk: nothing new
+                continue
             inc = exports.make_increment(exports.canonical_of(cfg.sources / ods, ods), seed=number, fraction=0.05)
             write_delivery(inc.changed, feed.location_path(), ods, dialect, DAY2, deleted=inc.deleted)
         broken = baselined[1]
@@ -66,12 +70,12 @@ def run(tmp_path_factory):
 
 
 def test_the_plan_runs_the_baseline_alone_and_the_increments_in_chunks(run):
-    tis, (a, _, c), new = run["tis"], run["baselined"], run["new"]
+    tis, (a, _, c, _), new = run["tis"], run["baselined"], run["new"]
     assert tis[("practices_001.plan", -1)][1] == "success"
     alone = {i: v for (t, i), v in tis.items() if t == "practices_001.practice.extract"}
     assert alone == {0: (new, "success")}
     chunks = {i: v for (t, i), v in tis.items() if t == "practices_001.chunk"}
-    assert chunks == {0: (f"{a} +1", "failed"), 1: (f"{c} +0", "success")}
+    assert chunks == {0: (f"{a} +1", "failed"), 1: (f"{c} +1", "skipped")}
 
 
 def test_a_broken_delivery_in_a_chunk_fails_that_practice_only_and_the_run(run):
@@ -83,8 +87,9 @@ def test_a_broken_delivery_in_a_chunk_fails_that_practice_only_and_the_run(run):
     assert store.last_committed(cfg.manifests, broken)["run_id"] == "earlier"
     for name, rows in run["before"].items():
         assert store.read_table(cfg.store, name, broken).num_rows == rows, name
-    for ods in [o for o in run["baselined"] if o != broken] + [run["new"]]:
-        assert manifests[ods]["run_id"] == run_id and manifests[ods]["status"] == "committed", ods
+    first, _, *unchanged = run["baselined"]
+    for ods, status in [(first, "committed"), (run["new"], "committed"), *((u, "unchanged") for u in unchanged)]:
+        assert manifests[ods]["run_id"] == run_id and manifests[ods]["status"] == status, ods
     assert manifests[run["new"]]["source"]["mode"] == "baseline"
     assert manifests[run["baselined"][0]]["source"]["mode"] == "incremental"
     output = run["outputs"][1]
