@@ -23,8 +23,7 @@ from airflow.dag_processing.dagbag import DagBag
 t0 = time.perf_counter()
 bag = DagBag(dag_folder=sys.argv[1])
 seconds = time.perf_counter() - t0
-groups = {d: [len(g._expand_input.value["ods_code"]) for n, g in bag.dags[d].task_group_dict.items()
-              if n.startswith("practices_")] for d in bag.dags}
+groups = {d: [len(t.ods_codes) for t in bag.dags[d].tasks if t.task_id.endswith(".plan")] for d in bag.dags}
 print(json.dumps({"seconds": seconds, "errors": list(bag.import_errors.values()), "groups": groups,
                   "tasks": {d: len(bag.dags[d].task_ids) for d in bag.dags}}))
 """

@@ -468,16 +468,18 @@ def record_failure(settings: Settings, practice: str, run_id: str, *, stage: str
     return doc
 
 
-def delivered_bytes(feed: Feed, settings: Settings) -> int | None:
+def delivered_bytes(feed: Feed, settings: Settings, *, force: bool = False) -> int | None:
     """Bytes delivered for a practice since its last commit (files in its delivery folder changed since then), to
     plan chunks by; None when the practice has never committed (a baseline) or cannot be looked at, so it runs
-    alone. A database feed after its baseline delivers rows changed since the watermark: counted as 0."""
+    alone. A database feed after its baseline delivers rows changed since the watermark: counted as 0.
+    With ``force`` (everything is read again) every file of the delivery folder counts, and a database feed,
+    whose size is not known, is None."""
     path = ledger.PracticeState.load(settings.state, feed.ods_code).folder / "ledger.json"
     if not path.exists():
         return None
     if feed.format == "sql":
-        return 0
-    since = path.stat().st_mtime
+        return None if force else 0
+    since = 0 if force else path.stat().st_mtime
     try:
         return sum(st.st_size for st in (f.stat() for f in feed.location_path().rglob("*") if f.is_file())
                    if st.st_mtime >= since)
@@ -486,17 +488,18 @@ def delivered_bytes(feed: Feed, settings: Settings) -> int | None:
 
 
 def plan_chunks(feeds: list[Feed], settings: Settings, *, max_bytes: int | None = None,
-                max_practices: int | None = None) -> tuple[list[str], list[list[str]]]:
+                max_practices: int | None = None, force: bool = False) -> tuple[list[str], list[list[str]]]:
     """(practices that run alone, chunks of practices that run together). A practice delivering more than
     ``max_bytes`` since its last commit, or never committed, runs alone (its three stages as three tasks);
-    the others are packed in delivery order into chunks of at most ``max_bytes`` and ``max_practices``."""
+    the others are packed in delivery order into chunks of at most ``max_bytes`` and ``max_practices``.
+    With ``force`` a practice's whole delivery is measured (see ``delivered_bytes``)."""
     import os
 
     max_bytes = max_bytes or int(os.environ.get(CHUNK_BYTES_ENV) or DEFAULT_CHUNK_BYTES)
     max_practices = max_practices or int(os.environ.get(CHUNK_PRACTICES_ENV) or DEFAULT_CHUNK_PRACTICES)
     alone, chunks, current, size = [], [], [], 0
     for feed in feeds:
-        n = delivered_bytes(feed, settings)
+        n = delivered_bytes(feed, settings, force=force)
         if n is None or n > max_bytes:
             alone.append(feed.ods_code)
             continue
@@ -510,15 +513,17 @@ def plan_chunks(feeds: list[Feed], settings: Settings, *, max_bytes: int | None 
     return alone, chunks
 
 
-def _failed(settings: Settings, feed: Feed, run_id: str, stage: str, exc: BaseException) -> dict:
+def practice_failed(settings: Settings, practice: str, run_id: str, stage: str, exc: BaseException) -> dict:
+    """One practice of a chunk failed: its manifest names the stage and cause, the log has one ``gpdata failure``
+    line (and, for an unexpected error, the traceback's frames). Returns the chunk's result for the practice."""
     stage = getattr(exc, "stage", None) or stage
     cause = failure_cause(exc)
-    record_failure(settings, feed.ods_code, run_id, stage=stage, cause=cause)
+    record_failure(settings, practice, run_id, stage=stage, cause=cause)
     if not isinstance(exc, GpdataError):  # the frames, never the message (it may quote data)
-        log.error("practice %s: traceback (message withheld):\n%s", feed.ods_code,
+        log.error("practice %s: traceback (message withheld):\n%s", practice,
                   "".join(traceback.format_tb(exc.__traceback__)))
-    log.error("gpdata failure: practice=%s stage=%s cause=%s", feed.ods_code, stage, cause)
-    return {"practice": feed.ods_code, "status": "failed", "stage": stage, "cause": cause}
+    log.error("gpdata failure: practice=%s stage=%s cause=%s", practice, stage, cause)
+    return {"practice": practice, "status": "failed", "stage": stage, "cause": cause}
 
 
 def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date | None = None, *,
@@ -530,8 +535,8 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
     practice that fails is validated alone). A practice that fails stops there, alone: its manifest names the
     stage and cause, the log has one ``gpdata failure`` line for it, and the other practices go on and commit.
 
-    Returns, per ODS code, ``{"status": "committed" | "unchanged" | "failed", ...}`` with counts, or the failed
-    stage and cause."""
+    Returns, per ODS code, ``{"status": "committed" | "unchanged" | "failed", ...}`` with counts, the run last
+    committed, or the failed stage and cause."""
     today = today or dt.date.today()
     out: dict[str, dict] = {}
     checking: dict[str, tuple[Feed, _Checking]] = {}
@@ -540,12 +545,13 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
         try:
             counts = extract(feed, settings, run_id, force=force, connection_uri=(connection_uris or {}).get(ods))
             if counts.get("status") == "unchanged":
-                out[ods] = {"practice": ods, "status": "unchanged"}
+                out[ods] = {"practice": ods, "status": "unchanged",
+                            "last_committed_run": counts.get("last_committed_run")}
                 continue
             stage = "quality"
             checking[ods] = (feed, _check_rows(feed, settings, run_id, today))
         except Exception as exc:  # noqa: BLE001 - one practice's failure is its own; the others go on
-            out[ods] = _failed(settings, feed, run_id, stage, exc)
+            out[ods] = practice_failed(settings, ods, run_id, stage, exc)
         log.info("chunk: %d/%d practices read (%s)", number, len(feeds), ods)
     together: dict[str, list[dict] | None] = {}
     started = time.monotonic()
@@ -572,5 +578,5 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
             counts = commit(feed, settings, run_id)
             out[ods] = {**counts, "status": "committed"}
         except Exception as exc:  # noqa: BLE001 - as above
-            out[ods] = _failed(settings, feed, run_id, stage, exc)
+            out[ods] = practice_failed(settings, ods, run_id, stage, exc)
     return {feed.ods_code: out[feed.ods_code] for feed in feeds}

@@ -48,8 +48,11 @@ def _one_line(text: str, limit: int = 1000) -> str:
 
 
 def _task_practice(context) -> str | None:
-    """The practice a task works on: its ods_code, its rendered map index, or its task group's id."""
+    """The practice a task works on: its ods_code, its rendered map index, or its task group's id. None for a
+    task that records its practices' failures itself (a chunk of practices: a failure is not the first one's)."""
     task = context.get("task")
+    if getattr(task, "records_own_failures", False):
+        return None
     ods = getattr(task, "ods_code", None)
     if isinstance(ods, str) and ODS_RE.match(ods):
         return ods

@@ -11,17 +11,22 @@ import os
 import re
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, task_group
+from airflow.sdk import DAG, TaskGroup, task_group
 
 from gpdata import settings
 from gpdata.errors import ConfigError
 from gpdata.ingest.feeds import DEFAULT_SCHEDULE, survey_feeds
 from gpdata_airflow.alerts import deadline_alert, failure_callback
 from gpdata_airflow.operators import (
+    CHUNK_LABEL,
+    CURATED_STORE,
     EXTRACTION_RUN,
     RELEASES,
     CuratedCommitOperator,
     DisseminateOperator,
+    PlanPartOperator,
+    PlanPracticesOperator,
+    PracticeChunkOperator,
     PracticeExtractOperator,
     PrepareStoreOperator,
     QualityGateOperator,
@@ -34,9 +39,17 @@ EXTRACTION_DOC = """
 ### GP practice extraction
 
 Every active practice feed with this DAG's schedule, from the feed YAML files in `GPDATA_FEEDS_DIR`
-(default `include/config/feeds/`). Practices run as mapped task groups `practices_NNN` of at most
-`GPDATA_MAP_BATCH` (default 1000, never above `[core] max_map_length`); each mapped instance is labelled by
-its **ODS code**, so search the mapped instances for a practice. For each practice:
+(default `include/config/feeds/`), in static task groups `practices_NNN` of at most `GPDATA_MAP_BATCH`
+(default 1000, never above `[core] max_map_length`).
+
+**Plan.** Each group's `plan` task looks at what each practice delivered since its last commit (with
+`{"force": true}`, its whole delivery): a practice never committed (a baseline), delivering more than
+`GPDATA_CHUNK_BYTES` (default 64 MiB), or whose feed file cannot be read runs **alone**; the others run
+together in **chunks** of at most `GPDATA_CHUNK_BYTES` delivered and `GPDATA_CHUNK_PRACTICES` (default 50)
+practices. Its XCom lists the ODS codes of each. A run's `practices` conf limits the plan to those practices.
+
+**Alone**: the mapped task group `practice` (`extract >> quality >> commit`), one mapped instance per practice
+labelled by its **ODS code**:
 
 1. **extract**: read what is new (a FHIR snapshot, flat-file deliveries, or database changes since the
    watermark), skip duplicate files, drop every record of patients with a type 1 opt-out, de-identify (keyed
@@ -49,9 +62,19 @@ its **ODS code**, so search the mapped instances for a practice. For each practi
    partition of each curated Delta table; record the delivered files and watermark; write the run manifest;
    emit an asset event on `gpdata_curated_store` with the counts.
 
-`run_summary` logs one line per practice. Counts per stage are in `$GPDATA_HOME/store/_manifests/`.
-Trigger with `{"force": true}` to re-extract practices whose delivery has not changed.
-A failed task logs one line `gpdata failure: practice=... stage=... cause=...`; the **GP data** page shows it.
+**Chunks**: the mapped task `chunk`, one instance per chunk labelled by its first practice and how many more
+(`A81001 +49`). It runs the same three stages for each of its practices, one after the other in one process,
+each practice committed on its own, and emits one asset event on `gpdata_curated_store` with the counts of
+each practice committed. A practice that fails stops there alone: its manifest names the stage and cause (the
+**GP data** page shows them) and the task log has its `gpdata failure` line; the others go on. The task then
+fails, naming the failed practices and their stages (a failed task emits no asset event; its committed
+practices' manifests say so). All its practices unchanged: the task is *skipped*. Which chunk holds a
+practice: the `chunks` list in the `plan` task's XCom, whose position is the `chunk` task's map index.
+
+`run_summary` logs one line per practice; `all_practices_ok` fails the run when any practice failed.
+Counts per stage are in `$GPDATA_HOME/store/_manifests/`. Trigger with `{"force": true}` to re-extract
+practices whose delivery has not changed. A failed practice logs one line
+`gpdata failure: practice=... stage=... cause=...`; the **GP data** page shows it.
 """
 DEFAULT_MAP_BATCH = 1000
 log = logging.getLogger("gpdata.airflow")
@@ -133,22 +156,37 @@ def build_extraction_dag(dag_id: str = "gpdata_extract", schedule: str | None = 
         ValidateRunConfOperator(task_id="validate_conf") >> prepare
         summary = RunSummaryOperator(task_id="run_summary", ods_codes=ods_codes, feeds_dir=str(cfg.feeds_dir))
         # The run's state comes from its leaves: run_summary runs whatever happened, so this leaf fails the
-        # run (upstream_failed) when any practice task failed; practices skipped as unchanged do not.
-        all_practices_ok = EmptyOperator(task_id="all_practices_ok", doc_md="Fails the run when any practice failed")
+        # run (upstream_failed) when any practice task failed. none_failed, not all_success: a skip (a practice
+        # unchanged, or an empty plan list mapped to no task) must neither fail the run nor, by skipping this
+        # leaf before a later failure, hide one.
+        all_practices_ok = EmptyOperator(task_id="all_practices_ok", trigger_rule="none_failed",
+                                         doc_md="Fails the run when any practice failed")
+        feeds_dir = str(cfg.feeds_dir)
         for number, start in enumerate(range(0, len(ods_codes), batch), start=1):
-            chunk = ods_codes[start:start + batch]
+            codes = ods_codes[start:start + batch]
+            with TaskGroup(group_id=f"practices_{number:03d}",
+                           tooltip=f"practices {codes[0]} to {codes[-1]} ({len(codes)})"):
+                plan = PlanPracticesOperator(task_id="plan", ods_codes=codes, feeds_dir=feeds_dir)
+                alone = PlanPartOperator(task_id="alone", plan=plan.output, part="alone")
+                chunks = PlanPartOperator(task_id="chunks", plan=plan.output, part="chunks")
 
-            @task_group(group_id=f"practices_{number:03d}",
-                        tooltip=f"practices {chunk[0]} to {chunk[-1]} ({len(chunk)})")
-            def practice(ods_code):
-                args = {"ods_code": ods_code, "feeds_dir": str(cfg.feeds_dir),
-                        "map_index_template": "{{ task.ods_code }}"}
-                extract = PracticeExtractOperator(task_id="extract", **args)
-                check = QualityGateOperator(task_id="quality", **args)
-                commit = CuratedCommitOperator(task_id="commit", **args)
-                extract >> check >> commit
+                @task_group(group_id="practice")
+                def practice(ods_code):
+                    args = {"ods_code": ods_code, "feeds_dir": feeds_dir,
+                            "map_index_template": "{{ task.ods_code }}"}
+                    extract = PracticeExtractOperator(task_id="extract", **args)
+                    check = QualityGateOperator(task_id="quality", **args)
+                    commit = CuratedCommitOperator(task_id="commit", **args)
+                    extract >> check >> commit
 
-            prepare >> practice.expand(ods_code=chunk) >> [summary, all_practices_ok]
+                chunk = PracticeChunkOperator.partial(
+                    task_id="chunk", feeds_dir=feeds_dir, map_index_template=CHUNK_LABEL, outlets=[CURATED_STORE],
+                    doc_md=" ".join((PracticeChunkOperator.__doc__ or "").split()),
+                ).expand(ods_codes=chunks.output)
+                work = [practice.expand(ods_code=alone.output), chunk]
+                prepare >> plan
+                work >> summary
+                work >> all_practices_ok
         summary >> all_practices_ok
     return dag
 

@@ -104,16 +104,132 @@ class CuratedCommitOperator(_PracticeOperator):
         from gpdata import pipeline
 
         counts = pipeline.commit(feed, cfg, context["run_id"])
-        summary = {
-            "practice": feed.ods_code,
-            "patients_read": counts["patients_read"],
-            "type1_patients_excluded": counts["type1_optout"]["patients_excluded"],
-            "committed_rows": counts["committed_rows"],
-            "quarantined_rows": {t: sum(r.values()) for t, r in counts["quality"]["quarantined"].items()},
-        }
+        summary = _commit_summary(feed.ods_code, counts)
         context["outlet_events"][CURATED_STORE].extra = summary
         log.info("practice %s committed: %s", feed.ods_code, _headline(counts))
         return summary
+
+
+def _commit_summary(practice: str, counts: dict) -> dict:
+    """A committed practice's counts for its asset event and XCom (no record's values)."""
+    return {
+        "practice": practice,
+        "patients_read": counts["patients_read"],
+        "type1_patients_excluded": counts["type1_optout"]["patients_excluded"],
+        "committed_rows": counts["committed_rows"],
+        "quarantined_rows": {t: sum(r.values()) for t, r in counts["quality"]["quarantined"].items()},
+    }
+
+
+class PlanPracticesOperator(BaseOperator):
+    """Plan this group's practices (gpdata.pipeline.plan_chunks): a practice never committed, or delivering more
+    than GPDATA_CHUNK_BYTES since its last commit (in a forced run, its whole delivery), runs alone (extract,
+    quality and commit as three tasks); the others run together in chunks of at most GPDATA_CHUNK_BYTES and
+    GPDATA_CHUNK_PRACTICES practices. Returns the ODS codes of each and their counts."""
+
+    ui_color = "#f2ecc4"
+
+    def __init__(self, *, ods_codes: list[str], feeds_dir: str, **kwargs) -> None:
+        kwargs.setdefault("doc_md", " ".join((type(self).__doc__ or "").split()))
+        super().__init__(**kwargs)
+        self.ods_codes = ods_codes
+        self.feeds_dir = feeds_dir
+
+    def execute(self, context):
+        from gpdata import pipeline, settings
+        from gpdata.ingest.feeds import survey_feeds
+        from gpdata_airflow.params import run_conf
+
+        conf = run_conf(context)
+        codes = [c for c in self.ods_codes if not conf.practices or c in conf.practices]
+        readable = {f.ods_code: f for f in survey_feeds(self.feeds_dir)[0]}
+        _, chunks = pipeline.plan_chunks([readable[c] for c in codes if c in readable], settings.load(),
+                                         force=conf.force)
+        chunked = {c for chunk in chunks for c in chunk}
+        # A practice whose feed file cannot be read now runs alone: its extract task fails naming the cause.
+        alone = [c for c in codes if c not in chunked]
+        log.info("plan: %d practice(s): %d alone, %d in %d chunk(s)%s", len(codes), len(alone), len(chunked),
+                 len(chunks), " (force: whole deliveries measured)" if conf.force else "")
+        return {"practices": len(codes), "alone": alone, "chunks": chunks, "chunked": len(chunked)}
+
+
+class PlanPartOperator(BaseOperator):
+    """One list of the group's plan (``alone`` or ``chunks``), for the tasks mapped over it. Airflow maps over
+    a task's whole return value, never over one key of it (apache/airflow#37073), hence a task per list."""
+
+    ui_color = "#f2ecc4"
+    template_fields = ("plan",)
+
+    def __init__(self, *, plan, part: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.part = part
+
+    def execute(self, context):
+        return list(self.plan[self.part])
+
+
+CHUNK_LABEL = "{{ task.ods_codes[0] }} +{{ task.ods_codes | length - 1 }}"  # "A81001 +49": the chunk's practices
+
+
+class PracticeChunkOperator(BaseOperator):
+    """Several practices with small deliveries in one task (gpdata.pipeline.run_chunk): each extracted, checked
+    and committed on its own, as its three tasks would. A practice that fails is recorded in its manifest (stage
+    and cause) and logged in one gpdata failure line; the others go on. Emits one asset event on the curated
+    store with the counts of the practices committed. Fails, after every practice ran, if any failed."""
+
+    ui_color = "#d5e8f7"
+    template_fields = ("ods_codes",)
+    records_own_failures = True  # gpdata_airflow.alerts: the failure callback records no practice for this task
+
+    def __init__(self, *, ods_codes: list[str], feeds_dir: str, **kwargs) -> None:
+        kwargs.setdefault("doc_md", " ".join((type(self).__doc__ or "").split()))
+        kwargs.setdefault("outlets", [CURATED_STORE])
+        super().__init__(**kwargs)
+        self.ods_codes = ods_codes
+        self.feeds_dir = feeds_dir
+
+    def execute(self, context):
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from gpdata import pipeline, settings
+        from gpdata.errors import GpdataError
+        from gpdata.ingest.feeds import find_feed
+        from gpdata_airflow.params import run_conf
+
+        cfg, run_id, force = settings.load(), context["run_id"], run_conf(context).force
+        feeds, uris, out = [], {}, {}
+        for ods in self.ods_codes:
+            try:
+                feed = find_feed(self.feeds_dir, ods)
+                if feed.format == "sql":
+                    uris[ods] = BaseHook.get_connection(feed.connection_id).get_uri()
+                feeds.append(feed)
+            except Exception as exc:  # noqa: BLE001 - this practice's failure; the others go on
+                out[ods] = pipeline.practice_failed(cfg, ods, run_id, "extract", exc)
+        out.update(pipeline.run_chunk(feeds, cfg, run_id, force=force, connection_uris=uris))
+        committed, failed = [], []
+        for ods in self.ods_codes:
+            result = out[ods]
+            if result["status"] == "committed":
+                committed.append(_commit_summary(ods, result))
+                log.info("practice %s committed: %s", ods, _headline(result))
+            elif result["status"] == "unchanged":
+                log.info("practice %s unchanged: nothing new delivered since run %s", ods, result["last_committed_run"])
+            else:
+                failed.append(f"{ods} ({result['stage']})")
+                log.info("practice %s failed at %s: %s", ods, result["stage"], result["cause"])
+        log.info("chunk: %d practice(s): %d committed, %d unchanged, %d failed", len(self.ods_codes),
+                 len(committed), len(self.ods_codes) - len(committed) - len(failed), len(failed))
+        if failed:  # a failed task emits no asset event; the committed practices' manifests say so
+            raise GpdataError(f"{len(failed)} of {len(self.ods_codes)} practices failed: {', '.join(failed)}; "
+                              "the others ran (their gpdata failure lines and manifests say why)", stage="chunk")
+        if not committed:
+            raise AirflowSkipException(f"all {len(self.ods_codes)} practices unchanged: nothing new delivered")
+        context["outlet_events"][CURATED_STORE].extra = {"committed": committed}
+        return {"committed": [c["practice"] for c in committed],
+                "unchanged": [o for o in self.ods_codes if out[o]["status"] == "unchanged"]}
 
 
 class PrepareStoreOperator(BaseOperator):

@@ -33,11 +33,21 @@ def test_dags_import_without_errors_and_name_tasks_by_ods_code(airflow_env):
     bag = _dagbag()
     assert bag.import_errors == {}
     dag = bag.dags["gpdata_extract"]
-    assert {"practices_001.extract", "practices_001.quality", "practices_001.commit"} <= set(dag.task_ids)
-    group = dag.task_group_dict["practices_001"]
-    assert group._expand_input.value == {"ods_code": ["A81001", "B82002"]}  # inactive C83003 does not run
-    assert dag.task_dict["practices_001.quality"].upstream_task_ids == {"practices_001.extract"}
-    assert dag.task_dict["practices_001.extract"].map_index_template == "{{ task.ods_code }}"
+    stages = {f"practices_001.practice.{s}" for s in ("extract", "quality", "commit")}
+    assert stages | {"practices_001.plan", "practices_001.chunk"} <= set(dag.task_ids)
+    assert dag.task_dict["practices_001.plan"].ods_codes == ["A81001", "B82002"]  # inactive C83003 does not run
+    # the per-practice group runs the plan's practices alone, the chunk task its chunks: each mapped at run time
+    [(alone, key)] = dag.task_group_dict["practices_001.practice"]._expand_input.value["ods_code"].iter_references()
+    assert alone.task_id == "practices_001.alone" and key == "return_value"
+    assert dag.task_dict["practices_001.alone"].upstream_task_ids == {"practices_001.plan"}
+    chunk = dag.task_dict["practices_001.chunk"]
+    [(chunks, _)] = chunk.expand_input.value["ods_codes"].iter_references()
+    assert chunks.task_id == "practices_001.chunks" and chunk.upstream_task_ids == {"practices_001.chunks"}
+    quality = dag.task_dict["practices_001.practice.quality"]
+    assert quality.upstream_task_ids == {"practices_001.practice.extract", "practices_001.alone"}
+    assert dag.task_dict["practices_001.practice.extract"].map_index_template == "{{ task.ods_code }}"
+    leaf = dag.task_dict["all_practices_ok"]
+    assert {"practices_001.practice.commit", "practices_001.chunk"} <= leaf.upstream_task_ids
     assert "gpdata" in dag.tags and dag.doc_md and "force" in dag.params
     release = bag.dags["gpdata_release"]
     assert release.task_ids == ["release"] and "release" in release.tags
@@ -54,12 +64,12 @@ def test_practices_are_split_into_groups_under_max_map_length_and_by_schedule(ai
     bag = _dagbag()
     assert bag.import_errors == {}
     daily = bag.dags["gpdata_extract"]
-    groups = {g: daily.task_group_dict[g]._expand_input.value["ods_code"] for g in daily.task_group_dict}
+    groups = {g: daily.task_dict[f"{g}.plan"].ods_codes for g in daily.task_group_dict if "." not in g}
     assert list(groups) == ["practices_001", "practices_002", "practices_003"]
     assert [len(v) for v in groups.values()] == [3, 3, 1]
     assert sorted(sum(groups.values(), [])) == ["A81001", "B82002", *[f"E8500{n}" for n in range(5)]]
     weekly = bag.dags["gpdata_extract_0_3_1"]
-    assert weekly.task_group_dict["practices_001"]._expand_input.value == {"ods_code": ["F86006"]}
+    assert weekly.task_dict["practices_001.plan"].ods_codes == ["F86006"]
 
 
 def test_a_broken_feed_disables_that_feed_only_and_is_shown(airflow_env, caplog):
@@ -72,7 +82,7 @@ def test_a_broken_feed_disables_that_feed_only_and_is_shown(airflow_env, caplog)
     assert bag.import_errors == {}
     dag = bag.dags["gpdata_extract"]
     # the good practices still run, the broken ones do not
-    assert dag.task_group_dict["practices_001"]._expand_input.value == {"ods_code": ["A81001", "B82002", "F86006"]}
+    assert dag.task_dict["practices_001.plan"].ods_codes == ["A81001", "B82002", "F86006"]
     # shown: a warning at parse time and the DAG's documentation, each naming the file, the field and the cause
     warned = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert any("D84004.yaml" in w and "field 'ods_code'" in w for w in warned), warned

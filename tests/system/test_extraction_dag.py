@@ -126,6 +126,28 @@ def test_a_run_with_nothing_new_skips_every_practice(demo):
     assert "nothing new delivered since run" in demo["outputs"][3]
 
 
+def test_empty_plan_lists_and_skipped_chunks_leave_each_run_successful(demo):
+    """The first run's baselines run alone (no chunk), the forced run's small deliveries in one chunk (nothing
+    alone), the third run's chunk is skipped (nothing new): a list mapped to no task instance and a skip fail no
+    run."""
+    import sqlite3
+
+    extract, chunk = "practices_001.practice.extract", "practices_001.chunk"
+    with sqlite3.connect(demo["cfg"].airflow_home / "airflow.db") as conn:
+        runs = conn.execute("select run_id, state from dag_run where dag_id = 'gpdata_extract' order by id").fetchall()
+        tis = {(r, t, i): (label, state) for r, t, i, label, state in conn.execute(
+            "select run_id, task_id, map_index, rendered_map_index, state from task_instance where task_id in (?, ?)",
+            (extract, chunk))}
+    assert [state for _, state in runs] == ["success"] * 3
+    first, forced, unchanged = (run_id for run_id, _ in runs)
+    practices = demo["practices"]
+    assert {tis[(first, extract, i)] for i in range(len(practices))} == {(p, "success") for p in practices}
+    assert tis[(first, chunk, -1)][1] == "skipped"
+    assert tis[(forced, chunk, 0)] == (f"{practices[0]} +{len(practices) - 1}", "success")
+    assert tis[(forced, extract, -1)][1] == "skipped"
+    assert tis[(unchanged, chunk, 0)][1] == "skipped"
+
+
 def test_no_identifier_reaches_the_store_manifests_or_airflow_logs(demo):
     cfg = demo["cfg"]
     ids = collect_identifiers(cfg.sources)
@@ -152,10 +174,14 @@ def test_asset_events_carry_the_counts(demo):
         extras = [json.loads(r[0]) for r in conn.execute(
             "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ?",
             ("gpdata_curated_store",))]
-    # three practices, two committing runs; the third run commits nothing and emits no event
-    assert len(extras) == 2 * len(demo["practices"])
-    assert {e["practice"] for e in extras} == set(demo["practices"])
-    assert all(e["committed_rows"]["observations"] > 0 for e in extras)
+    # three practices, two committing runs; the third run commits nothing and emits no event. The first run's
+    # baselines run alone (an event each); the forced run's small deliveries run in one chunk (one event, the
+    # counts of each practice it committed)
+    assert len(extras) == len(demo["practices"]) + 1
+    committed = [e for extra in extras for e in extra.get("committed", [extra])]
+    assert len(committed) == 2 * len(demo["practices"])
+    assert {e["practice"] for e in committed} == set(demo["practices"])
+    assert all(e["committed_rows"]["observations"] > 0 for e in committed)
 
 
 def test_the_release_dag_publishes_a_release_of_the_run(demo):

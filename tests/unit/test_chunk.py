@@ -166,6 +166,12 @@ def test_plan_puts_baselines_and_large_deliveries_alone(home):
     assert alone == [f.ods_code for f, s in zip(feeds, sizes, strict=True) if s == max(sizes)]
     assert sorted(sum(chunks, [])) == sorted(f.ods_code for f, s in zip(feeds, sizes, strict=True) if s < max(sizes))
     assert pipeline.plan_chunks(feeds, cfg, max_practices=1)[1] == [[f.ods_code] for f in feeds]
+    # forced, every file is read again: the whole delivery is measured, and a large one runs alone
+    whole = [pipeline.delivered_bytes(f, cfg, force=True) for f in feeds]
+    assert all(w > s for w, s in zip(whole, sizes, strict=True))
+    assert pipeline.plan_chunks(feeds, cfg, max_bytes=max(sizes), force=True) == ([f.ods_code for f in feeds], [])
+    sql = Feed(ods_code=feeds[0].ods_code, name="db", format="sql", dialect="supplier_sql", connection_id="c")
+    assert pipeline.delivered_bytes(sql, cfg) == 0 and pipeline.delivered_bytes(sql, cfg, force=True) is None
     new = Feed(ods_code="Y01234", name="new", location=str(home / "inbox" / "Y01234"))
     assert pipeline.plan_chunks([new], cfg) == (["Y01234"], [])  # never committed: a baseline runs alone
 

@@ -108,6 +108,22 @@ def test_other_errors_are_named_by_type_only_and_the_practice_comes_from_the_tas
     assert alerts.describe_failure(mapped)[:2] == ("C83003", "extract")
 
 
+def test_a_chunk_task_records_no_practice_of_its_own(home, alerts, caplog):
+    """A chunk of practices recorded each failure in the failed practice's manifest; its own failure (naming
+    them) is put on no practice, even when its label is one ODS code."""
+    from gpdata_airflow.operators import PracticeChunkOperator
+
+    caplog.set_level(logging.INFO)
+    exc = GpdataError("1 of 2 practices failed: B82002 (extract)", stage="chunk")
+    for label in ("A81001 +1", "A81001"):
+        context = _context(exc, task_id="practices_001.chunk")
+        context["task"] = PracticeChunkOperator(task_id="chunk", ods_codes=["A81001", "B82002"], feeds_dir="x")
+        context["ti"].rendered_map_index = label
+        line = alerts.failure_callback(context)
+        assert line == "gpdata failure: practice=- stage=chunk cause=1 of 2 practices failed: B82002 (extract)"
+    assert not settings.load().manifests.exists()
+
+
 def test_a_task_with_no_practice_logs_but_writes_no_manifest(home, alerts, caplog):
     caplog.set_level(logging.INFO)
     line = alerts.failure_callback(_context(GpdataError("no release while a commit is unfinished"),
@@ -169,8 +185,10 @@ def test_the_extraction_dag_wires_the_callback_and_no_deadline_by_default(home, 
 
     dag = build_extraction_dag()
     assert all(alerts.failure_callback in dag.task_dict[t].on_failure_callback for t in dag.task_ids)
-    assert "type 1 opt-outs" in dag.task_dict["practices_001.extract"].doc_md  # task docs say what each stage does
-    assert "Great Expectations" in dag.task_dict["practices_001.quality"].doc_md
+    # task docs say what each stage does
+    assert "type 1 opt-outs" in dag.task_dict["practices_001.practice.extract"].doc_md
+    assert "Great Expectations" in dag.task_dict["practices_001.practice.quality"].doc_md
+    assert "one gpdata failure line" in dag.task_dict["practices_001.chunk"].doc_md
     assert not dag.deadline
     monkeypatch.setenv("GPDATA_DEADLINE_MINUTES", "45")
     [deadline] = build_extraction_dag().deadline
