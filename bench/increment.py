@@ -51,6 +51,9 @@ def run_one_chunk(spec: dict) -> dict:
     usage = _usage()
     return {"seconds": time.perf_counter() - t0, **usage,
             "status": {ods: r["status"] for ods, r in out.items()},
+            # why practices failed, by stage and cause (a file's token and row left out): counts only
+            "failures": [f"{r['stage']}: {r['cause'].split(' (file ')[0]}" for r in out.values()
+                         if r["status"] == "failed"],
             "rows": sum(sum(r.get("records_read", {}).values()) for r in out.values())}
 
 
@@ -59,6 +62,8 @@ def _chunk_process(spec: dict, env: dict) -> dict:
                          text=True, timeout=3600)
     if out.returncode:
         raise RuntimeError(f"bench increment chunk failed:\n{out.stderr[-3000:]}")
+    if os.environ.get("GPDATA_BENCH_LOGS"):  # a chunk's log (counts, causes and tracebacks' frames, no values)
+        Path(os.environ["GPDATA_BENCH_LOGS"], f"chunk-{spec['run_id']}-{spec['ods'][0]}.log").write_text(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -107,8 +112,11 @@ def measure(ps, work: Path, *, fraction: float = 0.06, workers: int = 2) -> dict
     results = _run_chunks(chunks + [[ods] for ods in alone], ps.home, work, "delta", workers)
     wall = time.perf_counter() - t0
     status: dict[str, str] = {}
+    causes: dict[str, int] = {}
     for r in results:
         status.update(r["status"])
+        for cause in r["failures"]:
+            causes[cause] = causes.get(cause, 0) + 1
     n = len(ps.ods_codes)
     cpu = sum(r["cpu_seconds"] for r in results)
     rows = sum(r["rows"] for r in results)
@@ -117,7 +125,7 @@ def measure(ps, work: Path, *, fraction: float = 0.06, workers: int = 2) -> dict
         "practices": n, "chunks": len(chunks), "alone": len(alone), "rows": rows,
         "rows_per_practice": round(rows / n, 1),
         "committed": sum(s == "committed" for s in status.values()),
-        "failed": sum(s == "failed" for s in status.values()),
+        "failed": sum(s == "failed" for s in status.values()), "failure_causes": causes,
         "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
         "cpu_seconds_per_practice": round(per_practice, 3),
         "max_peak_rss_mib": round(max(r["peak_rss_mib"] for r in results)),

@@ -227,6 +227,29 @@ def _cached_table(path: Any):
     return table
 
 
+def retry_concurrent(action, what: str, attempts: int = 6):
+    """Run an idempotent Delta operation (a DELETE, MERGE, partition overwrite or VACUUM) again when another
+    writer got in its way: a conflicting commit (``CommitFailedError``) or a data file another writer's vacuum
+    removed while this one read (``FileNotFoundError``). Each attempt asks ``delta_table`` anew, so it starts from
+    the newest version. Practices commit in parallel and a late opt-out's erasure touches every practice's rows."""
+    import logging
+    import random
+    import time
+
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except (CommitFailedError, FileNotFoundError) as exc:
+            if attempt == attempts:
+                raise
+            logging.getLogger("gpdata.storage").warning(
+                "%s: another writer got in the way (%s); trying again (%d of %d)", what, type(exc).__name__,
+                attempt + 1, attempts)
+            time.sleep(random.uniform(0.1, 0.3) * 2 ** attempt)
+
+
 def write_bytes_atomic(path: Any, data: bytes) -> None:
     """Readers see the old content or the new, never part: rename locally; one PUT (atomic) on S3."""
     if isinstance(path, StorePath):

@@ -33,6 +33,7 @@ from gpdata.codes import codes_valid
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, POSITION, QUARANTINE_SCHEMA, TABLES
 from gpdata.quality import suites, units
 
+log = logging.getLogger("gpdata.quality")
 # Tables whose (system, code) must be well formed. Appointments carry no code.
 _CODED = {t for t in EVENT_TABLES if t != "appointments"}
 
@@ -244,6 +245,9 @@ def run_suites_together(tables: dict[str, dict[str, pa.Table]], today: dt.date, 
                     if base is not None and docs_of is not None:
                         shutil.copytree(base / "docs", docs_of(p), dirs_exist_ok=True)
                 return
+            log.info("%d practices validated together: %s; validating each half again", len(group),
+                     ", ".join(sorted({f"{r['asset']} {r['expectation']} {r['column'] or ''}".strip()
+                                       for r in results if not r["success"]})))
         finally:
             if base is not None:
                 shutil.rmtree(base, ignore_errors=True)

@@ -17,10 +17,12 @@ short by a crash is finished by the next one. The erasure log and the audit log 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import re
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -64,30 +66,73 @@ def present(store_root: Path, pids: pa.Array) -> pa.Array:
 
 
 def _pending_path(store_root: Path) -> Path:
+    """The one marker of earlier versions (still read, so an erasure it records is finished)."""
     return storage.root(store_root) / "_erasures" / "pending.parquet"
 
 
+def _markers(store_root: Path) -> list:
+    """A marker per erasure under way (``_erasures/pending/<uuid>.parquet``): an erasure only ever removes its own
+    and those it found at its start, whose patients it erased too (a single shared marker was removed by whichever
+    of two concurrent erasures finished first, losing the other's record)."""
+    found = [_pending_path(store_root)] if _pending_path(store_root).exists() else []
+    folder = storage.root(store_root) / "_erasures" / "pending"
+    return found + (sorted(folder.glob("*.parquet"), key=str) if folder.exists() else [])
+
+
+def _read_markers(markers: list) -> set[str]:
+    pids: set[str] = set()
+    for marker in markers:
+        try:
+            pids.update(storage.read_parquet(marker)["patient_pid"].to_pylist())
+        except FileNotFoundError:  # that erasure finished meanwhile
+            continue
+    return pids - {None}
+
+
 def pending(store_root: Path) -> pa.Array:
-    """Pseudonyms of an erasure that started but did not finish (a crash); the next erase completes it."""
-    path = _pending_path(store_root)
-    return storage.read_parquet(path)["patient_pid"].combine_chunks() if path.exists() \
-        else pa.array([], pa.string())
+    """Pseudonyms of erasures that started but did not finish (a crash, or one under way); the next erase completes
+    them."""
+    return pa.array(sorted(_read_markers(_markers(store_root))), pa.string())
+
+
+@contextlib.contextmanager
+def _one_at_a_time(store_root: Path):
+    """Erasures on a local store take turns (each rewrites every table); on an object store they may overlap, and
+    conflicting commits are tried again (``storage.retry_concurrent``)."""
+    if storage.is_remote(store_root):
+        yield
+        return
+    with storage.file_lock(storage.root(store_root) / "_erasures" / "erase.lock"):
+        yield
 
 
 def erase(store_root: Path, pids: pa.Array) -> dict:
     """Remove every record of these pseudonyms (and of any unfinished erasure) from every table, release and
     retained file. The pseudonyms are recorded as pending first and cleared only when all is done."""
-    pids = pa.array(sorted((set(pids.to_pylist()) | set(pending(store_root).to_pylist())) - {None}), pa.string())
-    if len(pids) == 0:
-        return {}
-    if not all(_PID.match(p) for p in pids.to_pylist()):
+    if not all(_PID.match(p) for p in pids.drop_null().to_pylist()):
         raise GpdataError("erasure takes patient pseudonyms only")
-    marker = _pending_path(store_root)
-    storage.write_parquet(marker, pa.table({"patient_pid": pids}))
+    mine = set(pids.to_pylist()) - {None}
+    if mine:  # recorded before waiting for another erasure: a crash while waiting still leaves the record
+        marker = storage.root(store_root) / "_erasures" / "pending" / f"{uuid.uuid4().hex}.parquet"
+        storage.write_parquet(marker, pa.table({"patient_pid": pa.array(sorted(mine), pa.string())}))
+    with _one_at_a_time(store_root):
+        found = _markers(store_root)  # this one's marker and every unfinished erasure's: all done below
+        pids = pa.array(sorted(mine | _read_markers(found)), pa.string())
+        if len(pids) == 0:
+            return {}
+        if not all(_PID.match(p) for p in pids.to_pylist()):
+            raise GpdataError("erasure takes patient pseudonyms only")
+        return _erase(store_root, pids, found)
+
+
+def _erase(store_root: Path, pids: pa.Array, markers: list) -> dict:
     in_list = ", ".join(f"'{p}'" for p in pids.to_pylist())
     deleted = {}
     for name in _tables_with_patients():
-        result = storage.delta_table(store.table_path(store_root, name)).delete(f"patient_pid IN ({in_list})")
+        path = store.table_path(store_root, name)
+        where = f"patient_pid IN ({in_list})"
+        result = storage.retry_concurrent(lambda p=path, w=where: storage.delta_table(p).delete(w),
+                                          f"erasure in table {name}")
         deleted[name] = result.get("num_deleted_rows", 0)
     reissued = []
     for r in release.list_releases(store_root, readable_only=True):
@@ -110,15 +155,18 @@ def erase(store_root: Path, pids: pa.Array) -> dict:
             store.write_json_atomic(release.releases_dir(store_root) / r["release_id"] / "release.json", r)
             reissued.append(r["release_id"])
     for name in TABLES:
-        storage.delta_table(store.table_path(store_root, name)).vacuum(
+        path = store.table_path(store_root, name)
+        storage.retry_concurrent(lambda p=path, n=name: storage.delta_table(p).vacuum(
             retention_hours=0, enforce_retention_duration=False, dry_run=False,
-            keep_versions=release.pinned_versions(store_root, name) or None)
+            keep_versions=release.pinned_versions(store_root, n) or None), f"erasure's vacuum of table {name}")
     entry = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "patients": len(pids),
              "rows_deleted": deleted, "releases_reissued": reissued}
     storage.append_text(storage.root(store_root) / "_erasures" / "log.jsonl", json.dumps(entry) + "\n")
     audit.append(store_root, "erasure", requested_by="type 1 opt-out", patients=len(pids), rows=deleted,
                  releases_reissued=reissued)
-    marker.unlink()
+    for marker in markers:  # finished: this erasure's, and those it completed
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
     log.info("erased %d patient(s) after a late type 1 opt-out: rows deleted %s, releases re-issued %s",
              len(pids), deleted, reissued or "none")
     return entry

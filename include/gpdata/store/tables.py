@@ -66,8 +66,10 @@ def replace_partition(store: Path, name: str, practice: str, table: pa.Table) ->
     """Atomically replace one practice's rows in one table. Returns the new table version."""
     schema = _schemas()[name]
     path = table_path(store, name)
-    storage.write_delta(path, table.select(schema.names).cast(schema), mode="overwrite",
-                        predicate=_predicate(practice), partition_by=[PARTITION])
+    data = table.select(schema.names).cast(schema)
+    storage.retry_concurrent(lambda: storage.write_delta(path, data, mode="overwrite", predicate=_predicate(practice),
+                                                         partition_by=[PARTITION]),
+                             f"practice {practice}: replace its rows of table {name}")
     return storage.delta_table(path).version()
 
 
@@ -182,14 +184,13 @@ def merge_practice(store: Path, name: str, practice: str, batch: pa.Table, delet
     source = pa.concat_tables([batch.select(schema.names).cast(loose), gone])
     source = source.append_column("_deleted", pa.array([False] * batch.num_rows + [True] * n))
     columns = {c: f"s.{c}" for c in schema.names}
-    dt = storage.delta_table(table_path(store, name))
-    (dt.merge(source, predicate=f"t.{PARTITION} = '{practice}' AND t.{PARTITION} = s.{PARTITION} "
-                                f"AND t.{key} = s.{key}",
-              source_alias="s", target_alias="t")
-       .when_matched_delete(predicate="s._deleted")
-       .when_matched_update(updates=columns, predicate="NOT s._deleted")
-       .when_not_matched_insert(updates=columns, predicate="NOT s._deleted")
-       .execute())
+    on = f"t.{PARTITION} = '{practice}' AND t.{PARTITION} = s.{PARTITION} AND t.{key} = s.{key}"
+    storage.retry_concurrent(lambda: (
+        storage.delta_table(table_path(store, name)).merge(source, predicate=on, source_alias="s", target_alias="t")
+        .when_matched_delete(predicate="s._deleted")
+        .when_matched_update(updates=columns, predicate="NOT s._deleted")
+        .when_not_matched_insert(updates=columns, predicate="NOT s._deleted")
+        .execute()), f"practice {practice}: merge into table {name}")
     return storage.delta_table(table_path(store, name)).version()
 
 

@@ -97,7 +97,7 @@ def test_a_release_that_does_not_hold_the_patient_is_left_alone(world):
 def test_an_unfinished_erasure_is_finished_by_the_next_and_nothing_is_a_no_op(world):
     root, rid, pids = world
     assert erasure.erase(root, pa.array([], pa.string())) == {}
-    storage.write_parquet(storage.root(root) / "_erasures" / "pending.parquet",
+    storage.write_parquet(storage.root(root) / "_erasures" / "pending.parquet",  # a marker of earlier versions
                           pa.table({"patient_pid": pa.array([pids["p1"]])}))
     entry = erasure.erase(root, pa.array([None], pa.string()))
     assert entry["patients"] == 1 and _holders(root, rid, pids["p1"]) == ([], [])
@@ -157,3 +157,38 @@ def test_the_vacuum_keeps_the_versions_a_release_still_pins(world):
             storage.delta_table(store.table_path(root, name)).delete(f"patient_pid = '{pids['p2']}'")
     erasure.erase(root, pa.array(["cd" * 32]))  # held nowhere: nothing deleted, every table vacuumed
     assert pids["p2"] in release.read_release_table(root, rid, "patients")["patient_pid"].to_pylist()
+
+
+def _erase_one(pid: str) -> None:  # in a process of its own (spawned: the test's environment, no fork of its state)
+    from gpdata import settings as s
+
+    erasure.erase(s.load().store, pa.array([pid], pa.string()))
+
+
+def test_an_erasure_under_way_is_finished_by_another_and_its_record_removed_only_then(world):
+    """Another erasure's record (its marker) is read, its patients erased too, and only then removed."""
+    root, rid, pids = world
+    other = storage.root(root) / "_erasures" / "pending" / "another.parquet"
+    storage.write_parquet(other, pa.table({"patient_pid": pa.array([pids["p2"]])}))
+    entry = erasure.erase(root, pa.array([pids["p1"]], pa.string()))
+    assert entry["patients"] == 2
+    assert _holders(root, rid, pids["p1"]) == ([], []) and _holders(root, rid, pids["p2"]) == ([], [])
+    assert not other.exists() and erasure.pending(root).to_pylist() == []
+
+
+def test_concurrent_erasures_each_finish_and_leave_no_record_behind(world):
+    """Two practices' commits erasing at once (a shared marker made the second fail with FileNotFoundError when
+    the first removed it, and lost its record): both finish, every patient is gone, nothing is left pending."""
+    import multiprocessing
+
+    root, rid, pids = world
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_erase_one, args=(pid,)) for pid in pids.values()]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert all(_holders(root, rid, pid) == ([], []) for pid in pids.values())
+    assert erasure.pending(root).to_pylist() == []
+    assert not list((storage.root(root) / "_erasures" / "pending").glob("*.parquet"))
