@@ -37,7 +37,8 @@ from gpdata.store import erasure
 
 log = logging.getLogger("gpdata.pipeline")
 DELETIONS = pa.schema([("table", pa.string()), ("key", pa.string())])
-_CARRIED = ("optout_pids", "type1_events", "patient_map", "practitioner_map", "deletions")  # staged beside the tables
+_CARRIED = ("optout_pids", "type1_events", "patient_map", "practitioner_map", "dissenter_map",
+            "deletions")  # staged beside the tables
 
 
 def staging_dir(settings: Settings, run_id: str, practice: str) -> Path:
@@ -222,8 +223,15 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     pseudo = deid.Pseudonymiser(key)
     known = ledger.PATIENT_MAP.empty_table() if batch.full else state.patient_map()
     known_prac = ledger.PRACTITIONER_MAP.empty_table() if batch.full else state.practitioner_map()
-    filtered, type1_counts, events, optout_pids, active = _type1(canonical, found, register, pseudo, known,
-                                                                 practice)
+    # Type 1 codes may name a patient excluded earlier (not in the patient map): the dissenter map names them too.
+    known_dissenters = ledger.DISSENTER_MAP.empty_table() if batch.full else state.dissenter_map()
+    filtered, type1_counts, events, optout_pids, active = _type1(
+        canonical, found, register, pseudo, pa.concat_tables([known.select(ledger.DISSENTER_MAP.names),
+                                                              known_dissenters]), practice)
+    all_ids, all_pids = _nhs_pids(canonical["patients"], pseudo)
+    dissented = pc.fill_null(pc.is_in(all_pids, value_set=active), False)
+    dissenter_map = pa.table({"ref_pid": pseudo(all_ids.filter(dissented), "record_id"),
+                              "patient_pid": all_pids.filter(dissented)}, schema=ledger.DISSENTER_MAP)
     type1_at = time.monotonic()
     ids, pids = _nhs_pids(filtered["patients"], pseudo)
     patient_map = pa.table({"ref_pid": pseudo(ids, "record_id"), "patient_pid": pids}).filter(pc.is_valid(pids))
@@ -247,6 +255,7 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     staged["type1_events"] = events
     staged["patient_map"] = patient_map
     staged["practitioner_map"] = practitioner_map
+    staged["dissenter_map"] = dissenter_map
     staged["deletions"] = deletions
     deid_at = time.monotonic()
     counts = {
@@ -409,8 +418,11 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
                                                                           deleted["patients"])
     practitioner_map = carried["practitioner_map"] if info["full"] else \
         ledger.merge_by_ref(state.practitioner_map(), carried["practitioner_map"])
+    dissenter_map = carried["dissenter_map"] if info["full"] else \
+        ledger.merge_by_ref(state.dissenter_map(), carried["dissenter_map"])
     state.save(run_id=run_id, files=info["files"], watermark=info["watermark"], snapshot=info["snapshot"],
-               patient_map=patient_map, practitioner_map=practitioner_map, key_version=current,
+               patient_map=patient_map, practitioner_map=practitioner_map, dissenter_map=dissenter_map,
+               key_version=current,
                key_checks=key.checks(), token=partial(deid.file_token, key))
     counts["committed_rows"] = {name: t.num_rows for name, t in tables.items()}
     if deleted is not None:

@@ -5,6 +5,9 @@
 ``patients.parquet`` pseudonym of each patient's source record id -> patient pseudonym and birth month, so an
                      incremental delivery's events can be linked to patients delivered earlier;
 ``practitioners.parquet`` the same for clinicians (-> practitioner pseudonym and role);
+``dissenters.parquet`` the same for patients excluded by a type 1 dissent (-> patient pseudonym), who are not in
+                     ``patients.parquet``: so a later delivery's type 1 code for one of them (a withdrawal, or the
+                     dissent recorded again) names a known patient instead of stopping the batch;
 
 Everything here is pseudonymous. It is written only by a successful commit (after the Delta tables), so a
 failed run never moves the watermark or marks a file as processed.
@@ -27,6 +30,7 @@ from gpdata.storage import read_json, write_json_atomic
 PATIENT_MAP = pa.schema([("ref_pid", pa.string()), ("patient_pid", pa.string()), ("birth_month", pa.date32())])
 PRACTITIONER_MAP = pa.schema([("ref_pid", pa.string()), ("practitioner_pid", pa.string()),
                               ("role_code", pa.string())])
+DISSENTER_MAP = pa.schema([("ref_pid", pa.string()), ("patient_pid", pa.string())])
 
 
 def sha256_file(path: Path) -> str:
@@ -75,10 +79,14 @@ class PracticeState:
         path = self.folder / "practitioners.parquet"
         return pq.read_table(path).cast(PRACTITIONER_MAP) if path.exists() else PRACTITIONER_MAP.empty_table()
 
+    def dissenter_map(self) -> pa.Table:
+        path = self.folder / "dissenters.parquet"
+        return pq.read_table(path).cast(DISSENTER_MAP) if path.exists() else DISSENTER_MAP.empty_table()
+
     def save(self, *, run_id: str, files: list[dict], watermark: str | None, snapshot: str | None,
              patient_map: pa.Table | None, practitioner_map: pa.Table | None = None,
              key_version: str | None = None, key_checks: dict[str, str] | None = None,
-             token=None) -> None:
+             token=None, dissenter_map: pa.Table | None = None) -> None:
         """Record a committed run. Parquet state first, the ledger (which names the run) last. ``token``, when
         given, replaces file names recorded before names were tokenised (``files`` already carry tokens)."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -86,6 +94,8 @@ class PracticeState:
             _write_parquet(self.folder / "patients.parquet", patient_map.cast(PATIENT_MAP))
         if practitioner_map is not None:
             _write_parquet(self.folder / "practitioners.parquet", practitioner_map.cast(PRACTITIONER_MAP))
+        if dissenter_map is not None:
+            _write_parquet(self.folder / "dissenters.parquet", dissenter_map.cast(DISSENTER_MAP))
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         if token is not None:
             self.files = {sha: {**entry, "name": token(entry["name"])} for sha, entry in self.files.items()}
