@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -105,10 +106,12 @@ def _evidence_pids(found: pa.Table, ids: pa.Array, pids: pa.Array, pseudo: deid.
 
 
 def _type1(canonical: dict[str, pa.Table], found: pa.Table, register: pa.Table, pseudo: deid.Pseudonymiser,
-           known: pa.Table, practice: str) -> tuple[dict[str, pa.Table], dict, pa.Table, pa.Array, pa.Array]:
+           known: pa.Table, practice: str) \
+        -> tuple[dict[str, pa.Table], dict, pa.Table, pa.Array, pa.Array, pa.Table]:
     """Apply type 1 opt-outs to a canonical batch against the store-wide register. Returns the filtered tables,
     counts, this batch's latest events per patient (for the register), the pseudonyms to erase if the store
-    holds them, and every active dissenter (to drop any staged row of theirs)."""
+    holds them, every active dissenter (to drop any staged row of theirs), and the map of this batch's excluded
+    patients (ref pseudonym -> patient pseudonym, for the ledger)."""
     type1.require_dates(found, practice)
     ids, pids = _nhs_pids(canonical["patients"], pseudo)
     ev_pids, tied = _evidence_pids(found, ids, pids, pseudo, known)
@@ -118,7 +121,10 @@ def _type1(canonical: dict[str, pa.Table], found: pa.Table, register: pa.Table, 
     active = combined.filter(combined["dissent"])["patient_pid"].combine_chunks()
     # Patients of this delivery whose status across practices is dissent; and, by this delivery's own codes,
     # those with no pseudonym (an invalid NHS number) that the register cannot speak for.
-    excluded = ids.filter(pc.fill_null(pc.is_in(pids, value_set=active), False)).cast(pa.string())
+    dissented = pc.fill_null(pc.is_in(pids, value_set=active), False)
+    excluded = ids.filter(dissented).cast(pa.string())
+    dissenter_map = pa.table({"ref_pid": pseudo(excluded, "record_id"), "patient_pid": pids.filter(dissented)},
+                             schema=ledger.DISSENTER_MAP)
     by_ref = type1.latest(found["patient_ref"], found["event_date"], found["dissent"])
     local = by_ref.filter(by_ref["dissent"])["patient_pid"].combine_chunks()
     unpseudonymised = ids.filter(pc.is_null(pids)).cast(pa.string())
@@ -131,7 +137,7 @@ def _type1(canonical: dict[str, pa.Table], found: pa.Table, register: pa.Table, 
                                                                value_set=mine))).as_py() or 0
     mine = pc.unique(pa.concat_arrays([events["patient_pid"].combine_chunks(), pids.drop_null()]))
     erase = mine.filter(pc.is_in(mine, value_set=active))
-    return filtered, counts, events, erase, active
+    return filtered, counts, events, erase, active, dissenter_map
 
 
 def _drop_pids(tables: dict[str, pa.Table], pids: pa.Array) -> dict[str, int]:
@@ -225,13 +231,9 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     known_prac = ledger.PRACTITIONER_MAP.empty_table() if batch.full else state.practitioner_map()
     # Type 1 codes may name a patient excluded earlier (not in the patient map): the dissenter map names them too.
     known_dissenters = ledger.DISSENTER_MAP.empty_table() if batch.full else state.dissenter_map()
-    filtered, type1_counts, events, optout_pids, active = _type1(
+    filtered, type1_counts, events, optout_pids, active, dissenter_map = _type1(
         canonical, found, register, pseudo, pa.concat_tables([known.select(ledger.DISSENTER_MAP.names),
                                                               known_dissenters]), practice)
-    all_ids, all_pids = _nhs_pids(canonical["patients"], pseudo)
-    dissented = pc.fill_null(pc.is_in(all_pids, value_set=active), False)
-    dissenter_map = pa.table({"ref_pid": pseudo(all_ids.filter(dissented), "record_id"),
-                              "patient_pid": all_pids.filter(dissented)}, schema=ledger.DISSENTER_MAP)
     type1_at = time.monotonic()
     ids, pids = _nhs_pids(filtered["patients"], pseudo)
     patient_map = pa.table({"ref_pid": pseudo(ids, "record_id"), "patient_pid": pids}).filter(pc.is_valid(pids))
@@ -505,8 +507,6 @@ def plan_chunks(feeds: list[Feed], settings: Settings, *, max_bytes: int | None 
     ``max_bytes`` since its last commit, or never committed, runs alone (its three stages as three tasks);
     the others are packed in delivery order into chunks of at most ``max_bytes`` and ``max_practices``.
     With ``force`` a practice's whole delivery is measured (see ``delivered_bytes``)."""
-    import os
-
     max_bytes = max_bytes or int(os.environ.get(CHUNK_BYTES_ENV) or DEFAULT_CHUNK_BYTES)
     max_practices = max_practices or int(os.environ.get(CHUNK_PRACTICES_ENV) or DEFAULT_CHUNK_PRACTICES)
     alone, chunks, current, size = [], [], [], 0

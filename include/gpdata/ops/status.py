@@ -48,15 +48,6 @@ PER_PAGE, MAX_PER_PAGE = 50, 500
 ATTENTION_SHOWN = 200  # failures and late practices listed at the top (the rest: filter the table by state)
 
 
-def _read(path: Path) -> dict | None:
-    """A JSON document, or None if it is missing or unreadable (the page must still render)."""
-    try:
-        doc = store.read_json(path)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 # --- the feed folder, surveyed again only when it changes ---------------------------------------------------
 
 _FEEDS_CACHE: dict[str, tuple] = {}
@@ -211,11 +202,7 @@ def present(settings: Settings, row: dict, *, data_docs: bool = True) -> dict:
 
 def practice_status(settings: Settings, practice: str, name: str | None = None) -> dict:
     """One practice's row straight from its manifests (the record of truth; the index holds the same)."""
-    folder = settings.manifests / practice
-    latest = _read(folder / "latest.json") or {}
-    committed = _read(folder / "committed.json")
-    row = statusindex.row_from(practice, latest, committed, [])
-    return {**present(settings, row), "name": name}
+    return {**present(settings, statusindex.folder_row(settings.manifests / practice)), "name": name}
 
 
 def _index_rows(settings: Settings, fresh: bool = False) -> tuple[dict[str, dict], str | None]:
@@ -227,11 +214,7 @@ def _index_rows(settings: Settings, fresh: bool = False) -> tuple[dict[str, dict
         if settings.manifests.exists() else []
     if not folders:
         return {}, None
-    found = {}
-    for ods in folders:
-        folder = settings.manifests / ods
-        found[ods] = statusindex.row_from(ods, _read(folder / "latest.json") or {}, _read(folder / "committed.json"),
-                                          [])
+    found = {ods: statusindex.folder_row(settings.manifests / ods) for ods in folders}
     return found, "the status index is empty: shown from the manifests (slow); run `gpdata status rebuild`"
 
 
@@ -388,7 +371,7 @@ def projects(settings: Settings) -> list[dict]:
     if not settings.extracts.is_dir():
         return out
     for folder in sorted(p for p in settings.extracts.iterdir() if p.is_dir()):
-        extracts = [m for m in (_read(p) for p in folder.glob("*/manifest.json")) if m]
+        extracts = [m for m in (statusindex.read_doc(p) for p in folder.glob("*/manifest.json")) if m]
         if not extracts:
             continue
         last = max(extracts, key=lambda m: (release.release_order(str(m.get("release") or "")),

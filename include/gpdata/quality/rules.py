@@ -223,11 +223,14 @@ def run_suites_together(tables: dict[str, dict[str, pa.Table]], today: dt.date, 
     measured = pa.array(suites.measurement_codes(), pa.string())
     groups = itertools.count(1)
 
-    def rows(practice: str, asset: str) -> int:
-        table = tables[practice][asset.removesuffix("_measurements")]
-        if asset.endswith("_measurements"):
-            return pc.sum(pc.fill_null(pc.is_in(table["code"], value_set=measured), False)).as_py() or 0
-        return table.num_rows
+    def rows(practice: str) -> dict[str, int]:
+        """The practice's rows in each validated asset (its measurement rows of observations apart)."""
+        counts = {name: t.num_rows for name, t in tables[practice].items()}
+        if "observations" in counts:
+            codes = tables[practice]["observations"]["code"]
+            counts["observations_measurements"] = pc.sum(pc.fill_null(pc.is_in(codes, value_set=measured),
+                                                                      False)).as_py() or 0
+        return counts
 
     def attempt(group: list[str]) -> None:
         if len(group) == 1:
@@ -240,8 +243,9 @@ def run_suites_together(tables: dict[str, dict[str, pa.Table]], today: dt.date, 
             results = _validate(_batches(combined, None, today), base and base / "gx", base and base / "docs")
             if all(r["success"] for r in results):
                 for p in group:
+                    own = rows(p)
                     out[p] = [_public({**r, "element_count": None if r["element_count"] is None
-                                       else rows(p, r["asset"])}) for r in results]
+                                       else own[r["asset"]]}) for r in results]
                     if base is not None and docs_of is not None:
                         shutil.copytree(base / "docs", docs_of(p), dirs_exist_ok=True)
                 return

@@ -109,20 +109,25 @@ def _one_at_a_time(store_root: Path):
 def erase(store_root: Path, pids: pa.Array) -> dict:
     """Remove every record of these pseudonyms (and of any unfinished erasure) from every table, release and
     retained file. The pseudonyms are recorded as pending first and cleared only when all is done."""
-    if not all(_PID.match(p) for p in pids.drop_null().to_pylist()):
-        raise GpdataError("erasure takes patient pseudonyms only")
-    mine = set(pids.to_pylist()) - {None}
+    mine = _pseudonyms(pids.to_pylist())
     if mine:  # recorded before waiting for another erasure: a crash while waiting still leaves the record
         marker = storage.root(store_root) / "_erasures" / "pending" / f"{uuid.uuid4().hex}.parquet"
         storage.write_parquet(marker, pa.table({"patient_pid": pa.array(sorted(mine), pa.string())}))
     with _one_at_a_time(store_root):
         found = _markers(store_root)  # this one's marker and every unfinished erasure's: all done below
-        pids = pa.array(sorted(mine | _read_markers(found)), pa.string())
+        pids = pa.array(sorted(mine | _pseudonyms(_read_markers(found))), pa.string())
         if len(pids) == 0:
             return {}
-        if not all(_PID.match(p) for p in pids.to_pylist()):
-            raise GpdataError("erasure takes patient pseudonyms only")
         return _erase(store_root, pids, found)
+
+
+def _pseudonyms(values) -> set[str]:
+    """The values to erase, each a patient pseudonym; anything else (a raw NHS number, a quoting string) is
+    refused before it is written anywhere."""
+    values = set(values) - {None}
+    if not all(_PID.match(p) for p in values):
+        raise GpdataError("erasure takes patient pseudonyms only")
+    return values
 
 
 def _erase(store_root: Path, pids: pa.Array, markers: list) -> dict:

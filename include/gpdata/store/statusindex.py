@@ -373,9 +373,7 @@ def rebuild(manifests: Any) -> int:
         trend: list[dict] = []
         for doc in runs:
             trend = add_point(trend, doc)
-        latest = _safe_read(folder / "latest.json") or {}
-        committed = _safe_read(folder / "committed.json")
-        rows[folder.name] = row_from(folder.name, latest, committed, trend)
+        rows[folder.name] = folder_row(folder, trend)
     # Objects of practices whose manifests are gone are dropped with the index they belonged to.
     objects = status_root(manifests) / "practices"
     for name in set(_stamps(objects)) - set(rows):
@@ -385,7 +383,14 @@ def rebuild(manifests: Any) -> int:
     return len(rows)
 
 
-def _safe_read(path: Any) -> dict | None:
+def folder_row(folder: Any, trend: list[dict] | None = None) -> dict:
+    """A practice's row from its manifest folder (its latest and last committed manifests)."""
+    return row_from(folder.name, read_doc(folder / "latest.json") or {}, read_doc(folder / "committed.json"),
+                    trend or [])
+
+
+def read_doc(path: Any) -> dict | None:
+    """A JSON document, or None if it is missing or unreadable (a page or a rebuild must still go on)."""
     try:
         doc = storage.read_json(path)
     except (OSError, ValueError):
