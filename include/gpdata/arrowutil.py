@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -9,6 +10,20 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from gpdata.errors import ConfigError
+
+
+BATCH_ROWS_ENV = "GPDATA_BATCH_ROWS"
+DEFAULT_BATCH_ROWS = 1 << 17  # rows a stage holds at once of a large table (memory is O(batch), not O(records))
+
+
+def batch_rows() -> int:
+    """Rows per record batch when a stage streams a table (``GPDATA_BATCH_ROWS``, default 131,072)."""
+    value = os.environ.get(BATCH_ROWS_ENV, "").strip()
+    if not value:
+        return DEFAULT_BATCH_ROWS
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{BATCH_ROWS_ENV} must be a whole number of rows above 0")
+    return int(value)
 
 
 def const(value: str, n: int) -> pa.Array:
