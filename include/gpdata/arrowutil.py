@@ -11,7 +11,6 @@ import pyarrow.csv as pacsv
 
 from gpdata.errors import ConfigError
 
-
 BATCH_ROWS_ENV = "GPDATA_BATCH_ROWS"
 DEFAULT_BATCH_ROWS = 1 << 17  # rows a stage holds at once of a large table (memory is O(batch), not O(records))
 
