@@ -7,11 +7,12 @@
 * **flatfile**: files grouped into deliveries by their stamp. In *baseline* mode each delivery is a full
   snapshot and the newest new one is read; in *incremental* mode every new delivery is read in stamp order and
   the newest version of each record wins. A file whose exact content was processed before, under any name, is
-  skipped. Incremental deliveries are applied in stamp order with no gap, since a record's older version must
-  never replace a newer one: a delivery older than one already applied is quarantined as late (the run fails
-  saying so), and while a quarantined delivery has not been delivered again, later deliveries are held (read
-  and checked, not applied) until the corrected one arrives under the same stamp. ``force`` rebuilds the
-  practice from every delivery in its inbox instead.
+  skipped. A single snapshot's event files are checked here and left to be read batch by batch
+  (``Batch.events``); everything else is returned as whole tables. Incremental deliveries are applied in stamp
+  order with no gap, since a record's older version must never replace a newer one: a delivery older than one
+  already applied is quarantined as late (the run fails saying so), and while a quarantined delivery has not
+  been delivered again, later deliveries are held (read and checked, not applied) until the corrected one
+  arrives under the same stamp. ``force`` rebuilds the practice from every delivery in its inbox instead.
 * **sql**: rows changed since the last committed watermark (all rows for a baseline).
 
 A delivery that cannot be read is moved, whole, to ``$GPDATA_HOME/quarantine/<ODS>/`` with a note of why, and

@@ -7,7 +7,9 @@ modification time of its files; the practice is part of the name, or the feed's 
 is checked before it is parsed: not empty, UTF-8 without a byte-order mark, no NUL bytes, ends with a line end (a
 missing one means a truncated transfer), every column the dialect reads, no unexpected column unless the dialect
 ignores unmapped columns (an unexpected column could carry a name), the same number of fields on every row, and
-values that parse as their field's type. Errors name the practice, file, row and column, never a value.
+values that parse as their field's type. Errors name the practice, file, row and column, never a value. A file is
+checked block by block and parsed by pyarrow's streaming CSV reader, ``batch_rows()`` rows at a time
+(``iter_file``), so its size does not set the memory it takes.
 """
 
 from __future__ import annotations
