@@ -17,7 +17,8 @@ import os
 import shutil
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from gpdata import codes, quality, storage, store
 from gpdata.errors import GpdataError, QualityGateError
 from gpdata.ingest import ledger, limits, sources
 from gpdata.ingest.feeds import Feed, check_location
-from gpdata.model import TABLES
+from gpdata.ingest.sources.convert import split_deleted
+from gpdata.model import CANONICAL, EVENT_TABLES, TABLES, staged_schema
 from gpdata.privacy import deid, keys, nhsnumber, type1
 from gpdata.privacy.keys import load_master_key
 from gpdata.settings import Settings
@@ -46,16 +48,24 @@ def staging_dir(settings: Settings, run_id: str, practice: str) -> Path:
     return settings.staging / store.safe_name(run_id) / practice
 
 
-def _write_tables(folder: Path, tables: dict[str, pa.Table], meta: dict) -> None:
-    """Write a set of Parquet files and their metadata by renaming a finished folder into place."""
+def _fresh_tmp(folder: Path) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def _finish_tables(folder: Path, tmp: Path, tables: dict[str, pa.Table], meta: dict) -> None:
     for name, table in tables.items():
         pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
     (tmp / "counts.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+def _write_tables(folder: Path, tables: dict[str, pa.Table], meta: dict) -> None:
+    """Write a set of Parquet files and their metadata by renaming a finished folder into place."""
+    _finish_tables(folder, _fresh_tmp(folder), tables, meta)
 
 
 def _read_tables(folder: Path, names, practice: str, stage: str) -> tuple[dict[str, pa.Table], dict]:
@@ -105,15 +115,15 @@ def _evidence_pids(found: pa.Table, ids: pa.Array, pids: pa.Array, pseudo: deid.
     return out.cast(pa.string()), tied
 
 
-def _type1(canonical: dict[str, pa.Table], found: pa.Table, register: pa.Table, pseudo: deid.Pseudonymiser,
-           known: pa.Table, practice: str) \
-        -> tuple[dict[str, pa.Table], dict, pa.Table, pa.Array, pa.Array, pa.Table]:
-    """Apply type 1 opt-outs to a canonical batch against the store-wide register. Returns the filtered tables,
-    counts, this batch's latest events per patient (for the register), the pseudonyms to erase if the store
-    holds them, every active dissenter (to drop any staged row of theirs), and the map of this batch's excluded
-    patients (ref pseudonym -> patient pseudonym, for the ledger)."""
+def _type1(patients: pa.Table, found: pa.Table, register: pa.Table, pseudo: deid.Pseudonymiser, known: pa.Table,
+           practice: str) -> tuple[pa.Array, dict, pa.Table, pa.Array, pa.Array, pa.Table]:
+    """Type 1 status of a delivery's patients against the store-wide register, from every type 1 code of the
+    delivery (``found``), before any of its rows is staged. Returns the source refs of the patients to exclude,
+    counts, this delivery's latest events per patient (for the register), the pseudonyms to erase if the store
+    holds them, every active dissenter (to drop any staged row of theirs), and the map of this delivery's
+    excluded patients (ref pseudonym -> patient pseudonym, for the ledger)."""
     type1.require_dates(found, practice)
-    ids, pids = _nhs_pids(canonical["patients"], pseudo)
+    ids, pids = _nhs_pids(patients, pseudo)
     ev_pids, tied = _evidence_pids(found, ids, pids, pseudo, known)
     type1.require_patients(found, ev_pids, tied, practice)
     events = type1.latest(ev_pids, found["event_date"], found["dissent"])
@@ -129,7 +139,7 @@ def _type1(canonical: dict[str, pa.Table], found: pa.Table, register: pa.Table, 
     local = by_ref.filter(by_ref["dissent"])["patient_pid"].combine_chunks()
     unpseudonymised = ids.filter(pc.is_null(pids)).cast(pa.string())
     local = local.filter(pc.is_in(local, value_set=unpseudonymised))
-    filtered, counts = type1.exclude(canonical, pc.unique(pa.concat_arrays([excluded, local])))
+    counts = {}
     withdrawn = events.filter(pc.invert(events["dissent"]))["patient_pid"]
     counts["patients_readmitted"] = pc.sum(pc.invert(pc.is_in(withdrawn, value_set=active))).as_py() or 0
     mine = events.filter(events["dissent"])["patient_pid"]  # excluded by a dissent another practice recorded:
@@ -137,7 +147,108 @@ def _type1(canonical: dict[str, pa.Table], found: pa.Table, register: pa.Table, 
                                                                value_set=mine))).as_py() or 0
     mine = pc.unique(pa.concat_arrays([events["patient_pid"].combine_chunks(), pids.drop_null()]))
     erase = mine.filter(pc.is_in(mine, value_set=active))
-    return filtered, counts, events, erase, active, dissenter_map
+    return pc.unique(pa.concat_arrays([excluded, local])), counts, events, erase, active, dissenter_map
+
+
+def _evidence(batch: sources.Batch, optout: codes.OptOutCodes) -> pa.Table:
+    """Every type 1 code of a delivery (``type1.evidence``), known before any of its event rows is staged: the
+    event files of a streamed delivery are read once for it, only their code, patient and date columns."""
+    found = type1.evidence(batch.tables, optout)
+    if batch.events is None:
+        return found
+    parts = [type1.evidence({name: split_deleted(table)[0]}, optout)
+             for name, table in batch.events.read(type1.EVIDENCE_FIELDS)]
+    return pa.concat_tables([found, *parts], promote_options="permissive")
+
+
+def _event_batches(batch: sources.Batch, practice: str) -> Iterator[tuple[str, pa.Table, pa.Table]]:
+    """(table, current rows, rows the source marks deleted) of every event table: whole as collected (and
+    handed over, so each is freed once staged), or batch by batch from a streamed delivery's files."""
+    for name in EVENT_TABLES:
+        if name in batch.tables:
+            yield name, batch.tables.pop(name), batch.deleted.pop(name, CANONICAL[name].empty_table())
+    if batch.events is not None:
+        for name, table in batch.events.read():
+            current, deleted = split_deleted(table)
+            try:
+                limits.check_fields({name: current, f"{name} (deleted)": deleted}, practice)
+            except GpdataError as exc:
+                raise _in_extract(exc) from None
+            yield name, current, deleted
+
+
+def _drop_active(staged: dict[str, pa.Table], active: pa.Array, type1_counts: dict) -> None:
+    """Records of a patient delivered earlier (an incremental delivery's events) or under another reference
+    whose register status is dissent: dropped by pseudonym, whichever practice recorded the dissent."""
+    for name, dropped in _drop_pids(staged, active).items():
+        if name != "patients":
+            type1_counts["records_excluded"][name] = type1_counts["records_excluded"].get(name, 0) + dropped
+
+
+def _add(counts: dict, name: str, n: int) -> None:
+    counts[name] = counts.get(name, 0) + n
+
+
+@dataclass
+class _Extracting:
+    """A delivery's event rows on their way to the staging folder, batch by batch (``extract``), and the counts
+    they add up to."""
+
+    practice: str
+    pseudo: deid.Pseudonymiser
+    restricted: object
+    people: deid.People
+    excluded: pa.Array   # source refs of the patients type 1 excludes
+    active: pa.Array     # pseudonyms of every active dissenter
+    known: pa.Table      # the practice's patient map (for deletion keys)
+    type1_counts: dict
+    deid_counts: dict = field(default_factory=deid.new_counts)
+    read: dict = field(default_factory=dict)
+    deleted: dict = field(default_factory=dict)
+    staged: dict = field(default_factory=dict)
+    deletions: list = field(default_factory=list)
+
+    def stage(self, name: str, table: pa.Table, deleted: pa.Table) -> pa.Table:
+        """One batch of an event table (current rows and those deleted at source) to its staged rows: type 1
+        exclusion, de-identification, the rows of active dissenters dropped; its counts added."""
+        _add(self.read, name, table.num_rows)
+        if deleted.num_rows:
+            _add(self.deleted, name, deleted.num_rows)
+            self.deletions.append(_deletion_keys({name: deleted}, self.pseudo, self.known))
+        kept, counts = type1.exclude({name: table}, self.excluded)
+        for table_name, n in counts["records_excluded"].items():
+            _add(self.type1_counts["records_excluded"], table_name, n)
+        staged = {name: deid.deidentify_events(name, kept[name], self.people, self.practice, self.pseudo,
+                                               self.restricted, self.deid_counts)}
+        _drop_active(staged, self.active, self.type1_counts)
+        deid.guard_numeric(staged, self.practice)  # the in-pipeline numeric leak check
+        _add(self.staged, name, staged[name].num_rows)
+        return staged[name]
+
+
+class _Staging:
+    """A stage's output folder being written: tables appended batch by batch, then the rest whole with the
+    counts, and the finished folder renamed into place (``_write_tables``); abandoned on failure."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.tmp, self.writers = folder, _fresh_tmp(folder), {}
+
+    def append(self, name: str, table: pa.Table) -> None:
+        if name not in self.writers:
+            self.writers[name] = pq.ParquetWriter(self.tmp / f"{name}.parquet", table.schema, compression="zstd")
+        self.writers[name].write_table(table)
+
+    def _close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def finish(self, tables: dict[str, pa.Table], meta: dict) -> None:
+        self._close()
+        _finish_tables(self.folder, self.tmp, tables, meta)
+
+    def abandon(self) -> None:
+        self._close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _drop_pids(tables: dict[str, pa.Table], pids: pa.Array) -> dict[str, int]:
@@ -188,10 +299,26 @@ def _unchanged(feed: Feed, settings: Settings, run_id: str, batch: sources.Batch
     return counts
 
 
+def _in_extract(exc: GpdataError) -> GpdataError:
+    """The error naming the extract stage in its one-line cause."""
+    if exc.stage is None:
+        exc.stage = "extract"
+        exc.args = (exc._message(),)
+    return exc
+
+
+def _unique_deletions(parts: list[pa.Table]) -> pa.Table:
+    """The (table, key) pairs of every batch, each once."""
+    return pa.concat_tables(parts).group_by(["table", "key"], use_threads=False).aggregate([]) \
+        .select(DELETIONS.names).cast(DELETIONS)
+
+
 def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
             connection_uri: str | None = None) -> dict:
     """Read what is new for one practice, apply type 1 opt-outs and de-identify. Identifiable data stays in
-    memory. Returns counts with ``status`` "unchanged" (and stages nothing) when nothing new was delivered."""
+    memory: a flat-file snapshot's event rows one batch at a time (``arrowutil.batch_rows``), after the type 1
+    codes of all its event files were gathered. Returns counts with ``status`` "unchanged" (and stages nothing)
+    when nothing new was delivered."""
     practice = feed.ods_code
     started = time.monotonic()
     storage.restrict_umask()                            # nothing written by the pipeline is world-readable
@@ -216,65 +343,76 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
             limits.check_fields({**batch.tables, **{f"{n} (deleted)": t for n, t in batch.deleted.items()}},
                                 practice)
     except GpdataError as exc:
-        if exc.stage is None:  # name the stage in the one-line cause
-            exc.stage = "extract"
-            exc.args = (exc._message(),)
-        raise
+        raise _in_extract(exc) from None
     if batch is None or not batch.tables:
         return _unchanged(feed, settings, run_id, batch)
-    canonical, batch.tables = batch.tables, {}  # so `del canonical` below frees the identifiable rows
-    found = type1.evidence(canonical, optout_codes)
-    read_counts = {name: t.num_rows for name, t in canonical.items()}
-    log.info("practice %s: read %s (%s)", practice, read_counts, "baseline" if batch.full else "incremental")
+    found = _evidence(batch, optout_codes)
     pseudo = deid.Pseudonymiser(key)
     known = ledger.PATIENT_MAP.empty_table() if batch.full else state.patient_map()
     known_prac = ledger.PRACTITIONER_MAP.empty_table() if batch.full else state.practitioner_map()
     # Type 1 codes may name a patient excluded earlier (not in the patient map): the dissenter map names them too.
     known_dissenters = ledger.DISSENTER_MAP.empty_table() if batch.full else state.dissenter_map()
-    filtered, type1_counts, events, optout_pids, active, dissenter_map = _type1(
-        canonical, found, register, pseudo, pa.concat_tables([known.select(ledger.DISSENTER_MAP.names),
-                                                              known_dissenters]), practice)
+    people = {name: batch.tables.pop(name) for name in ("patients", "practitioners")}
+    excluded, t1_counts, events, optout_pids, active, dissenter_map = _type1(
+        people["patients"], found, register, pseudo, pa.concat_tables([known.select(ledger.DISSENTER_MAP.names),
+                                                                       known_dissenters]), practice)
+    read = {name: t.num_rows for name, t in people.items()}
+    people, type1_counts = type1.exclude(people, excluded)
+    type1_counts["records_excluded"] = dict.fromkeys(EVENT_TABLES, 0) if len(excluded) else {}
+    type1_counts.update(t1_counts)
     type1_at = time.monotonic()
-    ids, pids = _nhs_pids(filtered["patients"], pseudo)
+    ids, pids = _nhs_pids(people["patients"], pseudo)
     patient_map = pa.table({"ref_pid": pseudo(ids, "record_id"), "patient_pid": pids}).filter(pc.is_valid(pids))
-    deletions = _deletion_keys(batch.deleted, pseudo, known)
-    del canonical
-    prac = filtered["practitioners"]
+    prac = people["practitioners"]
     practitioner_map = pa.table({
         "ref_pid": pseudo(prac["source_id"], "record_id"),
         "practitioner_pid": pseudo(pc.coalesce(prac["sds_user_id"].combine_chunks(),
                                                prac["source_id"].combine_chunks()), "practitioner"),
         "role_code": prac["role_code"]}).filter(pc.is_valid(prac["source_id"]))
-    staged, deid_counts = deid.deidentify(filtered, practice, pseudo, lookup, restricted, known=known,
-                                          known_practitioners=known_prac)
-    del filtered
-    # Records of a patient delivered earlier (an incremental delivery's events) or under another reference
-    # whose register status is dissent: dropped by pseudonym, whichever practice recorded the dissent.
-    for name, dropped in _drop_pids(staged, active).items():
-        if name != "patients":
-            type1_counts["records_excluded"][name] = type1_counts["records_excluded"].get(name, 0) + dropped
+    deid_counts = deid.new_counts()
+    staged, linked = deid.deidentify_people(people, practice, pseudo, lookup, deid_counts, known=known,
+                                            known_practitioners=known_prac)
+    del people, prac
+    _drop_active(staged, active, type1_counts)
+    deid.guard_numeric(staged, practice)  # the in-pipeline numeric leak check (event batches: each in turn)
+    gone = {name: batch.deleted.pop(name) for name in ("patients", "practitioners")}
+    work = _Extracting(practice, pseudo, restricted, linked, excluded, active, known, type1_counts, deid_counts,
+                       read=read, deleted={n: t.num_rows for n, t in gone.items() if t.num_rows},
+                       staged={n: t.num_rows for n, t in staged.items()},
+                       deletions=[_deletion_keys(gone, pseudo, known)])
+    staging = _Staging(staging_dir(settings, run_id, practice) / "extracted")
+    try:
+        for name, table, deleted in _event_batches(batch, practice):
+            staging.append(name, work.stage(name, table, deleted))
+        for name in EVENT_TABLES:  # a table with no rows at all still has its (empty) staged file
+            if name not in staging.writers:
+                staging.append(name, staged_schema(name).empty_table())
+    except BaseException:
+        staging.abandon()
+        raise
     staged["optout_pids"] = pa.table({"patient_pid": optout_pids})
     staged["type1_events"] = events
     staged["patient_map"] = patient_map
     staged["practitioner_map"] = practitioner_map
     staged["dissenter_map"] = dissenter_map
-    staged["deletions"] = deletions
+    staged["deletions"] = _unique_deletions(work.deletions)
     deid_at = time.monotonic()
+    read_counts = {name: work.read.get(name, 0) for name in TABLES}
+    log.info("practice %s: read %s (%s)", practice, read_counts, "baseline" if batch.full else "incremental")
     counts = {
         "practice": practice, "run_id": run_id, "key_version": key.version,
         "source": {"format": feed.format, **batch.summary()},
         "records_read": read_counts, "patients_read": read_counts["patients"],
-        "deleted_by_source": {n: t.num_rows for n, t in batch.deleted.items() if t.num_rows},
+        "deleted_by_source": {n: work.deleted[n] for n in TABLES if work.deleted.get(n)},
         "type1_optout": type1_counts, **deid_counts,
-        "staged_rows": {name: staged[name].num_rows for name in TABLES},
+        "staged_rows": {name: work.staged.get(name, 0) for name in TABLES},
         "seconds": {"extract_read": round(read_at - started, 3), "extract_type1": round(type1_at - read_at, 3),
                     "extract_deidentify": round(deid_at - type1_at, 3),
                     "extract": round(time.monotonic() - started, 3)},
         "_ledger": {"files": batch.files, "watermark": batch.watermark, "snapshot": batch.snapshot,
                     "full": batch.full},
     }
-    deid.guard_numeric({name: staged[name] for name in TABLES}, practice)  # the in-pipeline numeric leak check
-    _write_tables(staging_dir(settings, run_id, practice) / "extracted", staged, counts)
+    staging.finish(staged, counts)
     counts["seconds"]["extract_write"] = round(time.monotonic() - deid_at, 3)  # after the manifest's copy
     log.info("practice %s: %d patients excluded by type 1 opt-out; staged %s", practice,
              type1_counts["patients_excluded"], counts["staged_rows"])

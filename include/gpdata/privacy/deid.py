@@ -165,20 +165,31 @@ def _issues(table: pa.Table, found: pa.Array) -> pa.Array:
     return pc.coalesce(table[ISSUE].combine_chunks(), found)
 
 
-def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymiser,
-               postcodes: PostcodeLookup, restricted: RestrictedCodes | frozenset[str],
-               known: pa.Table | None = None,
-               known_practitioners: pa.Table | None = None) -> tuple[dict[str, pa.Table], dict]:
-    """Turn canonical tables into staged, pseudonymised tables plus counts of what was dropped.
+@dataclass(frozen=True)
+class People:
+    """What event rows are linked through: the delivery's patients and practitioners (source id -> pseudonym),
+    and for an incremental delivery the practice's maps of those delivered earlier (see ``deidentify``)."""
 
-    ``known`` (incremental deliveries): the practice's patient map (``ref_pid`` -> ``patient_pid``), so events of
-    patients delivered in an earlier batch are linked to them; ``known_practitioners`` likewise (``ref_pid`` ->
-    ``practitioner_pid``, ``role_code``) for their clinicians."""
-    counts: dict = {"restricted_code_records": {}, "unmatched_postcodes": 0, "values_dropped": 0,
-                    "numeric_nhs_numbers_dropped": 0}
+    patient_refs: pa.Array
+    patient_pids: pa.Array
+    practitioner_ids: pa.Array
+    practitioner_pids: pa.Array
+    practitioner_roles: pa.Array
+    known: pa.Table | None = None
+    known_practitioners: pa.Table | None = None
+
+
+def new_counts() -> dict:
+    """The de-identification counts, zero; ``deidentify_people`` and ``deidentify_events`` add to them."""
+    return {"restricted_code_records": {}, "unmatched_postcodes": 0, "values_dropped": 0,
+            "numeric_nhs_numbers_dropped": 0, "restricted_code_categories": {}}
+
+
+def deidentify_people(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymiser,
+                      postcodes: PostcodeLookup, counts: dict, known: pa.Table | None = None,
+                      known_practitioners: pa.Table | None = None) -> tuple[dict[str, pa.Table], People]:
+    """The staged patients and practitioners tables, and the pseudonyms their events are linked through."""
     staged: dict[str, pa.Table] = {}
-
-    # Patients
     pat = canonical["patients"]
     n = pat.num_rows
     nhs = nhsnumber.normalise(pat["nhs_number"].combine_chunks())
@@ -186,7 +197,7 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
     patient_pid = pseudo(pc.if_else(valid, nhs, pa.nulls(n, pa.string())), "nhs_number")
     postcode = normalise_postcode(pat["postcode"].combine_chunks())
     lsoa = postcodes.lsoa(postcode)
-    counts["unmatched_postcodes"] = pc.sum(pc.and_(pc.is_valid(postcode), pc.is_null(lsoa))).as_py() or 0
+    counts["unmatched_postcodes"] += pc.sum(pc.and_(pc.is_valid(postcode), pc.is_null(lsoa))).as_py() or 0
     dob = pat["birth_date"].combine_chunks()
     staged["patients"] = _finish("patients", {
         "patient_pid": patient_pid,
@@ -204,7 +215,6 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
         ISSUE: _issues(pat, first_reason(n, [(pc.is_null(pat["nhs_number"]), "missing_nhs_number"),
                                              (pc.invert(valid), "invalid_nhs_number")])),
     }, n, practice, pseudo.version)
-    patient_refs = pat["source_id"].combine_chunks()
 
     # Practitioners: pseudonym of the SDS user id, or of the source id where there is none
     prac = canonical["practitioners"]
@@ -215,66 +225,87 @@ def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymi
         POSITION[0]: prac["_src_file"], POSITION[1]: prac["_src_entry"],
         ISSUE: _issues(prac, first_reason(prac.num_rows, [(pc.is_null(prac_ids), "missing_record_id")])),
     }, prac.num_rows, practice, pseudo.version)
-    prac_roles = prac["role_code"].combine_chunks()
+    return staged, People(pat["source_id"].combine_chunks(), patient_pid, prac_ids, prac_pids,
+                          prac["role_code"].combine_chunks(), known, known_practitioners)
 
-    counts["restricted_code_categories"] = {}
-    measured = pa.array(sorted({c for m in measurements() for c in m.codes}), pa.string())
+
+def deidentify_events(name: str, table: pa.Table, people: People, practice: str, pseudo: Pseudonymiser,
+                      restricted: RestrictedCodes | frozenset[str], counts: dict) -> pa.Table:
+    """One event table, or any batch of its rows (row by row: the batches' results concatenated are the whole
+    table's), staged; adds to ``counts``."""
+    if table.num_rows and "code" in table.column_names:
+        hit = _restricted(table, restricted, counts["restricted_code_categories"])
+        records = counts["restricted_code_records"]
+        records[name] = records.get(name, 0) + (pc.sum(hit).as_py() or 0)
+        table = table.filter(pc.invert(hit))
+    if table.num_rows and "value" in table.column_names:
+        # A value only where a measurement is expected; elsewhere it is dropped with its unit.
+        measured = pa.array(sorted({c for m in measurements() for c in m.codes}), pa.string())
+        keep = pc.fill_null(pc.is_in(table["code"], value_set=measured), False)
+        nhs_like = nhsnumber.in_numbers(table["value"])  # even for a measurement: never a real result
+        counts["numeric_nhs_numbers_dropped"] += (
+            pc.sum(nhs_like).as_py() or 0)
+        keep = pc.and_(keep, pc.invert(nhs_like))
+        counts["values_dropped"] += (pc.sum(pc.and_(
+            pc.invert(keep), pc.is_valid(table["value"]))).as_py() or 0)
+        for col in ("value", "unit"):
+            kept = pc.if_else(keep, table[col], pa.nulls(table.num_rows, table.schema.field(col).type))
+            table = table.set_column(table.schema.get_field_index(col), col, kept)
+    m = table.num_rows
+    refs = table["patient_ref"].combine_chunks()
+    in_batch = pc.is_in(refs, value_set=people.patient_refs)
+    pids = _lookup(refs, people.patient_refs, people.patient_pids)
+    found = in_batch
+    known = people.known
+    if known is not None and known.num_rows:
+        earlier = _lookup(pseudo(refs, "record_id"), known["ref_pid"].combine_chunks(),
+                          known["patient_pid"].combine_chunks())
+        pids = pc.if_else(in_batch, pids, earlier)
+        found = pc.or_(in_batch, pc.is_valid(earlier))
+    practitioner = table["practitioner_ref"].combine_chunks()
+    practitioner_pid = _lookup(practitioner, people.practitioner_ids, people.practitioner_pids)
+    staff_role = _lookup(practitioner, people.practitioner_ids, people.practitioner_roles)
+    kp = people.known_practitioners
+    if kp is not None and kp.num_rows:
+        at = pc.index_in(pseudo(practitioner, "record_id"), value_set=kp["ref_pid"].combine_chunks())
+        practitioner_pid = pc.coalesce(practitioner_pid, pc.take(kp["practitioner_pid"], at))
+        staff_role = pc.coalesce(staff_role, pc.take(kp["role_code"], at))
+    columns = {
+        "record_id": pseudo(table["source_id"], "record_id"),
+        "patient_pid": pids,
+        "practitioner_pid": practitioner_pid,
+        POSITION[0]: table["_src_file"], POSITION[1]: table["_src_entry"],
+        ISSUE: _issues(table, first_reason(m, [(pc.is_null(table["source_id"]), "missing_record_id"),
+                                               (pc.invert(found), "unknown_patient"),
+                                               (pc.is_null(pids), "patient_invalid_nhs_number")])),
+    }
+    # Two allow-lists on purpose (defence in depth, issue 23): this one copies only curated columns, and
+    # _finish builds the table from the staged schema alone, so either suffices and a mutant of one survives.
+    curated = set(CURATED[name].names)
+    for col in table.column_names:
+        if col in curated and col not in columns:
+            columns[col] = table[col]
+    if name == "medications":
+        columns["authorisation_id"] = pseudo(table["authorisation_ref"], "record_id")
+    if name == "observations":
+        columns["panel_id"] = pseudo(table["panel_ref"], "record_id")
+    if name == "appointments":
+        columns["staff_role"] = staff_role
+    return _finish(name, columns, m, practice, pseudo.version)
+
+
+def deidentify(canonical: dict[str, pa.Table], practice: str, pseudo: Pseudonymiser,
+               postcodes: PostcodeLookup, restricted: RestrictedCodes | frozenset[str],
+               known: pa.Table | None = None,
+               known_practitioners: pa.Table | None = None) -> tuple[dict[str, pa.Table], dict]:
+    """Turn canonical tables into staged, pseudonymised tables plus counts of what was dropped.
+
+    ``known`` (incremental deliveries): the practice's patient map (``ref_pid`` -> ``patient_pid``), so events of
+    patients delivered in an earlier batch are linked to them; ``known_practitioners`` likewise (``ref_pid`` ->
+    ``practitioner_pid``, ``role_code``) for their clinicians. The same as ``deidentify_people`` and then
+    ``deidentify_events`` for each event table, which a streaming caller uses batch by batch."""
+    counts = new_counts()
+    staged, people = deidentify_people(canonical, practice, pseudo, postcodes, counts, known, known_practitioners)
     for name in EVENT_TABLES:
-        table = canonical[name]
-        if table.num_rows and "code" in table.column_names:
-            hit = _restricted(table, restricted, counts["restricted_code_categories"])
-            counts["restricted_code_records"][name] = pc.sum(hit).as_py() or 0
-            table = table.filter(pc.invert(hit))
-        if table.num_rows and "value" in table.column_names:
-            # A value only where a measurement is expected; elsewhere it is dropped with its unit.
-            keep = pc.fill_null(pc.is_in(table["code"], value_set=measured), False)
-            nhs_like = nhsnumber.in_numbers(table["value"])  # even for a measurement: never a real result
-            counts["numeric_nhs_numbers_dropped"] += (
-                pc.sum(nhs_like).as_py() or 0)
-            keep = pc.and_(keep, pc.invert(nhs_like))
-            counts["values_dropped"] += (pc.sum(pc.and_(
-                pc.invert(keep), pc.is_valid(table["value"]))).as_py() or 0)
-            for col in ("value", "unit"):
-                kept = pc.if_else(keep, table[col], pa.nulls(table.num_rows, table.schema.field(col).type))
-                table = table.set_column(table.schema.get_field_index(col), col, kept)
-        m = table.num_rows
-        refs = table["patient_ref"].combine_chunks()
-        in_batch = pc.is_in(refs, value_set=patient_refs)
-        pids = _lookup(refs, patient_refs, patient_pid)
-        found = in_batch
-        if known is not None and known.num_rows:
-            earlier = _lookup(pseudo(refs, "record_id"), known["ref_pid"].combine_chunks(),
-                              known["patient_pid"].combine_chunks())
-            pids = pc.if_else(in_batch, pids, earlier)
-            found = pc.or_(in_batch, pc.is_valid(earlier))
-        practitioner = table["practitioner_ref"].combine_chunks()
-        practitioner_pid = _lookup(practitioner, prac_ids, prac_pids)
-        staff_role = _lookup(practitioner, prac_ids, prac_roles)
-        if known_practitioners is not None and known_practitioners.num_rows:
-            kp = known_practitioners
-            at = pc.index_in(pseudo(practitioner, "record_id"), value_set=kp["ref_pid"].combine_chunks())
-            practitioner_pid = pc.coalesce(practitioner_pid, pc.take(kp["practitioner_pid"], at))
-            staff_role = pc.coalesce(staff_role, pc.take(kp["role_code"], at))
-        columns = {
-            "record_id": pseudo(table["source_id"], "record_id"),
-            "patient_pid": pids,
-            "practitioner_pid": practitioner_pid,
-            POSITION[0]: table["_src_file"], POSITION[1]: table["_src_entry"],
-            ISSUE: _issues(table, first_reason(m, [(pc.is_null(table["source_id"]), "missing_record_id"),
-                                                   (pc.invert(found), "unknown_patient"),
-                                                   (pc.is_null(pids), "patient_invalid_nhs_number")])),
-        }
-        # Two allow-lists on purpose (defence in depth, issue 23): this one copies only curated columns, and
-        # _finish builds the table from the staged schema alone, so either suffices and a mutant of one survives.
-        curated = set(CURATED[name].names)
-        for col in table.column_names:
-            if col in curated and col not in columns:
-                columns[col] = table[col]
-        if name == "medications":
-            columns["authorisation_id"] = pseudo(table["authorisation_ref"], "record_id")
-        if name == "observations":
-            columns["panel_id"] = pseudo(table["panel_ref"], "record_id")
-        if name == "appointments":
-            columns["staff_role"] = staff_role
-        staged[name] = _finish(name, columns, m, practice, pseudo.version)
+        staged[name] = deidentify_events(name, canonical[name], people, practice, pseudo, restricted, counts)
     return staged, counts

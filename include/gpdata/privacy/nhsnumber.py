@@ -59,5 +59,8 @@ def in_numbers(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     x = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
     with np.errstate(invalid="ignore"):
         whole = np.isfinite(x) & (x >= 1e9) & (x < 1e10) & (np.floor(x) == x)
-    text = pa.array(np.where(whole, np.nan_to_num(x), 0).astype(np.int64).astype(str), pa.string())
-    return pa.array(whole & is_valid(text).to_numpy(zero_copy_only=False), pa.bool_())
+    out = np.zeros(len(x), dtype=bool)
+    if whole.any():  # only the ten-digit whole numbers are checked as text
+        out[whole] = is_valid(pa.array(x[whole].astype(np.int64).astype(str), pa.string())).to_numpy(
+            zero_copy_only=False)
+    return pa.array(out, pa.bool_())

@@ -30,6 +30,7 @@ from gpdata.model import EVENT_TABLES, POSITION, TYPE1_EVIDENCE
 _FAR_FUTURE = dt.date(9999, 12, 31)
 _EPOCH = dt.date(1970, 1, 1)
 _MAX_DAY, _MIN_DAY = (_FAR_FUTURE - _EPOCH).days, (dt.date.min - _EPOCH).days
+EVIDENCE_FIELDS = frozenset({"patient_ref", "code", "event_date"})  # the canonical fields ``evidence`` reads
 EVENTS = pa.schema([("patient_pid", pa.string()), ("event_date", pa.date32()), ("dissent", pa.bool_())])
 
 
@@ -109,18 +110,22 @@ def type1_status(observations: pa.Table, codes: OptOutCodes) -> dict[str, bool]:
 
 
 def exclude(tables: dict[str, pa.Table], refs: pa.Array) -> tuple[dict[str, pa.Table], dict]:
-    """Drop every record, in every table, of the patients with these source refs."""
+    """Drop every record, in each of these tables (the patients, event tables, or a batch of one), of the
+    patients with these source refs."""
     counts = {"patients_excluded": 0, "records_excluded": {}}
     if not len(refs):
         return tables, counts
     out = dict(tables)
-    keep = pc.invert(pc.fill_null(pc.is_in(tables["patients"]["source_id"], value_set=refs), False))
-    out["patients"] = tables["patients"].filter(keep)
-    counts["patients_excluded"] = pc.count_distinct(tables["patients"].filter(pc.invert(keep))["source_id"]).as_py()
-    for name in EVENT_TABLES:
-        keep = pc.invert(pc.fill_null(pc.is_in(tables[name]["patient_ref"], value_set=refs), False))
-        out[name] = tables[name].filter(keep)
-        counts["records_excluded"][name] = tables[name].num_rows - out[name].num_rows
+    for name, table in tables.items():
+        if name != "patients" and name not in EVENT_TABLES:
+            continue
+        hit = pc.fill_null(pc.is_in(table["source_id" if name == "patients" else "patient_ref"], value_set=refs),
+                           False)
+        out[name] = table.filter(pc.invert(hit))
+        if name == "patients":
+            counts["patients_excluded"] = pc.count_distinct(table.filter(hit)["source_id"]).as_py()
+        else:
+            counts["records_excluded"][name] = table.num_rows - out[name].num_rows
     return out, counts
 
 

@@ -7,11 +7,12 @@
 * **flatfile**: files grouped into deliveries by their stamp. In *baseline* mode each delivery is a full
   snapshot and the newest new one is read; in *incremental* mode every new delivery is read in stamp order and
   the newest version of each record wins. A file whose exact content was processed before, under any name, is
-  skipped. Incremental deliveries are applied in stamp order with no gap, since a record's older version must
-  never replace a newer one: a delivery older than one already applied is quarantined as late (the run fails
-  saying so), and while a quarantined delivery has not been delivered again, later deliveries are held (read
-  and checked, not applied) until the corrected one arrives under the same stamp. ``force`` rebuilds the
-  practice from every delivery in its inbox instead.
+  skipped. A single snapshot's event files are checked here and left to be read batch by batch
+  (``Batch.events``); everything else is returned as whole tables. Incremental deliveries are applied in stamp
+  order with no gap, since a record's older version must never replace a newer one: a delivery older than one
+  already applied is quarantined as late (the run fails saying so), and while a quarantined delivery has not
+  been delivered again, later deliveries are held (read and checked, not applied) until the corrected one
+  arrives under the same stamp. ``force`` rebuilds the practice from every delivery in its inbox instead.
 * **sql**: rows changed since the last committed watermark (all rows for a baseline).
 
 A delivery that cannot be read is moved, whole, to ``$GPDATA_HOME/quarantine/<ODS>/`` with a note of why, and
@@ -24,7 +25,7 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import pyarrow.compute as pc
 
 from gpdata.errors import ConfigError, SourceError
 from gpdata.ingest.ledger import PracticeState, sha256_file
-from gpdata.model import CANONICAL, POSITION, TABLES
+from gpdata.model import CANONICAL, EVENT_TABLES, POSITION, TABLES
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Batch:
     snapshot: str | None = None
     unmapped: dict[str, list[str]] = field(default_factory=dict)  # table -> delivered columns no field maps
     resources: dict = field(default_factory=dict)  # FHIR: unmapped resource types and unreadable entries, counted
+    events: EventFiles | None = None  # a flat-file snapshot's event files, read batch by batch (not in ``tables``)
 
     def summary(self) -> dict:
         out = {"mode": "baseline" if self.full else "incremental", "deliveries": self.deliveries,
@@ -58,6 +60,31 @@ class Batch:
             out["unmapped_columns"] = self.unmapped
         out.update(self.resources)
         return out
+
+
+@dataclass
+class EventFiles:
+    """A flat-file snapshot's event files, checked (``flatfile.check_file``) but not yet parsed: read batch by
+    batch (``batch_rows()`` rows), so identifiable rows are held one batch at a time. A file that fails to parse
+    moves the delivery to quarantine, as it would at ``collect``."""
+
+    files: list  # (DeliveredFile, FileShape)
+    dialect: object
+    practice: str
+    fail: Callable[[SourceError], SourceError]  # quarantines the delivery; the error names the file's token
+    token: Callable[[str], str]
+
+    def read(self, fields: frozenset[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
+        """(table, canonical rows with ``_deleted``) batch by batch, file after file; ``fields``: only these
+        canonical fields (the others null)."""
+        from gpdata.ingest.sources.flatfile import iter_file
+
+        for f, shape in self.files:
+            try:
+                for table in iter_file(f, self.dialect, self.practice, shape, fields=fields):
+                    yield f.table, _tokenise_rows({f.table: table}, self.token)[f.table]
+            except SourceError as exc:
+                raise self.fail(exc) from None
 
 
 def _empty_deleted() -> dict[str, pa.Table]:
@@ -149,7 +176,7 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,
               token: Callable[[str], str]) -> Batch | None:
     from gpdata.ingest.dialects import load_dialect
     from gpdata.ingest.sources.convert import latest_versions, split_deleted
-    from gpdata.ingest.sources.flatfile import list_files, read_file
+    from gpdata.ingest.sources.flatfile import check_file, list_files, read_file
 
     dialect = load_dialect(feed.dialect)
     practice = feed.ods_code
@@ -197,12 +224,17 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,
     if feed.mode == "baseline" or not incremental:
         # a snapshot: the newest; or the first incremental run: every delivery so far, newest version wins
         stamps = stamps[-1:] if feed.mode == "baseline" else stamps
+    # One snapshot (a baseline): its event files are checked here and read batch by batch by the caller.
+    stream = not incremental and len(stamps) == 1
     per_table: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
-    files, unmapped = [], {}
+    files, unmapped, streamed = [], {}, []
     for stamp in stamps:
         for f, digest, _ in new[stamp]:
             try:
-                per_table[f.table].append(read_file(f, dialect, practice, unmapped))
+                if stream and f.table in EVENT_TABLES:
+                    streamed.append((f, check_file(f, dialect, practice, unmapped)))
+                else:
+                    per_table[f.table].append(read_file(f, dialect, practice, unmapped))
             except SourceError as exc:
                 raise _fail(exc, [g.path for g in by_stamp[stamp]], quarantine_dir, stamp) from None
             files.append({"name": token(f.name), "sha256": digest, "delivery": stamp})
@@ -212,12 +244,17 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,
     for name in TABLES:
         parts = per_table[name]
         combined = latest_versions(parts) if parts else None
-        if combined is None:
+        if combined is None and name not in {f.table for f, _ in streamed}:
             tables[name], deleted[name] = CANONICAL[name].empty_table(), CANONICAL[name].empty_table()
-        else:
+        elif combined is not None:
             tables[name], deleted[name] = split_deleted(combined)
+    events = None
+    if streamed:
+        paths = [g.path for g in by_stamp[stamps[0]]]
+        events = EventFiles(streamed, dialect, practice, token=token, fail=lambda exc: _tokenised(
+            _fail(exc, paths, quarantine_dir, stamps[0]), token))
     return Batch(tables=tables, deleted=deleted, full=not incremental, files=files, skipped=skipped,
-                 deliveries=stamps, unmapped={t: sorted(c) for t, c in sorted(unmapped.items())})
+                 deliveries=stamps, unmapped={t: sorted(c) for t, c in sorted(unmapped.items())}, events=events)
 
 
 def _refuse_late(practice: str, stamps: list[str], by_stamp: dict, state: PracticeState,
@@ -296,6 +333,12 @@ def _tokenise_rows(tables: dict[str, pa.Table], token: Callable[[str], str]) -> 
     return out
 
 
+def _tokenised(exc: SourceError, token: Callable[[str], str]) -> SourceError:
+    """The error naming its file by the file's token."""
+    return SourceError(exc.cause, practice=exc.practice, file=token(exc.file) if exc.file else None, row=exc.row,
+                       stage=exc.stage)
+
+
 def collect(feed, state: PracticeState, quarantine_dir: Path, *, force: bool = False,
             connection_uri: str | None = None, token: Callable[[str], str] | None = None) -> Batch | None:
     """The practice's new data, or None when nothing changed since the last commit.
@@ -309,8 +352,7 @@ def collect(feed, state: PracticeState, quarantine_dir: Path, *, force: bool = F
     except SourceError as exc:
         if not exc.file or feed.format == "sql":
             raise
-        raise SourceError(exc.cause, practice=exc.practice, file=token(exc.file), row=exc.row,
-                          stage=exc.stage) from None
+        raise _tokenised(exc, token) from None
     if batch is not None and feed.format != "sql":
         batch.tables = _tokenise_rows(batch.tables, token)
         batch.deleted = _tokenise_rows(batch.deleted, token)

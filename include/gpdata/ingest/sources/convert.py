@@ -118,12 +118,14 @@ def _codes(spec: FieldMap, raw: pa.Table, dialect: Dialect, lookups, practice: s
 
 
 def to_canonical(table: str, raw: pa.Table, dialect: Dialect, practice: str, file: str,
-                 first_row: int = 1, lookups=None) -> pa.Table:
+                 first_row: int = 1, lookups=None, fields: frozenset[str] | None = None) -> pa.Table:
     """Typed canonical rows (with ``_deleted``) from text columns named as in the dialect. A value that does not
     parse as its field's type fails the file, naming the column and row (never the value). ``lookups``:
-    name -> (ids, codes) of the dialect's look-ups (flat files)."""
+    name -> (ids, codes) of the dialect's look-ups (flat files). Row by row, so a file may be converted in
+    batches (``first_row``: the row number of the first). ``fields``: only these canonical fields are read
+    (the others are null)."""
     tmap = dialect.tables[table]
-    mapping = tmap.fields
+    mapping = tmap.fields if fields is None else {k: v for k, v in tmap.fields.items() if k in fields}
     n = raw.num_rows
     code = mapping.get("code")
     code_pair = _codes(code, raw, dialect, lookups, practice, file, first_row) \

@@ -7,7 +7,9 @@ modification time of its files; the practice is part of the name, or the feed's 
 is checked before it is parsed: not empty, UTF-8 without a byte-order mark, no NUL bytes, ends with a line end (a
 missing one means a truncated transfer), every column the dialect reads, no unexpected column unless the dialect
 ignores unmapped columns (an unexpected column could carry a name), the same number of fields on every row, and
-values that parse as their field's type. Errors name the practice, file, row and column, never a value.
+values that parse as their field's type. Errors name the practice, file, row and column, never a value. A file is
+checked block by block and parsed by pyarrow's streaming CSV reader, ``batch_rows()`` rows at a time
+(``iter_file``), so its size does not set the memory it takes.
 """
 
 from __future__ import annotations
@@ -16,20 +18,23 @@ import codecs
 import csv
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from gpdata.arrowutil import batch_rows
 from gpdata.errors import ConfigError, SourceError
 from gpdata.ingest.dialects import Dialect
 from gpdata.ingest.sources.convert import DELETED, to_canonical
 from gpdata.model import CANONICAL, POSITION, TABLES
 
 _SAFE_HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]{0,40}$")
+BLOCK_BYTES = 1 << 22  # bytes read at once by the file checks; the least the CSV reader reads at once
 
 
 @dataclass(frozen=True)
@@ -104,44 +109,69 @@ def list_files(location: Path, dialect: Dialect, practice: str) -> list[Delivere
     return sorted(out, key=lambda f: (f.stamp, TABLES.index(f.table)))
 
 
-def _line_of(data: bytes, offset: int) -> int:
-    return data.count(b"\n", 0, offset) + 1
-
-
 def _header_name(name: str) -> str:
     return repr(name) if _SAFE_HEADER.match(name) else "(a column whose name is not a plain word)"
 
 
-def _bad_row(text: str, dialect: Dialect, width: int) -> int | None:
-    for number, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=dialect.delimiter)):
-        if len(row) != width:
-            return number  # data row number (the header is row 0)
+def _bad_row(path: Path, dialect: Dialect, width: int) -> int | None:
+    """The data row number (the header is row 0) of the first row with other than ``width`` fields, read as a
+    stream (the error path only)."""
+    with open(path, encoding=dialect.encoding, newline="") as fh:
+        for number, row in enumerate(csv.reader(fh, delimiter=dialect.delimiter)):
+            if len(row) != width:
+                return number
     return None
 
 
-def read_file(f: DeliveredFile, dialect: Dialect, practice: str, unmapped: dict[str, set] | None = None) -> pa.Table:
-    """One delivered file to canonical rows with a ``_deleted`` flag. Columns the dialect ignores (unmapped) are
-    not read; their names are added to ``unmapped[table]``."""
-    name = f.name
-    data = f.path.read_bytes()
-    if not data:
+def _check_bytes(f: DeliveredFile, dialect: Dialect, practice: str) -> int:
+    """The byte-level checks of a delivered file, block by block (``BLOCK_BYTES``): not empty, no byte-order
+    mark, no NUL byte, valid in the dialect's encoding (an incremental decoder: nothing is kept), ends with a line
+    end. Errors name the file and the row (the line before the fault, as the header is row 0). Returns the number
+    of line ends, to size the reader's blocks."""
+    name, lines, last = f.name, 0, b""
+    nul_row = bad_row = None  # the first fault of each kind: a NUL byte is reported before an encoding error
+    decoder = codecs.getincrementaldecoder(dialect.encoding)()
+    with open(f.path, "rb") as fh:
+        while block := fh.read(BLOCK_BYTES):
+            if not last and (block.startswith(codecs.BOM_UTF8) or block[:2] in (codecs.BOM_UTF16_LE,
+                                                                                 codecs.BOM_UTF16_BE)):
+                raise SourceError(f"starts with a byte-order mark: the {dialect.name} dialect is {dialect.encoding} "
+                                  "without one (re-export without BOM)", practice=practice, file=name)
+            nul = block.find(b"\x00")
+            if nul_row is None and nul >= 0:
+                nul_row = lines + block.count(b"\n", 0, nul)
+            if bad_row is None:
+                pending = len(decoder.getstate()[0])  # bytes of a character begun in the previous block
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as exc:
+                    bad_row = lines + block.count(b"\n", 0, max(0, exc.start - pending))
+            lines += block.count(b"\n")
+            last = block
+    if not last:
         raise SourceError("empty file (not even a header): truncated or failed transfer", practice=practice,
                           file=name)
-    if data.startswith(codecs.BOM_UTF8) or data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-        raise SourceError(f"starts with a byte-order mark: the {dialect.name} dialect is {dialect.encoding} "
-                          "without one (re-export without BOM)", practice=practice, file=name)
-    nul = data.find(b"\x00")
-    if nul >= 0:
+    if bad_row is None:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            bad_row = lines
+    if nul_row is not None:
         raise SourceError("contains NUL bytes (binary or wrongly encoded data)", practice=practice, file=name,
-                          row=_line_of(data, nul) - 1)
-    try:
-        codecs.getincrementaldecoder(dialect.encoding)().decode(data, final=True)  # checked, not kept: a copy
-    except UnicodeDecodeError as exc:
+                          row=nul_row)
+    if bad_row is not None:
         raise SourceError(f"not valid {dialect.encoding} (wrong encoding?)", practice=practice, file=name,
-                          row=_line_of(data, exc.start) - 1) from None
-    if not data.endswith(b"\n"):
+                          row=bad_row)
+    if not last.endswith(b"\n"):
         raise SourceError("does not end with a line end: the file is truncated", practice=practice, file=name)
-    first_line = data[:data.find(b"\n")].decode(dialect.encoding)
+    return lines
+
+
+def _check_header(f: DeliveredFile, dialect: Dialect, practice: str, unmapped: dict[str, set] | None) -> int:
+    """The header names every column the dialect reads and no other (unless it ignores unmapped columns, whose
+    names go to ``unmapped[table]``), each once. Returns the number of fields of a row."""
+    with open(f.path, "rb") as fh:
+        first_line = fh.readline().rstrip(b"\n").decode(dialect.encoding)
     header = next(csv.reader(io.StringIO(first_line), delimiter=dialect.delimiter), [])
     header = [h.strip("\r") for h in header]
     expected = dialect.columns(f.table)
@@ -161,21 +191,83 @@ def read_file(f: DeliveredFile, dialect: Dialect, practice: str, unmapped: dict[
         if len(header) != len(set(header)):
             parts.append("a column appears twice")
         raise SourceError(f"columns differ from the {dialect.name} dialect: " + "; ".join(parts),
-                          practice=practice, file=name)
+                          practice=practice, file=f.name)
+    return len(header)
+
+
+@dataclass(frozen=True)
+class FileShape:
+    lines: int  # line ends (header included)
+    width: int  # fields per row
+
+
+def check_file(f: DeliveredFile, dialect: Dialect, practice: str, unmapped: dict[str, set] | None = None
+               ) -> FileShape:
+    """Every check of a delivered file before its rows are parsed (bytes, then header), in bounded memory."""
+    lines = _check_bytes(f, dialect, practice)
+    return FileShape(lines=lines, width=_check_header(f, dialect, practice, unmapped))
+
+
+def _raw_batches(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileShape,
+                 columns: list[str]) -> Iterator[pa.Table]:
+    """The file's text columns (only ``columns``) through pyarrow's streaming CSV reader, ``batch_rows()`` rows
+    at a time (a block holding more is sliced); its blocks are sized from the file's bytes per line, at least
+    ``BLOCK_BYTES``."""
+    rows = batch_rows()
+    # 90 % of `rows` lines of average length: a block seldom holds more than `rows` rows
+    block = max(BLOCK_BYTES, f.path.stat().st_size * rows * 9 // (10 * max(shape.lines, 1)))
+    expected = dialect.columns(f.table)
     try:
-        raw = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
+        reader = pacsv.open_csv(
+            f.path, read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
             parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in expected},
-                                                 include_columns=expected, null_values=[""],
+                                                 include_columns=columns, null_values=[""],
                                                  strings_can_be_null=True))
+        for raw in reader:
+            for start in range(0, raw.num_rows, rows):
+                yield pa.Table.from_batches([raw.slice(start, rows)])
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
-        row = _bad_row(data.decode(dialect.encoding), dialect, len(header))
+        if "straddl" in str(exc):
+            raise SourceError(f"a row longer than {block} bytes (a broken or hostile "
+                              "export)", practice=practice, file=f.name) from None
         cause = "rows with the wrong number of fields (truncated or unquoted delimiter)" \
             if "columns" in str(exc) else "not parseable as delimited text"
-        raise SourceError(cause, practice=practice, file=name, row=row) from None
-    return to_canonical(f.table, raw, dialect, practice, name, lookups=lambda n: load_lookup(dialect, n))
+        raise SourceError(cause, practice=practice, file=f.name,
+                          row=_bad_row(f.path, dialect, shape.width)) from None
+
+
+def _columns_of(dialect: Dialect, table: str, fields: frozenset[str] | None) -> list[str]:
+    """The source columns to read for these canonical fields (all when None), and the deletion flag."""
+    if fields is None:
+        return dialect.columns(table)
+    deleted = dialect.deleted_of(table)
+    mapped = [c for name, spec in dialect.tables[table].fields.items() if name in fields
+              for c in spec.source_columns()]
+    return [*mapped, *([deleted.column] if deleted else [])]
+
+
+def iter_file(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileShape | None = None,
+              unmapped: dict[str, set] | None = None, fields: frozenset[str] | None = None) -> Iterator[pa.Table]:
+    """One delivered file as canonical rows with a ``_deleted`` flag, ``batch_rows()`` rows at a time (at least
+    one batch, empty for a header-only file). The file is checked first (``check_file``) unless its ``shape``
+    says it was. ``fields``: read only these canonical fields (the others are null). Columns the dialect ignores
+    (unmapped) are not read; their names are added to ``unmapped[table]``."""
+    shape = shape or check_file(f, dialect, practice, unmapped)
+    columns = _columns_of(dialect, f.table, fields)
+    first_row = 1
+    for raw in _raw_batches(f, dialect, practice, shape, columns):
+        yield to_canonical(f.table, raw, dialect, practice, f.name, first_row, lookups=partial(load_lookup, dialect),
+                           fields=fields)
+        first_row += raw.num_rows
+    if first_row == 1:
+        empty = pa.schema([(c, pa.string()) for c in columns]).empty_table()
+        yield to_canonical(f.table, empty, dialect, practice, f.name, fields=fields)
+
+
+def read_file(f: DeliveredFile, dialect: Dialect, practice: str, unmapped: dict[str, set] | None = None) -> pa.Table:
+    """One delivered file to canonical rows with a ``_deleted`` flag (``iter_file``, whole)."""
+    return pa.concat_tables(iter_file(f, dialect, practice, unmapped=unmapped))
 
 
 def load_lookup(dialect: Dialect, name: str) -> tuple[pa.Array, pa.Array]:
@@ -340,4 +432,5 @@ def write_delivery(tables: dict[str, pa.Table], folder: Path, practice: str, dia
     return written
 
 
-__all__ = ["DELETED", "POSITION", "DeliveredFile", "list_files", "read_file", "write_delivery"]
+__all__ = ["DELETED", "POSITION", "DeliveredFile", "FileShape", "check_file", "iter_file", "list_files", "read_file",
+           "write_delivery"]
