@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from gpdata import storage
+from gpdata import arrowutil, storage
 from gpdata.errors import GpdataError
 from gpdata.model import CURATED, PARTITION, QUARANTINE_SCHEMA, TABLES
 from gpdata.storage import read_json, write_json_atomic  # noqa: F401 - part of the store's API
@@ -84,6 +84,14 @@ def _write_rows(data: Rows, schema: pa.Schema, write: Callable[[pa.RecordBatchRe
     storage.retry_concurrent(attempt, what)
 
 
+def _writer():
+    """Parquet row groups of ``batch_rows()`` rows: delta-rs's encoder holds a row group at a time (its default,
+    1 M rows, held about 100 MB more per table written at 1 M records; measured in docs/performance.md)."""
+    from deltalake import WriterProperties
+
+    return WriterProperties(max_row_group_size=arrowutil.batch_rows())
+
+
 def _has_rows(data: Rows) -> bool:
     if isinstance(data, Batches):
         return any(batch.num_rows for batch in data.open())
@@ -133,7 +141,7 @@ def replace_partition(store: Path, name: str, practice: str, table: Rows) -> int
     path = table_path(store, name)
     predicate = _predicate(practice)
     _write_rows(table, _schemas()[name], lambda rows: storage.write_delta(
-        path, rows, mode="overwrite", predicate=predicate, partition_by=[PARTITION]),
+        path, rows, mode="overwrite", predicate=predicate, partition_by=[PARTITION], writer_properties=_writer()),
         f"practice {practice}: replace its rows of table {name}")
     return storage.delta_table(path).version()
 
@@ -259,7 +267,8 @@ def merge_practice(store: Path, name: str, practice: str, batch: Rows, deleted_k
     on = f"t.{PARTITION} = '{practice}' AND t.{PARTITION} = s.{PARTITION} AND t.{key} = s.{key}"
     _write_rows(batch, schema, lambda rows: (
         storage.delta_table(table_path(store, name)).merge(source(rows), predicate=on, source_alias="s",
-                                                           target_alias="t", streamed_exec=True)
+                                                           target_alias="t", streamed_exec=True,
+                                                           writer_properties=_writer())
         .when_matched_delete(predicate="s._deleted")
         .when_matched_update(updates=columns, predicate="NOT s._deleted")
         .when_not_matched_insert(updates=columns, predicate="NOT s._deleted")
