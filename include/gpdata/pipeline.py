@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gpdata import codes, quality, storage, store
+from gpdata import arrowutil, codes, quality, storage, store
 from gpdata.errors import GpdataError, QualityGateError
 from gpdata.ingest import ledger, limits, sources
 from gpdata.ingest.feeds import Feed, check_location
@@ -495,9 +495,50 @@ def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = N
     return _check_finish(feed, settings, run_id, checking)
 
 
+@dataclass
+class _Validated:
+    """A validated table as the commit streams it into the store: ``batch_rows()`` rows at a time, each batch
+    without the rows of the patients in ``drop`` (``_drop_pids``' rule), counting the rows it passes and drops.
+    Every ``open()`` reads the file again and counts afresh (a retried write reads it again)."""
+
+    name: str
+    path: Path
+    drop: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    rows: int = 0
+    dropped: int = 0
+
+    def open(self) -> pa.RecordBatchReader:
+        self.rows = self.dropped = 0
+        file = pq.ParquetFile(self.path)
+        return pa.RecordBatchReader.from_batches(file.schema_arrow, self._kept(file))
+
+    def _kept(self, file: pq.ParquetFile):
+        for batch in file.iter_batches(arrowutil.batch_rows()):
+            part = {self.name: pa.Table.from_batches([batch])}
+            self.dropped += _drop_pids(part, self.drop).get(self.name, 0)
+            self.rows += part[self.name].num_rows
+            yield from part[self.name].to_batches()
+
+    def scan(self, practice: str) -> tuple[frozenset, pa.Array]:
+        """One pass over the columns the commit checks, before anything is written: the numeric leak check
+        (``deid.guard_numeric``, a batch at a time); returns the key versions the table holds and its distinct
+        patient pseudonyms."""
+        file = pq.ParquetFile(self.path)
+        columns = [f.name for f in file.schema_arrow if f.name in ("key_version", "patient_pid")
+                   or pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+        found, pids = set(), pa.array([], pa.string())
+        for batch in file.iter_batches(arrowutil.batch_rows(), columns=columns):
+            deid.guard_numeric({self.name: batch}, practice, "commit")
+            found.update(pc.unique(batch["key_version"]).to_pylist())
+            if "patient_pid" in batch.schema.names:
+                pids = pc.unique(pa.concat_arrays([pids, pc.unique(batch["patient_pid"]).cast(pa.string())]))
+        return frozenset(found), pids
+
+
 def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     """Replace (baseline) or merge into (incremental) the practice's partition of every curated table; then
-    record the delivered files and the watermark in the ledger and write the run manifest."""
+    record the delivered files and the watermark in the ledger and write the run manifest. The validated tables
+    stream into the store a batch at a time (memory is O(batch + patients)), one Delta commit per table."""
     storage.restrict_umask()
     practice = feed.ods_code
     started = time.monotonic()
@@ -506,9 +547,9 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     if done and done.get("run_id") == run_id and not (base / "validated").exists():
         log.info("practice %s: run %s is already committed (a retried task): nothing to do", practice, run_id)
         return done
-    tables, counts = _read_tables(base / "validated", [*TABLES, "quarantine", *_CARRIED], practice, "commit")
-    quarantine = tables.pop("quarantine")
-    carried = {name: tables.pop(name) for name in _CARRIED}
+    carried, counts = _read_tables(base / "validated", _CARRIED, practice, "commit")
+    tables = {name: _Validated(name, base / "validated" / f"{name}.parquet") for name in TABLES}
+    quarantine = _Validated("quarantine", base / "validated" / "quarantine.parquet")
     optout_pids = carried["optout_pids"]["patient_pid"].combine_chunks()
     info = counts.pop("_ledger")
     counts["run_id"] = run_id
@@ -535,25 +576,29 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     deletions = carried["deletions"]
     deleted = None if info["full"] else {
         name: deletions.filter(pc.equal(deletions["table"], name))["key"].combine_chunks() for name in TABLES}
-    # Another practice may have recorded a dissent since this batch was extracted.
-    at_commit = _drop_pids(tables, active)
+    scanned = {name: table.scan(practice) for name, table in tables.items()}  # refuses before anything is written
+    pids = pc.unique(pa.concat_arrays([p for _, p in scanned.values()]))
+    # Another practice may have recorded a dissent since this batch was extracted: their rows are dropped.
+    dissented = pc.fill_null(pc.is_in(pids, value_set=active), False)
+    drop, held = pids.filter(dissented), pids.filter(pc.invert(dissented)).drop_null()
+    for table in tables.values():
+        table.drop = drop
+    versions = store.commit_practice(
+        settings.store, practice, {name: store.Batches(t.open, scanned[name][0]) for name, t in tables.items()},
+        store.Batches(quarantine.open), key_version=current, deleted=deleted)
+    at_commit = {name: t.dropped for name, t in tables.items() if t.dropped}
     if at_commit:
         counts["type1_optout"]["excluded_at_commit"] = at_commit
-    deid.guard_numeric(tables, practice, "commit")
-    versions = store.commit_practice(settings.store, practice, tables, quarantine, key_version=current,
-                                     deleted=deleted)
     # ... or while this one was writing: its erasure may have run before these rows landed.
     late, _ = type1.active_dissenters(settings.store, current)
-    held = pa.concat_arrays([t["patient_pid"].combine_chunks().cast(pa.string()) for t in tables.values()
-                             if "patient_pid" in t.column_names])
     late = late.filter(pc.is_in(late, value_set=held))
     if len(late):
         counts["extracts_recalled_after_commit"] = recall.recall(settings.extracts, settings.store, key, late)
         counts["erasure_after_commit"] = erasure.erase(settings.store, late)
     state = ledger.PracticeState.load(settings.state, practice)
-    patients = tables["patients"]
-    new_map = carried["patient_map"].join(patients.select(["patient_pid", "birth_month"]), "patient_pid",
-                                          join_type="inner")
+    patients = {"patients": pq.read_table(tables["patients"].path, columns=["patient_pid", "birth_month"])}
+    _drop_pids(patients, drop)
+    new_map = carried["patient_map"].join(patients["patients"], "patient_pid", join_type="inner")
     patient_map = new_map if info["full"] else ledger.merge_patient_map(state.patient_map(), new_map,
                                                                           deleted["patients"])
     practitioner_map = carried["practitioner_map"] if info["full"] else \
@@ -564,7 +609,7 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
                patient_map=patient_map, practitioner_map=practitioner_map, dissenter_map=dissenter_map,
                key_version=current,
                key_checks=key.checks(), token=partial(deid.file_token, key))
-    counts["committed_rows"] = {name: t.num_rows for name, t in tables.items()}
+    counts["committed_rows"] = {name: t.rows for name, t in tables.items()}
     if deleted is not None:
         counts["deleted_keys"] = {name: len(keys) for name, keys in deleted.items() if len(keys)}
     counts["table_versions"] = versions

@@ -6,6 +6,7 @@ from gpdata.store.tables import (
     KEYS,
     ODS_RE,
     QUARANTINE,
+    Batches,
     commit_practice,
     ensure_tables,
     journal_path,
@@ -26,7 +27,7 @@ from gpdata.store.tables import (
     write_manifest,
 )
 
-__all__ = ["KEYS", "ODS_RE", "QUARANTINE", "commit_practice", "ensure_tables", "journal_path", "key_versions",
-           "last_committed", "latest_manifests", "merge_practice", "practice_lock", "read_json", "read_table",
-           "replace_partition", "replace_table", "row_counts", "safe_name", "table_path", "unfinished_commits",
-           "write_json_atomic", "write_manifest"]
+__all__ = ["KEYS", "ODS_RE", "QUARANTINE", "Batches", "commit_practice", "ensure_tables", "journal_path",
+           "key_versions", "last_committed", "latest_manifests", "merge_practice", "practice_lock", "read_json",
+           "read_table", "replace_partition", "replace_table", "row_counts", "safe_name", "table_path",
+           "unfinished_commits", "write_json_atomic", "write_manifest"]

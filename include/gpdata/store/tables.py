@@ -3,22 +3,28 @@
 A practice's batch replaces that practice's partition of each table (``overwrite`` with a predicate on
 ``practice_code``), so re-running a practice gives the same table state and other practices' partitions
 are never touched. Run manifests record the counts of every stage and the table versions written.
+
+A table to write is a ``pa.Table`` or, when it is too large to hold whole, ``Batches``: delta-rs writes (and
+merges) from a ``pa.RecordBatchReader`` in one commit per table, holding a batch at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from gpdata import storage
+from gpdata import arrowutil, storage
 from gpdata.errors import GpdataError
 from gpdata.model import CURATED, PARTITION, QUARANTINE_SCHEMA, TABLES
 from gpdata.storage import read_json, write_json_atomic  # noqa: F401 - part of the store's API
@@ -29,6 +35,73 @@ QUARANTINE = "_quarantine"
 # The key of a record within a practice's partition: what an amendment or a deletion refers to.
 KEYS = {name: "patient_pid" if name == "patients" else "practitioner_pid" if name == "practitioners"
         else "record_id" for name in TABLES}
+
+
+@dataclass(frozen=True)
+class Batches:
+    """A table to write as record batches, for one too large to hold whole. ``open()`` returns a new reader on
+    every call (a reader is read once: a retried write, or a merge's pass over the keys, opens it again);
+    ``key_versions`` are the key versions its rows hold, known before anything is written."""
+
+    open: Callable[[], pa.RecordBatchReader]
+    key_versions: frozenset[str] = frozenset()
+
+
+Rows = pa.Table | Batches
+
+
+def _stream(data: Rows, schema: pa.Schema, errors: list[BaseException] | None = None) -> pa.RecordBatchReader:
+    """The rows of a table or ``Batches`` in ``schema``, a batch at a time; an error raised while reading them is
+    also put in ``errors`` (delta-rs reports it as a DeltaError carrying only its text)."""
+    reader = data.open() if isinstance(data, Batches) else data.to_reader()
+
+    def batches():
+        try:
+            for batch in reader:
+                yield batch.select(schema.names).cast(schema)
+        except Exception as exc:
+            if errors is not None:
+                errors.append(exc)
+            raise
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _write_rows(data: Rows, schema: pa.Schema, write: Callable[[pa.RecordBatchReader], object], what: str) -> None:
+    """``write(reader)`` of the rows in ``schema``, retried when another writer gets in the way
+    (``storage.retry_concurrent``; each attempt reads the rows anew). An error raised while reading the rows is
+    raised as itself, and nothing of them is committed."""
+
+    def attempt():
+        errors: list[BaseException] = []
+        try:
+            write(_stream(data, schema, errors))
+        except DeltaError:
+            if errors:
+                raise errors[0] from None
+            raise
+
+    storage.retry_concurrent(attempt, what)
+
+
+def _writer():
+    """Parquet row groups of ``batch_rows()`` rows: delta-rs's encoder holds a row group at a time (its default,
+    1 M rows, held about 100 MB more per table written at 1 M records; measured in docs/performance.md)."""
+    from deltalake import WriterProperties
+
+    return WriterProperties(max_row_group_size=arrowutil.batch_rows())
+
+
+def _has_rows(data: Rows) -> bool:
+    if isinstance(data, Batches):
+        return any(batch.num_rows for batch in data.open())
+    return data.num_rows > 0
+
+
+def _versions_in(data: Rows) -> set[str]:
+    if isinstance(data, Batches):
+        return set(data.key_versions)
+    return set(pc.unique(data["key_version"]).to_pylist()) if data.num_rows else set()
 
 
 def _predicate(practice: str) -> str:
@@ -62,14 +135,14 @@ def ensure_tables(store: Path) -> list[str]:
     return created
 
 
-def replace_partition(store: Path, name: str, practice: str, table: pa.Table) -> int:
-    """Atomically replace one practice's rows in one table. Returns the new table version."""
-    schema = _schemas()[name]
+def replace_partition(store: Path, name: str, practice: str, table: Rows) -> int:
+    """Atomically replace one practice's rows in one table (one commit, from a table or ``Batches``). Returns the
+    new table version."""
     path = table_path(store, name)
-    data = table.select(schema.names).cast(schema)
-    storage.retry_concurrent(lambda: storage.write_delta(path, data, mode="overwrite", predicate=_predicate(practice),
-                                                         partition_by=[PARTITION]),
-                             f"practice {practice}: replace its rows of table {name}")
+    predicate = _predicate(practice)
+    _write_rows(table, _schemas()[name], lambda rows: storage.write_delta(
+        path, rows, mode="overwrite", predicate=predicate, partition_by=[PARTITION], writer_properties=_writer()),
+        f"practice {practice}: replace its rows of table {name}")
     return storage.delta_table(path).version()
 
 
@@ -100,7 +173,7 @@ def key_versions(store: Path, name: str, exclude_practice: str | None = None) ->
     return set(pc.unique(column).to_pylist()) - {None}
 
 
-def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], quarantine: pa.Table,
+def commit_practice(store: Path, practice: str, tables: dict[str, Rows], quarantine: Rows,
                     key_version: str, deleted: dict[str, pa.Array] | None = None) -> dict:
     """Write a practice's validated batch into every curated table and its quarantined rows.
 
@@ -110,11 +183,11 @@ def commit_practice(store: Path, practice: str, tables: dict[str, pa.Table], qua
 
     Refuses, before writing anything, a batch not at the key ring's current ``key_version`` or a table whose
     other practices are at another version, so no table ever mixes versions: a batch pseudonymised before a
-    key rotation must be extracted again.
+    key rotation must be extracted again. Each table may be ``Batches`` (written a batch at a time).
     """
     ensure_tables(store)
     for name in TABLES:
-        found = set(pc.unique(tables[name]["key_version"]).to_pylist()) if tables[name].num_rows else set()
+        found = _versions_in(tables[name])
         found |= key_versions(store, name, exclude_practice=practice if deleted is None else None)
         if found - {key_version}:
             raise GpdataError(f"table {name} would hold pseudonyms of key version "
@@ -137,7 +210,7 @@ def practice_lock(store: Path, practice: str):
         yield
 
 
-def _commit_locked(store: Path, practice: str, tables: dict[str, pa.Table], quarantine: pa.Table,
+def _commit_locked(store: Path, practice: str, tables: dict[str, Rows], quarantine: Rows,
                    deleted: dict[str, pa.Array] | None) -> dict:
     journal = journal_path(store, practice)
     write_json_atomic(journal, {"practice": practice, "tables": list(TABLES)})
@@ -149,9 +222,8 @@ def _commit_locked(store: Path, practice: str, tables: dict[str, pa.Table], quar
         versions = {name: merge_practice(store, name, practice, tables[name], deleted.get(name, none))
                     for name in TABLES}
         path = table_path(store, QUARANTINE)
-        if quarantine.num_rows:
-            storage.write_delta(path, quarantine.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA),
-                                mode="append", partition_by=[PARTITION])
+        if _has_rows(quarantine):
+            storage.write_delta(path, _stream(quarantine, QUARANTINE_SCHEMA), mode="append", partition_by=[PARTITION])
         versions[QUARANTINE] = storage.delta_table(path).version()
     journal.unlink()
     return versions
@@ -166,32 +238,46 @@ def unfinished_commits(store: Path) -> list[str]:
     return sorted(p.stem for p in (storage.root(store) / "_journal").glob("*.json"))
 
 
-def merge_practice(store: Path, name: str, practice: str, batch: pa.Table, deleted_keys) -> int:
-    """An incremental batch in one commit: records whose key (``KEYS[name]``) is known replace their earlier
-    version, new ones are inserted, and the keys the source marks deleted disappear. Returns the version."""
+def merge_practice(store: Path, name: str, practice: str, batch: Rows, deleted_keys) -> int:
+    """An incremental batch (a table or ``Batches``) in one commit: records whose key (``KEYS[name]``) is known
+    replace their earlier version, new ones are inserted, and the keys the source marks deleted disappear.
+    Returns the version. MERGE reads its source as a stream (delta-rs ``streamed_exec``), a batch at a time."""
     schema = _schemas()[name]
     key = KEYS[name]
     _predicate(practice)
     gone_keys = pc.unique(pa.array(deleted_keys, pa.string()).drop_null())
-    if batch.num_rows:  # a record amended and deleted in one batch: the batch's version (newest) stays
-        gone_keys = gone_keys.filter(pc.invert(pc.is_in(gone_keys, value_set=batch[key].combine_chunks())))
-    if batch.num_rows == 0 and len(gone_keys) == 0:
+    rows = 0  # a record amended and deleted in one batch: the batch's version (newest) stays
+    for part in _stream(batch, pa.schema([schema.field(key)])):
+        rows += part.num_rows
+        if len(gone_keys):
+            gone_keys = gone_keys.filter(pc.invert(pc.is_in(gone_keys, value_set=part[key])))
+    if rows == 0 and len(gone_keys) == 0:
         return storage.delta_table(table_path(store, name)).version()
     loose = pa.schema([f.with_nullable(True) for f in schema])  # deletion markers carry only their key
     n = len(gone_keys)
     gone = pa.table({c: pa.array([practice] * n, pa.string()) if c == PARTITION else gone_keys if c == key
                      else pa.nulls(n, loose.field(c).type) for c in schema.names}, schema=loose)
-    source = pa.concat_tables([batch.select(schema.names).cast(loose), gone])
-    source = source.append_column("_deleted", pa.array([False] * batch.num_rows + [True] * n))
+    marked = loose.append(pa.field("_deleted", pa.bool_()))
+
+    def source(rows: pa.RecordBatchReader) -> pa.RecordBatchReader:
+        return pa.RecordBatchReader.from_batches(marked, itertools.chain(
+            (_marked(part.cast(loose), False) for part in rows), (_marked(part, True) for part in gone.to_batches())))
+
     columns = {c: f"s.{c}" for c in schema.names}
     on = f"t.{PARTITION} = '{practice}' AND t.{PARTITION} = s.{PARTITION} AND t.{key} = s.{key}"
-    storage.retry_concurrent(lambda: (
-        storage.delta_table(table_path(store, name)).merge(source, predicate=on, source_alias="s", target_alias="t")
+    _write_rows(batch, schema, lambda rows: (
+        storage.delta_table(table_path(store, name)).merge(source(rows), predicate=on, source_alias="s",
+                                                           target_alias="t", streamed_exec=True,
+                                                           writer_properties=_writer())
         .when_matched_delete(predicate="s._deleted")
         .when_matched_update(updates=columns, predicate="NOT s._deleted")
         .when_not_matched_insert(updates=columns, predicate="NOT s._deleted")
         .execute()), f"practice {practice}: merge into table {name}")
     return storage.delta_table(table_path(store, name)).version()
+
+
+def _marked(batch: pa.RecordBatch, deleted: bool) -> pa.RecordBatch:
+    return batch.append_column("_deleted", pa.array([deleted] * batch.num_rows, pa.bool_()))
 
 
 def replace_table(store: Path, name: str, table: pa.Table) -> int:

@@ -1,0 +1,134 @@
+"""The commit stage streams each validated table into the store a batch at a time (issue 21): the store it leaves
+is the one a single batch leaves, a dissent recorded since extraction drops the patient's rows in any batch, and
+the commit's counts come from the batches."""
+
+import datetime as dt
+import shutil
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gpdata import pipeline, settings, store
+from gpdata.arrowutil import BATCH_ROWS_ENV
+from gpdata.ingest.dialects import load_dialect
+from gpdata.ingest.feeds import Feed
+from gpdata.ingest.sources.flatfile import write_delivery
+from gpdata.model import CANONICAL, TABLES
+from gpdata.privacy import keys
+from gpdata.privacy.deid import Pseudonymiser
+from gpdata.synth import exports, generate
+from tests import factory as f
+
+TODAY = dt.date(2026, 6, 1)
+
+X_NHS, Y_NHS, Z_NHS = "9990000018", "9990000026", "9990000034"
+
+
+def _feed(home, ods, resources, name="bundle-0001.json"):
+    f.write_bundle(home / "sources" / ods, resources, name=name)
+    return Feed(ods_code=ods, name=ods, location=str(home / "sources" / ods), max_quarantine_fraction=1)
+
+
+def _store_state(cfg) -> dict:
+    return {name: store.read_table(cfg.store, name).sort_by([(c, "ascending") for c in ("practice_code",
+                                                                                        store.KEYS[name])])
+            for name in TABLES}
+
+
+def _table_paths(cfg) -> dict:
+    return {name: store.table_path(cfg.store, name) for name in [*TABLES, store.QUARANTINE]}
+
+
+def _commit_in_batches_of(rows, feed, cfg, run_id, monkeypatch) -> tuple[dict, dict, dict]:
+    """The store, the Delta versions each table gained and the counts of a commit at GPDATA_BATCH_ROWS=rows."""
+    from gpdata import storage
+
+    if rows:
+        monkeypatch.setenv(BATCH_ROWS_ENV, str(rows))
+    else:
+        monkeypatch.delenv(BATCH_ROWS_ENV, raising=False)
+    store.ensure_tables(cfg.store)
+    before = {n: storage.delta_table(p).version() for n, p in _table_paths(cfg).items()}
+    counts = pipeline.commit(feed, cfg, run_id)
+    gained = {n: storage.delta_table(p).version() - before[n] for n, p in _table_paths(cfg).items()}
+    monkeypatch.delenv(BATCH_ROWS_ENV, raising=False)
+    return _store_state(cfg), gained, counts
+
+
+def _same_in_500s_and_whole(feed, cfg, run_id, monkeypatch, tmp_path) -> dict:
+    """Commit a staged run in batches of 500 rows, then the same staged run in one batch: same store, same
+    versions gained per table, same counts. Returns the counts."""
+    staged = pipeline.staging_dir(cfg, run_id, feed.ods_code)
+    saved = tmp_path / f"saved-{run_id}"
+    shutil.copytree(staged, saved)
+    small = _commit_in_batches_of(500, feed, cfg, run_id, monkeypatch)
+    shutil.copytree(saved, staged)  # the commit removed it: the same validated batch again
+    whole = _commit_in_batches_of(None, feed, cfg, run_id, monkeypatch)
+    assert small[0].keys() == whole[0].keys()
+    for name in TABLES:
+        assert small[0][name].equals(whole[0][name]), name
+    assert small[1] == whole[1]
+    for key in ("committed_rows", "type1_optout", "staged_rows"):
+        assert small[2][key] == whole[2][key], key
+    return whole[2]
+
+
+def test_a_commit_in_batches_leaves_the_store_a_single_batch_leaves(home, monkeypatch, tmp_path):
+    truth = generate(home, n_practices=1, n_patients=60, events_per_patient=30, dirty_fraction=0.0, seed=5)[0]
+    ods = truth.ods_code
+    canonical = exports.canonical_of(home / "sources" / ods, ods)
+    out = home / "inbox" / ods
+    dialect = load_dialect("emis_csv")
+    write_delivery(canonical, out, ods, dialect, exports.FIRST_STAMP)
+    feed = Feed(ods_code=ods, name="p", location=str(out), format="flatfile", dialect="emis_csv", mode="incremental",
+                max_quarantine_fraction=0.5)
+    cfg = settings.load()
+    pipeline.extract(feed, cfg, "base", force=True)
+    pipeline.check(feed, cfg, "base", today=TODAY)
+    counts = _same_in_500s_and_whole(feed, cfg, "base", monkeypatch, tmp_path)
+    assert counts["committed_rows"]["observations"] > 1000  # three batches of 500 or more
+    # An incremental delivery: 200 records amended, 700 new and 50 deleted; merged in batches of 500 and whole alike.
+    obs = canonical["observations"]
+    amended = obs.slice(0, 200).set_column(obs.schema.get_field_index("value"), "value",
+                                           pc.add(obs["value"].slice(0, 200), 0.5))
+    new = obs.slice(200, 700).set_column(obs.schema.get_field_index("source_id"), "source_id",
+                                         pc.binary_join_element_wise("new-", obs["source_id"].slice(200, 700), ""))
+    nothing = {n: CANONICAL[n].empty_table() for n in TABLES}
+    write_delivery({**nothing, "observations": pa.concat_tables([amended, new])}, out, ods, dialect,
+                   "20260102020000", deleted={**nothing, "observations": obs.slice(1000, 50)})
+    pipeline.extract(feed, cfg, "delta")
+    pipeline.check(feed, cfg, "delta", today=TODAY)
+    counts = _same_in_500s_and_whole(feed, cfg, "delta", monkeypatch, tmp_path)
+    assert counts["committed_rows"]["observations"] > 500 and counts["deleted_keys"]["observations"] > 0
+
+
+def _pid(nhs=X_NHS):
+    return Pseudonymiser(keys.load_master_key())(pa.array([nhs]), "nhs_number")[0].as_py()
+
+
+def test_a_dissent_recorded_since_extraction_drops_rows_in_any_batch(home, monkeypatch):
+    cfg = settings.load()
+    # X is the second patient and has the last observations: with one row a batch, never in the first batch.
+    b = _feed(home, "B82002", [f.organization("B82002"), *f.practitioner("prac-1", "123456789013"),
+                               f.patient("q2", Z_NHS), f.patient("q9", X_NHS),
+                               *[f.observation(f"z-{i}", "q2", f.BMI, "2021-01-01", value=28.0, unit="kg/m2")
+                                 for i in range(3)],
+                               *[f.observation(f"x-{i}", "q9", f.BMI, "2021-01-01", value=24.0, unit="kg/m2")
+                                 for i in range(2)]])
+    pipeline.extract(b, cfg, "slow")
+    pipeline.check(b, cfg, "slow")  # validated before A's dissent is known
+    validated = pipeline.staging_dir(cfg, "slow", "B82002") / "validated"
+    for name in ("patients", "observations"):
+        first = next(pq.ParquetFile(validated / f"{name}.parquet").iter_batches(1))
+        assert _pid() not in first["patient_pid"].to_pylist(), name  # X's rows come in later batches
+    a = _feed(home, "A81001", [f.organization("A81001"), *f.practitioner("prac-1", "123456789012"),
+                               f.patient("p1", X_NHS), f.observation("a-dissent", "p1", f.DISSENT, "2022-01-01")])
+    pipeline.run_practice(a, cfg, "r1")
+    monkeypatch.setenv(BATCH_ROWS_ENV, "1")
+    counts = pipeline.commit(b, cfg, "slow")
+    assert counts["type1_optout"]["excluded_at_commit"] == {"patients": 1, "observations": 2}
+    assert counts["committed_rows"]["patients"] == 1 and counts["committed_rows"]["observations"] == 3
+    for name in ("patients", "observations"):
+        assert _pid() not in store.read_table(cfg.store, name)["patient_pid"].to_pylist(), name
+    assert _pid(Z_NHS) in store.read_table(cfg.store, "patients", "B82002")["patient_pid"].to_pylist()
