@@ -431,21 +431,38 @@ class _Checking:
 
 
 def _check_rows(feed: Feed, settings: Settings, run_id: str, today: dt.date) -> _Checking:
+    """The row rules on the staged tables: held whole when each fits in one record batch (``batch_rows``), else
+    streamed batch by batch into the folder ``validating`` (gpdata.quality.stream)."""
     storage.restrict_umask()
     practice = feed.ods_code
     started = time.monotonic()
-    staged, counts = _read_tables(staging_dir(settings, run_id, practice) / "extracted", [*TABLES, *_CARRIED],
-                                  practice, "quality")
-    carried = {name: staged.pop(name) for name in _CARRIED}
+    base = staging_dir(settings, run_id, practice)
+    carried, counts = _read_tables(base / "extracted", _CARRIED, practice, "quality")
     known = None
     if not counts["_ledger"]["full"]:
         pmap = ledger.PracticeState.load(settings.state, practice).patient_map()
         known = (pmap["patient_pid"].combine_chunks(), pmap["birth_month"].combine_chunks())
-    read_seconds = time.monotonic() - started
-    result = quality.gate_rows(staged, practice, run_id, today=today,
-                               max_quarantine_fraction=feed.max_quarantine_fraction,
-                               quarantine_allowance=feed.quarantine_allowance, known_patients=known)
+    limits = {"today": today, "max_quarantine_fraction": feed.max_quarantine_fraction,
+              "quarantine_allowance": feed.quarantine_allowance, "known_patients": known}
+    if quality.fits_one_batch(base / "extracted", TABLES):
+        staged, _ = _read_tables(base / "extracted", TABLES, practice, "quality")
+        read_seconds = time.monotonic() - started
+        result = quality.gate_rows(staged, practice, run_id, **limits)
+    else:
+        read_seconds = time.monotonic() - started
+        shutil.rmtree(base / "validating", ignore_errors=True)  # a crashed attempt's
+        result = quality.gate_rows_streamed(base / "extracted", base / "validating", practice, run_id, **limits)
     return _Checking(result, counts, carried, started, read_seconds)
+
+
+def _seal(tmp: Path, folder: Path, tables: dict[str, pa.Table], meta: dict) -> None:
+    """Complete a folder of Parquet files written as they streamed with these tables and the metadata, and rename
+    it into place (what ``_write_tables`` does for tables held whole)."""
+    for name, table in tables.items():
+        pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
+    (tmp / "counts.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def _check_finish(feed: Feed, settings: Settings, run_id: str, checking: _Checking) -> dict:
@@ -466,12 +483,17 @@ def _check_finish(feed: Feed, settings: Settings, run_id: str, checking: _Checki
     for failure in result.failures:
         log.warning("practice %s: quality: %s", practice, failure)
     if not result.ok:
+        if result.folder is not None:
+            shutil.rmtree(result.folder, ignore_errors=True)
         write_run_manifest(settings, practice, run_id, counts, status="failed_quality")
         raise QualityGateError("quality gate failed, nothing committed: " + "; ".join(result.failures),
                                practice=practice, stage="quality")
     written_at = time.monotonic()
-    _write_tables(staging_dir(settings, run_id, practice) / "validated",
-                  {**result.passed, "quarantine": result.quarantine, **checking.carried}, counts)
+    validated = staging_dir(settings, run_id, practice) / "validated"
+    if result.folder is None:
+        _write_tables(validated, {**result.passed, "quarantine": result.quarantine, **checking.carried}, counts)
+    else:  # the passed and quarantined rows are written already
+        _seal(result.folder, validated, checking.carried, counts)
     counts["seconds"]["quality_write"] = round(time.monotonic() - written_at, 3)
     log.info("practice %s: quality gate passed; quarantined %s", practice,
              {t: sum(r.values()) for t, r in result.counts["quarantined"].items() if r})
@@ -481,10 +503,12 @@ def _check_finish(feed: Feed, settings: Settings, run_id: str, checking: _Checki
 def _expect(feed: Feed, settings: Settings, checking: _Checking, today: dt.date) -> None:
     """Great Expectations on one practice's rows that passed the row rules, with its own Data Docs."""
     started = time.monotonic()
-    expectations = quality.run_suites(checking.result.passed, feed.ods_code, today,
-                                      gx_root=settings.quality / feed.ods_code / "gx",
-                                      docs_dir=settings.data_docs / feed.ods_code)
-    quality.add_expectations(checking.result, expectations, time.monotonic() - started)
+    result = checking.result
+    validate, rows = (quality.run_suites, result.passed) if result.folder is None else \
+        (quality.run_suites_streamed, result.folder)
+    expectations = validate(rows, feed.ods_code, today, gx_root=settings.quality / feed.ods_code / "gx",
+                            docs_dir=settings.data_docs / feed.ods_code)
+    quality.add_expectations(result, expectations, time.monotonic() - started)
 
 
 def check(feed: Feed, settings: Settings, run_id: str, today: dt.date | None = None) -> dict:
@@ -750,7 +774,8 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
         log.info("chunk: %d/%d practices read (%s)", number, len(feeds), ods)
     together: dict[str, list[dict] | None] = {}
     started = time.monotonic()
-    passing = {ods: c.result.passed for ods, (_, c) in checking.items() if c.result.ok}
+    passing = {ods: c.result.passed for ods, (_, c) in checking.items()
+               if c.result.ok and c.result.folder is None}  # a streamed practice is validated alone
     if len(passing) > 1:
         try:  # each practice's Data Docs: a copy of the pages of the validation its rows passed in
             together = quality.run_suites_together(

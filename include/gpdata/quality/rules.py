@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,6 +46,7 @@ class GateResult:
     expectations: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)  # row rules and Great Expectations, for the manifest
+    folder: Path | None = None  # where the passed and quarantined rows were written, if streamed (not in passed)
 
     @property
     def ok(self) -> bool:
@@ -56,9 +58,10 @@ def _duplicates(keys: pa.Array) -> pa.Array:
     n = len(keys)
     if n == 0:
         return pa.array([], pa.bool_())
-    idx = pa.table({"k": keys, "i": pa.array(range(n), pa.int64())})
+    positions = pa.array(np.arange(n, dtype=np.int64))
+    idx = pa.table({"k": keys, "i": positions})
     firsts = idx.group_by("k", use_threads=False).aggregate([("i", "min")])["i_min"]
-    first = pc.is_in(pa.array(range(n), pa.int64()), value_set=firsts)
+    first = pc.is_in(positions, value_set=firsts)
     return pc.and_(pc.invert(first), pc.is_valid(keys))
 
 
@@ -111,18 +114,22 @@ def _after_death(table: pa.Table, death_month: tuple[pa.Array, pa.Array]) -> pa.
 def row_reasons(table_name: str, table: pa.Table, today: dt.date,
                 birth_month: tuple[pa.Array, pa.Array] | None = None,
                 known_patients: pa.Array | None = None,
-                death_month: tuple[pa.Array, pa.Array] | None = None) -> pa.Array:
+                death_month: tuple[pa.Array, pa.Array] | None = None,
+                duplicates: pa.Array | None = None) -> pa.Array:
     """The first rule each row breaks (a reason code), or null where the row is clean. A reason found
-    before pseudonymisation (``_issue``) comes first."""
+    before pseudonymisation (``_issue``) comes first. ``duplicates``: the duplicate flags of these rows when they
+    are a record batch of a larger table (``duplicate_flags`` of its key column); else found here."""
     rules: list[tuple[pa.Array, str]] = []
+    if duplicates is None:
+        duplicates = _duplicates(table[suites.UNIQUE_KEY.get(table_name, "record_id")].combine_chunks())
     if table_name == "patients":
         rules += [(pc.is_null(table["patient_pid"]), "missing_key"),
                   (pc.greater(table["birth_month"], pa.scalar(today)), "future_date"),
                   (pc.less(table["birth_month"], pa.scalar(suites.EARLIEST)), "date_before_1900"),
                   *_patient_date_rules(table),
-                  (_duplicates(table["patient_pid"].combine_chunks()), "duplicate_record")]
+                  (duplicates, "duplicate_record")]
     elif table_name == "practitioners":
-        rules += [(_duplicates(table["practitioner_pid"].combine_chunks()), "duplicate_record")]
+        rules += [(duplicates, "duplicate_record")]
     else:
         date = table["event_date"]
         rules += [(pc.or_(pc.is_null(table["record_id"]), pc.is_null(table["patient_pid"])), "missing_key"),
@@ -140,7 +147,7 @@ def row_reasons(table_name: str, table: pa.Table, today: dt.date,
                                                 table["code"].combine_chunks())), "invalid_code"))
         if table_name == "observations":
             rules += _measurement_rules(table)
-        rules.append((_duplicates(table["record_id"].combine_chunks()), "duplicate_record"))
+        rules.append((duplicates, "duplicate_record"))
         if known_patients is not None:
             rules.append((pc.invert(pc.is_in(table["patient_pid"], value_set=known_patients)), "unknown_patient"))
     return pc.coalesce(table[ISSUE].combine_chunks(), first_reason(table.num_rows, rules))
@@ -181,10 +188,14 @@ def _batches(tables: dict[str, pa.Table], practice: str | None, today: dt.date):
         apart = name == "observations" and set(suites.MEASURED_COLUMNS) <= set(table.column_names)
         yield name, name, table, suites.suite(name, practice, today, empty, with_measurements=not apart)
         if apart and suites.measurements():
-            codes = pa.array(suites.measurement_codes(), pa.string())
-            rows = table.select(list(suites.MEASURED_COLUMNS)).filter(
-                pc.fill_null(pc.is_in(table["code"], value_set=codes), False))
-            yield f"{name}_measurements", name, rows, suites.measurement_suite()
+            yield f"{name}_measurements", name, measurement_rows(table), suites.measurement_suite()
+
+
+def measurement_rows(table: pa.Table) -> pa.Table:
+    """The measured columns of the observations whose code is a measurement's."""
+    codes = pa.array(suites.measurement_codes(), pa.string())
+    return table.select(list(suites.MEASURED_COLUMNS)).filter(
+        pc.fill_null(pc.is_in(table["code"], value_set=codes), False))
 
 
 def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date, *, gx_root: Path | None = None,
@@ -293,12 +304,15 @@ def _validate(batches, gx_root: Path | None, docs_dir: Path | None) -> list[dict
                                                                               data=batch, suite=suite))
         # The validation definition stores its result in the context's results store (a file context's
         # uncommitted/validations/), which the Data Docs are built from: no checkpoint is needed for that.
-        outcome = vd.run(batch_parameters={"dataframe": table.to_pandas(date_as_object=False)},
-                         result_format=result_format, run_id=run_id)
+        # Rows in parts (gpdata.quality.stream) are validated part by part and the merged result is stored.
+        parts = not isinstance(table, pa.Table)
+        outcome = _run_parts(vd, table, result_format, run_id) if parts else vd.run(
+            batch_parameters={"dataframe": table.to_pandas(date_as_object=False)}, result_format=result_format,
+            run_id=run_id)
         suite_id = ExpectationSuiteIdentifier(name=suite.name)
         result_id = ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=run_id,
                                                batch_identifier=outcome.batch_id)
-        if gx_root is not None and scrub_observed_values(outcome):
+        if gx_root is not None and (scrub_observed_values(outcome) or parts):
             ctx.validation_results_store.set(result_id, outcome)  # the stored result, and Data Docs, lose them
         built += [suite_id, result_id]
         for er in outcome.results:
@@ -314,6 +328,98 @@ def _validate(batches, gx_root: Path | None, docs_dir: Path | None) -> list[dict
     if gx_root is not None and docs_dir is not None:
         ctx.build_data_docs(site_names=["gpdata"], resource_identifiers=built)
     return results
+
+
+def _run_parts(vd, parts, result_format: dict, run_id):
+    """Validate rows given in parts, each ``(table, expectations)`` with the expectations of ``vd``'s suite
+    that apply to it, and merge the results into the one ``vd.run`` gives on all the rows together
+    (gpdata.quality.stream says why the verdicts and counts are the same). Nothing is stored."""
+    from great_expectations.constants import DATAFRAME_REPLACEMENT_STR
+
+    found, outcome = _validate_parts(vd, parts, result_format)
+    merged = []
+    for expectation in vd.suite.expectations:
+        er = _merge_results(found[_config_key(expectation.configuration)])
+        er.expectation_config = expectation.configuration
+        merged.append(er)
+    outcome.results = merged
+    outcome.success = all(er.success for er in merged)
+    passed = sum(1 for er in merged if er.success)
+    outcome.statistics = {"evaluated_expectations": len(merged), "successful_expectations": passed,
+                          "unsuccessful_expectations": len(merged) - passed,
+                          "success_percent": 100 * passed / len(merged) if merged else None}
+    outcome.meta.update(validation_id=vd.id, checkpoint_id=None, run_id=run_id, validation_time=run_id.run_time,
+                        batch_parameters={"dataframe": DATAFRAME_REPLACEMENT_STR})
+    return outcome
+
+
+def _validate_parts(vd, parts, result_format: dict) -> tuple[dict[str, list], object]:
+    """Each part's results, by expectation (``_config_key``), and the last part's whole result."""
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+    from great_expectations.validator.v1_validator import Validator
+
+    from gpdata.quality.stream import part_suite
+
+    found: dict[str, list] = {}
+    suites_of: dict[tuple, object] = {}  # parts mostly ask the same expectations: one suite each
+    # GX fingerprints a pandas batch (a hash of every value, about 1 s per million rows) for a batch marker of its
+    # result; a part's fingerprint is not the table's, so parts go without.
+    threshold, engine.HASH_THRESHOLD = engine.HASH_THRESHOLD, 0
+    try:
+        for table, expectations in parts:
+            asked = tuple(map(id, expectations))
+            if asked not in suites_of:
+                suites_of[asked] = part_suite(vd.suite.name, expectations)
+            outcome = Validator(batch_definition=vd.batch_definition,
+                                batch_parameters={"dataframe": table.to_pandas(date_as_object=False)},
+                                result_format=result_format).validate_expectation_suite(suites_of[asked])
+            for er in outcome.results:
+                found.setdefault(_config_key(er.expectation_config), []).append(er)
+    finally:
+        engine.HASH_THRESHOLD = threshold
+    return found, outcome
+
+
+def _config_key(config) -> str:
+    import json
+
+    kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+    return json.dumps([config.type, kwargs], sort_keys=True, default=str)
+
+
+def _merge_results(parts: list):
+    """One expectation's results on the parts of a table, as one result on the table: it passes iff it passes on
+    every part; row counts are summed (and GX's percentages recomputed from them); a minimum's or maximum's
+    observed value is the least or greatest of the parts'."""
+    out = parts[-1]
+    out.success = all(er.success for er in parts)
+    result = out.result
+    if result.get("element_count") is not None:
+        for k in ("element_count", "unexpected_count", "missing_count"):
+            if result.get(k) is not None:
+                result[k] = sum(er.result[k] for er in parts)
+        result.update(_percentages(result))
+    elif out.expectation_config.type in SINGLE_RECORD_OBSERVATIONS:
+        seen = [er.result.get("observed_value") for er in parts if er.result.get("observed_value") is not None]
+        if seen:
+            pick = min if out.expectation_config.type == "expect_column_min_to_be_between" else max
+            result["observed_value"] = pick(seen)
+    return out
+
+
+def _percentages(result: dict) -> dict:
+    """GX's percentages of a row-by-row result from its counts (great_expectations.expectations.expectation.
+    _format_map_output)."""
+    n, bad, missing = result["element_count"], result["unexpected_count"], result.get("missing_count")
+    if bad is None or n == 0:
+        return {k: None for k in ("unexpected_percent", "missing_percent", "unexpected_percent_total",
+                                  "unexpected_percent_nonmissing") if k in result}
+    total = bad / n * 100
+    if missing is None:
+        return {"unexpected_percent": total}
+    nonmissing = bad / (n - missing) * 100 if n - missing > 0 else None
+    return {"unexpected_percent": nonmissing, "missing_percent": missing / n * 100,
+            "unexpected_percent_total": total, "unexpected_percent_nonmissing": nonmissing}
 
 
 # Expectations whose observed value is one record's value (the oldest patient's birth month, the earliest
@@ -369,51 +475,112 @@ def gate_rows(staged: dict[str, pa.Table], practice: str, run_id: str, *, today:
               max_quarantine_fraction: float = 0.05, quarantine_allowance: int = 10,
               known_patients: tuple[pa.Array, pa.Array] | None = None) -> GateResult:
     """The row-rule half of ``gate``: quarantine and thresholds, no expectations yet (``add_expectations``)."""
-    quarantined: list[pa.Table] = []
+    tally = Tally(max_quarantine_fraction, quarantine_allowance)
     passed: dict[str, pa.Table] = {}
-    counts: dict = {"rows_in": {}, "rows_passed": {}, "quarantined": {}}
-    failures: list[str] = []
-    patient_pids = birth = death = None
+    quarantined: list[pa.Table] = []
+    events = None
     started = time.monotonic()
     for name in TABLES:  # patients first: events are checked against the patients that passed
-        table = staged[name]
-        if name == "observations":  # measurement values in another UCUM unit: to the configured one
-            table, counts["units_converted"] = units.to_configured(table)
-        reasons = row_reasons(name, table, today, birth_month=birth, known_patients=patient_pids,
-                              death_month=death)
-        bad = pc.is_valid(reasons)
-        clean = table.filter(pc.invert(bad))
-        passed[name] = clean.select(CURATED[name].names).cast(CURATED[name])
+        step = table_step(name, staged[name], today, events, practice, run_id)
+        passed[name] = step.clean
+        quarantined.append(step.quarantine)
+        tally.add(name, step)
+        tally.close(name)
         if name == "patients":
-            patient_pids = clean["patient_pid"].combine_chunks()
-            months = clean["birth_month"].combine_chunks()
-            if known_patients is not None:
-                older = pc.invert(pc.is_in(known_patients[0], value_set=patient_pids))
-                patient_pids = pa.concat_arrays([patient_pids, known_patients[0].filter(older)])
-                months = pa.concat_arrays([months, known_patients[1].filter(older)])
-            birth = (patient_pids, months)
-            dead = pc.is_valid(clean["death_month"])
-            death = (clean["patient_pid"].filter(dead).combine_chunks(),
-                     clean["death_month"].filter(dead).combine_chunks())
-        rejected = table.filter(bad)
-        rej_reasons = reasons.filter(bad)
-        n_bad = rejected.num_rows
-        counts["rows_in"][name] = table.num_rows
-        counts["rows_passed"][name] = clean.num_rows
-        by_reason = {}
-        if n_bad:
-            by_reason = {v["values"]: v["counts"] for v in pc.value_counts(rej_reasons).to_pylist()}
-            quarantined.append(pa.Table.from_arrays(
-                [const(practice, n_bad), const(name, n_bad), rejected[POSITION[0]], rejected[POSITION[1]],
-                 rej_reasons, const(run_id, n_bad)], schema=QUARANTINE_SCHEMA))
-        counts["quarantined"][name] = dict(sorted(by_reason.items()))
-        if n_bad > quarantine_allowance and n_bad / table.num_rows > max_quarantine_fraction:
-            failures.append(f"{name}: {n_bad} of {table.num_rows} rows quarantined "
-                            f"({n_bad / table.num_rows:.1%} > threshold {max_quarantine_fraction:.1%}): "
-                            + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))
-    quarantine = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
-    return GateResult(passed=passed, quarantine=quarantine, counts=counts, failures=failures,
-                      seconds={"quality_rules": round(time.monotonic() - started, 3)})
+            events = patient_context(step.clean, known_patients)
+    return GateResult(passed=passed, quarantine=pa.concat_tables(quarantined), counts=tally.counts,
+                      failures=tally.failures, seconds={"quality_rules": round(time.monotonic() - started, 3)})
+
+
+@dataclass
+class Step:
+    """One table (or one record batch of it) through the row rules."""
+
+    rows: int
+    clean: pa.Table  # the curated columns of the rows that passed
+    quarantine: pa.Table  # QUARANTINE_SCHEMA
+    by_reason: dict[str, int]
+    units_converted: int = 0
+
+
+@dataclass
+class EventContext:
+    """What events are checked against: the patients that passed (and, for an incremental batch, those committed
+    earlier) with their birth months, and the death months of those that died."""
+
+    birth: tuple[pa.Array, pa.Array]
+    death: tuple[pa.Array, pa.Array]
+
+    @property
+    def patient_pids(self) -> pa.Array:
+        return self.birth[0]
+
+
+def patient_context(clean: pa.Table, known_patients: tuple[pa.Array, pa.Array] | None) -> EventContext:
+    """The ``EventContext`` of the patients that passed (``patient_pid``, ``birth_month``, ``death_month``)."""
+    patient_pids = clean["patient_pid"].combine_chunks()
+    months = clean["birth_month"].combine_chunks()
+    if known_patients is not None:
+        older = pc.invert(pc.is_in(known_patients[0], value_set=patient_pids))
+        patient_pids = pa.concat_arrays([patient_pids, known_patients[0].filter(older)])
+        months = pa.concat_arrays([months, known_patients[1].filter(older)])
+    dead = pc.is_valid(clean["death_month"])
+    return EventContext(birth=(patient_pids, months),
+                        death=(clean["patient_pid"].filter(dead).combine_chunks(),
+                               clean["death_month"].filter(dead).combine_chunks()))
+
+
+def table_step(name: str, table: pa.Table, today: dt.date, events: EventContext | None, practice: str,
+               run_id: str, duplicates: pa.Array | None = None) -> Step:
+    """The row rules on a table or a record batch of it (``duplicates``: the batch's flags from its whole table's
+    key column, ``duplicate_flags``); events are checked against ``events``."""
+    converted = 0
+    if name == "observations":  # measurement values in another UCUM unit: to the configured one
+        table, converted = units.to_configured(table)
+    reasons = row_reasons(name, table, today, birth_month=events and events.birth,
+                          known_patients=events and events.patient_pids, death_month=events and events.death,
+                          duplicates=duplicates)
+    bad = pc.is_valid(reasons)
+    clean = table.filter(pc.invert(bad)).select(CURATED[name].names).cast(CURATED[name])
+    rejected, rej_reasons = table.filter(bad), reasons.filter(bad)
+    n_bad = rejected.num_rows
+    by_reason = {v["values"]: v["counts"] for v in pc.value_counts(rej_reasons).to_pylist()} if n_bad else {}
+    quarantine = pa.Table.from_arrays(
+        [const(practice, n_bad), const(name, n_bad), rejected[POSITION[0]], rejected[POSITION[1]], rej_reasons,
+         const(run_id, n_bad)], schema=QUARANTINE_SCHEMA)
+    return Step(table.num_rows, clean, quarantine, by_reason, converted)
+
+
+@dataclass
+class Tally:
+    """Counts of the row rules per table, summed over a table's steps, and the tables over the threshold."""
+
+    max_quarantine_fraction: float
+    quarantine_allowance: int
+    counts: dict = field(default_factory=lambda: {"rows_in": {}, "rows_passed": {}, "quarantined": {}})
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, name: str, step: Step) -> None:
+        c = self.counts
+        c["rows_in"][name] = c["rows_in"].get(name, 0) + step.rows
+        c["rows_passed"][name] = c["rows_passed"].get(name, 0) + step.clean.num_rows
+        reasons = c["quarantined"].setdefault(name, {})
+        for reason, n in step.by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+        if name == "observations":
+            c["units_converted"] = c.get("units_converted", 0) + step.units_converted
+
+    def close(self, name: str) -> None:
+        """A table's steps are all added: sort its reasons and judge its quarantined share."""
+        c = self.counts
+        c["rows_in"].setdefault(name, 0)
+        c["rows_passed"].setdefault(name, 0)
+        by_reason = c["quarantined"][name] = dict(sorted(c["quarantined"].get(name, {}).items()))
+        n_bad, n = sum(by_reason.values()), c["rows_in"][name]
+        if n_bad > self.quarantine_allowance and n_bad / n > self.max_quarantine_fraction:
+            self.failures.append(f"{name}: {n_bad} of {n} rows quarantined "
+                                 f"({n_bad / n:.1%} > threshold {self.max_quarantine_fraction:.1%}): "
+                                 + ", ".join(f"{k} {v}" for k, v in by_reason.items()))
 
 
 def add_expectations(result: GateResult, expectations: list[dict], seconds: float) -> GateResult:
