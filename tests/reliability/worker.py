@@ -41,13 +41,13 @@ def _install_pause(point: str, go: str | None) -> None:
     from gpdata.privacy import deid
 
     if point == "deidentify":
-        real_deid = deid.deidentify
+        real_deid = deid.deidentify_people  # every extraction de-identifies the people first
 
         def paused_deidentify(*args, **kwargs):
             _pause(go)
             return real_deid(*args, **kwargs)
 
-        deid.deidentify = paused_deidentify
+        deid.deidentify_people = paused_deidentify
     elif point == "staging-write":
         import pyarrow.parquet as pq
 
