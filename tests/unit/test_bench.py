@@ -3,8 +3,11 @@ process, no Airflow, no DAG parse) so a broken bench is caught here."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
 
 REQUIRED = ("flatfile_pipeline_over_limit", "fhir_pipeline_over_limit", "pipeline_over_naive",
             "peak_rss_mib_60k_patients", "cpu_count", "fixed_cpu_seconds_per_practice", "daily_increment_core_hours",
@@ -134,3 +137,24 @@ def test_the_daily_increment_runs_each_practice_once_in_chunks_and_projects_from
     assert keys["fixed_cpu_seconds_per_practice"] == round(got["cpu_seconds_per_practice"] + 2.0 / 3, 3)
     assert keys["daily_increment_core_hours"] == round(keys["fixed_cpu_seconds_per_practice"] * 6500 / 3600, 3)
     assert keys["baseline_core_hours"] == 5.0 and keys["rows_per_cpu_second_6m"] is None
+
+
+def test_bench_stages_runs_each_stage_in_its_own_process_and_reports_its_memory(tmp_path, clean_env):
+    """``python -m bench.stages``: one JSON line per stage, with the stage's own CPU and peak RSS; the practice
+    is committed at the end (the three stages ran against one home)."""
+    import json
+    import subprocess
+    import sys
+
+    from bench.inputs import practice_set
+
+    ps = practice_set(tmp_path / "cache", 1, 30, 8.0, ("fhir", "emis_csv"))
+    out = subprocess.run([sys.executable, "-m", "bench.stages", str(ps.home), ps.ods_codes[0], "emis_csv",
+                          str(tmp_path / "work")], capture_output=True, text=True, cwd=REPO, check=True)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["stage"] for r in lines] == ["extract", "check", "commit"]
+    for r in lines:
+        assert r["peak_rss_mib"] >= r["rss_before_mib"] > 0 and r["cpu"] >= 0
+    assert "commit" in lines[-1]["seconds"]
+    assert json.loads((tmp_path / "work" / "store" / "_manifests" / ps.ods_codes[0] / "latest.json").read_text())[
+        "status"] == "committed"
