@@ -19,3 +19,21 @@ def staged_tables(tmp_path, extra, ods="A81001"):
     master = keys.load_master_key({keys.KEY_ENV: TEST_KEY})
     staged, counts = deidentify(tables, ods, Pseudonymiser(master), lookup, codes.restricted_codes())
     return staged, counts, master
+
+
+def emis_incremental_practice(home, *, n_patients: int, events_per_patient: float, seed: int):
+    """A generated practice's records delivered as the first delivery of an incremental emis_csv feed under
+    ``home/inbox``: (its canonical tables, the feed, the dialect)."""
+    from gpdata.ingest.dialects import load_dialect
+    from gpdata.ingest.feeds import Feed
+    from gpdata.ingest.sources.flatfile import write_delivery
+    from gpdata.synth import exports, generate
+
+    ods = generate(home, n_practices=1, n_patients=n_patients, events_per_patient=events_per_patient,
+                   dirty_fraction=0.0, seed=seed)[0].ods_code
+    canonical = exports.canonical_of(home / "sources" / ods, ods)
+    dialect = load_dialect("emis_csv")
+    write_delivery(canonical, home / "inbox" / ods, ods, dialect, exports.FIRST_STAMP)
+    feed = Feed(ods_code=ods, name="p", location=str(home / "inbox" / ods), format="flatfile", dialect="emis_csv",
+                mode="incremental", max_quarantine_fraction=0.5)
+    return canonical, feed, dialect

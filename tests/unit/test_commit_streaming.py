@@ -11,14 +11,13 @@ import pyarrow.parquet as pq
 
 from gpdata import pipeline, settings, store
 from gpdata.arrowutil import BATCH_ROWS_ENV
-from gpdata.ingest.dialects import load_dialect
 from gpdata.ingest.feeds import Feed
 from gpdata.ingest.sources.flatfile import write_delivery
 from gpdata.model import CANONICAL, TABLES
 from gpdata.privacy import keys
 from gpdata.privacy.deid import Pseudonymiser
-from gpdata.synth import exports, generate
 from tests import factory as f
+from tests.test_helpers import emis_incremental_practice
 
 TODAY = dt.date(2026, 6, 1)
 
@@ -75,14 +74,8 @@ def _same_in_500s_and_whole(feed, cfg, run_id, monkeypatch, tmp_path) -> dict:
 
 
 def test_a_commit_in_batches_leaves_the_store_a_single_batch_leaves(home, monkeypatch, tmp_path):
-    truth = generate(home, n_practices=1, n_patients=60, events_per_patient=30, dirty_fraction=0.0, seed=5)[0]
-    ods = truth.ods_code
-    canonical = exports.canonical_of(home / "sources" / ods, ods)
-    out = home / "inbox" / ods
-    dialect = load_dialect("emis_csv")
-    write_delivery(canonical, out, ods, dialect, exports.FIRST_STAMP)
-    feed = Feed(ods_code=ods, name="p", location=str(out), format="flatfile", dialect="emis_csv", mode="incremental",
-                max_quarantine_fraction=0.5)
+    canonical, feed, dialect = emis_incremental_practice(home, n_patients=60, events_per_patient=30, seed=5)
+    ods, out = feed.ods_code, home / "inbox" / feed.ods_code
     cfg = settings.load()
     pipeline.extract(feed, cfg, "base", force=True)
     pipeline.check(feed, cfg, "base", today=TODAY)

@@ -8,13 +8,11 @@ import pyarrow.compute as pc
 
 from gpdata import pipeline, settings, store
 from gpdata.ingest import ledger
-from gpdata.ingest.dialects import load_dialect
-from gpdata.ingest.feeds import Feed
 from gpdata.ingest.sources.flatfile import write_delivery
 from gpdata.model import CANONICAL, TABLES
 from gpdata.privacy import keys, nhsnumber, type1
 from gpdata.privacy.deid import Pseudonymiser
-from gpdata.synth import exports, generate
+from tests.test_helpers import emis_incremental_practice
 
 TODAY = dt.date(2026, 6, 1)
 DISSENT, WITHDRAWN = "827241000000103", "827261000000102"
@@ -28,14 +26,8 @@ def _code_row(patient_ref: str, code: str, when: dt.date, n: int) -> dict:
 
 
 def test_a_type1_code_for_a_patient_excluded_earlier_is_tied_and_the_batch_commits(home):
-    truth = generate(home, n_practices=1, n_patients=120, events_per_patient=8, dirty_fraction=0.0, seed=4)[0]
-    ods = truth.ods_code
-    canonical = exports.canonical_of(home / "sources" / ods, ods)
-    out = home / "inbox" / ods
-    dialect = load_dialect("emis_csv")
-    write_delivery(canonical, out, ods, dialect, exports.FIRST_STAMP)
-    feed = Feed(ods_code=ods, name="p", location=str(out), format="flatfile", dialect="emis_csv", mode="incremental",
-                max_quarantine_fraction=0.5)
+    canonical, feed, dialect = emis_incremental_practice(home, n_patients=120, events_per_patient=8, seed=4)
+    ods, out = feed.ods_code, home / "inbox" / feed.ods_code
     cfg = settings.load()
     pipeline.run_practice(feed, cfg, "base", today=TODAY)
     # two patients with a valid NHS number whose latest type 1 code is a dissent: excluded, not in the patient map
