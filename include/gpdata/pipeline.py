@@ -56,6 +56,8 @@ def _fresh_tmp(folder: Path) -> Path:
 
 
 def _finish_tables(folder: Path, tmp: Path, tables: dict[str, pa.Table], meta: dict) -> None:
+    """Complete ``tmp`` (which may hold tables written as they streamed) with these tables and the metadata, and
+    rename it into place as ``folder``."""
     for name, table in tables.items():
         pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
     (tmp / "counts.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -455,16 +457,6 @@ def _check_rows(feed: Feed, settings: Settings, run_id: str, today: dt.date) -> 
     return _Checking(result, counts, carried, started, read_seconds)
 
 
-def _seal(tmp: Path, folder: Path, tables: dict[str, pa.Table], meta: dict) -> None:
-    """Complete a folder of Parquet files written as they streamed with these tables and the metadata, and rename
-    it into place (what ``_write_tables`` does for tables held whole)."""
-    for name, table in tables.items():
-        pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
-    (tmp / "counts.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
 def _check_finish(feed: Feed, settings: Settings, run_id: str, checking: _Checking) -> dict:
     """Record the gate's verdict; raise QualityGateError (after recording why) if the batch must not commit."""
     practice, result, counts = feed.ods_code, checking.result, checking.counts
@@ -493,7 +485,7 @@ def _check_finish(feed: Feed, settings: Settings, run_id: str, checking: _Checki
     if result.folder is None:
         _write_tables(validated, {**result.passed, "quarantine": result.quarantine, **checking.carried}, counts)
     else:  # the passed and quarantined rows are written already
-        _seal(result.folder, validated, checking.carried, counts)
+        _finish_tables(validated, result.folder, checking.carried, counts)
     counts["seconds"]["quality_write"] = round(time.monotonic() - written_at, 3)
     log.info("practice %s: quality gate passed; quarantined %s", practice,
              {t: sum(r.values()) for t, r in result.counts["quarantined"].items() if r})
