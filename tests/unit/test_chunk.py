@@ -186,3 +186,59 @@ def test_the_same_key_in_two_practices_passes_together_as_it_does_alone(passed):
     b["patients"] = _replace(b["patients"], "patient_pid", 0, a["patients"]["patient_pid"][0].as_py())
     assert all(_verdicts_alone(tables).values())
     assert all(r is not None for r in quality.run_suites_together(tables, TODAY).values())
+
+
+def test_a_practice_too_large_for_one_batch_is_streamed_alone_within_its_chunk(home, tmp_path, monkeypatch):
+    """A chunk with one practice whose increment exceeds a record batch: it is checked in batches and validated
+    alone (its tables are not gathered with the others'), the small ones are validated together, and every
+    practice's store is the one it gets when it runs alone in one batch."""
+    feeds = _practices(home)
+    dialect = load_dialect("emis_csv")
+    for number, (feed, fraction) in enumerate(zip(feeds, (0.6, 0.05, 0.05), strict=True)):
+        canonical = exports.canonical_of(home / "sources" / feed.ods_code, feed.ods_code)
+        inc = exports.make_increment(canonical, seed=number, fraction=fraction)
+        write_delivery(inc.changed, Path(feed.location), feed.ods_code, dialect, DAY2, deleted=inc.deleted)
+    alone = tmp_path / "alone"
+    shutil.copytree(home, alone)
+    large = feeds[0]
+    delivered = exports.canonical_of(home / "sources" / large.ods_code, large.ods_code)["observations"].num_rows
+    monkeypatch.setenv("GPDATA_BATCH_ROWS", "100")
+    together: list[set[str]] = []
+    validate_together = quality.run_suites_together
+
+    def spy(passing, *args, **kwargs):
+        together.append(set(passing))
+        return validate_together(passing, *args, **kwargs)
+
+    monkeypatch.setattr(quality, "run_suites_together", spy)
+    streamed: list[str] = []
+    validate_streamed = quality.run_suites_streamed
+
+    def spy_streamed(folder, practice, *args, **kwargs):
+        streamed.append(practice)
+        return validate_streamed(folder, practice, *args, **kwargs)
+
+    monkeypatch.setattr(quality, "run_suites_streamed", spy_streamed)
+    cfg = settings.load()
+
+    out = pipeline.run_chunk(feeds, cfg, "delta", today=TODAY)
+
+    assert delivered * 0.6 > 100  # the large practice's observations alone are several batches
+    assert {o["status"] for o in out.values()} == {"committed"}
+    assert streamed == [large.ods_code]  # checked in batches, and validated alone
+    assert together == [{f.ods_code for f in feeds[1:]}]
+    chunk = {f.ods_code: _rows(cfg, f.ods_code) for f in feeds}
+    assert (cfg.data_docs / large.ods_code / "index.html").exists()
+
+    monkeypatch.delenv("GPDATA_BATCH_ROWS")
+    monkeypatch.setattr(quality, "run_suites_together", validate_together)
+    monkeypatch.setattr(quality, "run_suites_streamed", validate_streamed)
+    monkeypatch.setenv("GPDATA_HOME", str(alone))
+    monkeypatch.setenv("GPDATA_INBOX_ROOT", str(home))
+    solo_cfg = settings.load()
+    for feed in feeds:
+        counts = pipeline.run_practice(feed, solo_cfg, "delta", today=TODAY)
+        assert counts["status"] == "committed"
+        assert counts["committed_rows"] == out[feed.ods_code]["committed_rows"]
+        assert counts["quality"]["quarantined"] == out[feed.ods_code]["quality"]["quarantined"]
+        assert _rows(solo_cfg, feed.ods_code) == chunk[feed.ods_code]
