@@ -87,10 +87,12 @@ def _write_rows(data: Rows, schema: pa.Schema, write: Callable[[pa.RecordBatchRe
 
 def _writer():
     """Parquet row groups of ``batch_rows()`` rows: delta-rs's encoder holds a row group at a time (its default,
-    1 M rows, held about 100 MB more per table written at 1 M records; measured in docs/performance.md)."""
+    1 M rows, held about 100 MB more per table written at 1 M records; measured in docs/performance.md). Compressed
+    as the partitions ``replace_partition`` writes (delta-rs's default codec, which explicit properties drop)."""
     from deltalake import WriterProperties
 
-    return WriterProperties(max_row_group_size=arrowutil.batch_rows())
+    return WriterProperties(max_row_group_size=arrowutil.batch_rows(),
+                            compression=storage.PARQUET_COMPRESSION.upper())
 
 
 def _has_rows(data: Rows) -> bool:

@@ -315,3 +315,15 @@ def test_memory_does_not_grow_with_the_rows_written(tmp_path):
     once, eight = peak_rss_mib(tmp_path, 1, 60_000), peak_rss_mib(tmp_path, 8, 60_000)
     assert eight[1] - once[1] < 25, (once, eight)
 
+
+def test_a_merged_increment_writes_its_files_compressed_as_a_replaced_partition(tmp_path):
+    """delta-rs drops its default codec when given writer properties: MERGE's files were written uncompressed."""
+    root = tmp_path / "store"
+    path, first = _two_commits(root)
+    amended = first.slice(0, 10).set_column(first.schema.get_field_index("value"), "value", pa.array([9.0] * 10))
+    store.merge_practice(root, "observations", "A81001", amended, [])
+    referenced = _referenced(path)
+    assert len(referenced) >= 1
+    for name in referenced:
+        meta = pq.ParquetFile(path / name).metadata
+        assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"SNAPPY"}, name
