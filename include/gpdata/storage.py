@@ -385,8 +385,9 @@ def _discard(path: Any, fs, base: str, written: list[str]) -> None:
         return
     for name in written:
         if name not in referenced:
-            with contextlib.suppress(OSError):
-                fs.delete_file(f"{base}/{name}")
+            for leftover in (name, f"{name}.tmp"):  # the file, or its local temporary name if it never was whole
+                with contextlib.suppress(OSError):
+                    fs.delete_file(f"{base}/{leftover}")
 
 
 def _row_groups(batches, rows: int):
@@ -410,13 +411,16 @@ def _row_groups(batches, rows: int):
 
 def _write_files(fs, base: str, column: str, value: str, batches, schema, row_group_rows: int, written: list[str]):
     """Yields a Delta ``AddAction`` for each Parquet file written (the partition column is not in the files, as
-    Delta keeps it in the path); each file's name is put in ``written`` before the file is opened."""
+    Delta keeps it in the path); each file's name is put in ``written`` before the file is opened. A file left by a
+    writer killed midway (``<name>.tmp`` locally, or a whole file never committed) is never referenced: a full
+    VACUUM (``full=True``) removes it, as it does the files of a delta-rs write killed midway."""
     import time
     import uuid
 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from deltalake.transaction import AddAction
+    from pyarrow.fs import LocalFileSystem
 
     from gpdata.errors import GpdataError
 
@@ -426,10 +430,17 @@ def _write_files(fs, base: str, column: str, value: str, batches, schema, row_gr
     sink = writer = stats = None
     name = ""
 
+    # A local file is written under a temporary name and renamed when whole (as delta-rs's object store does), so
+    # a writer killed midway leaves no partial Parquet file under a data file's name; on S3 an object appears
+    # whole when its upload completes.
+    staged = ".tmp" if isinstance(fs, LocalFileSystem) else ""
+
     def close():
         writer.close()
         size = sink.tell()
         sink.close()
+        if staged:
+            fs.move(f"{base}/{name}{staged}", f"{base}/{name}")
         return AddAction(name, size, {column: value}, int(time.time() * 1000), True, stats.json())
 
     try:
@@ -440,7 +451,7 @@ def _write_files(fs, base: str, column: str, value: str, batches, schema, row_gr
             if writer is None:
                 name = f"{folder}/part-{uuid.uuid4()}-c000.{PARQUET_COMPRESSION}.parquet"
                 written.append(name)
-                sink = fs.open_output_stream(f"{base}/{name}")
+                sink = fs.open_output_stream(f"{base}/{name}{staged}")
                 writer = pq.ParquetWriter(sink, file_schema, compression=PARQUET_COMPRESSION)
                 stats = FileStats(file_schema)
             writer.write_table(data, row_group_size=row_group_rows)

@@ -327,3 +327,31 @@ def test_a_merged_increment_writes_its_files_compressed_as_a_replaced_partition(
     for name in referenced:
         meta = pq.ParquetFile(path / name).metadata
         assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"SNAPPY"}, name
+
+
+def test_a_file_being_written_has_no_data_file_name_and_a_full_vacuum_removes_one_left(tmp_path, monkeypatch):
+    """A writer killed midway (SIGKILL: no clean-up) leaves a temporary name, never a partial ``*.parquet``."""
+    monkeypatch.setenv(BATCH_ROWS_ENV, "1000")
+    root = tmp_path / "store"
+    path, first = _two_commits(root)
+    before, seen = _files_on_disk(path), []
+    rows = _data(CURATED["observations"], 3000, seed=11)
+
+    def open_():
+        def batches():
+            for i, batch in enumerate(rows.to_batches(max_chunksize=1000)):
+                if i == 2:  # two row groups written, the file still open
+                    seen.append({str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()
+                                  and "_delta_log" not in p.parts} - before)
+                yield batch
+        return pa.RecordBatchReader.from_batches(rows.schema, batches())
+
+    store.replace_partition(root, "observations", "A81001", store.Batches(open_))
+    (during,) = seen
+    assert len(during) == 1 and next(iter(during)).endswith(".parquet.tmp")
+    (written,) = _files_on_disk(path) - before
+    assert written + ".tmp" == next(iter(during)) and _referenced(path) == {written}
+    left = path / f"{PARTITION}=A81001" / "part-left-by-a-killed-writer-c000.snappy.parquet.tmp"
+    left.write_bytes(b"PAR1")
+    storage.delta_table(path).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False, full=True)
+    assert not left.exists() and _referenced(path) == {written}
