@@ -328,7 +328,8 @@ def read_json(path: Path) -> dict | None:
 
 # ------------------------------------------------------------------------- A partition's data files, written here
 # ``write_deltalake`` reads a RecordBatchReader ahead of its Parquet encoder with no bound (delta-rs 1.6.6: the
-# same 594 k-row table written 1, 2, 4 and 8 times over in one write peaked at 518, 654, 771 and 1,014 MiB), so a
+# same 594 k-row table written 1, 2, 4 and 8 times over in one write peaked at 607, 748, 876 and 1,026 MiB; written
+# here, 404, 445, 451 and 462 MiB: docs/performance.md, Streaming commit), so a
 # partition to replace is written here instead: Parquet files by pyarrow, a row group at a time, then committed
 # by ``DeltaTable.create_write_transaction`` in one transaction that removes the partition's old files and adds the
 # new ones, with the per-file statistics delta-rs would write (``FileStats``). What is held is a row group.
