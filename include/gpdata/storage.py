@@ -324,3 +324,218 @@ def read_json(path: Path) -> dict | None:
     """A JSON document written by write_json_atomic, or None if there is none."""
     path = root(path)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# ------------------------------------------------------------------------- A partition's data files, written here
+# ``write_deltalake`` reads a RecordBatchReader ahead of its Parquet encoder with no bound (delta-rs 1.6.6: the
+# same 594 k-row table written 1, 2, 4 and 8 times over in one write peaked at 607, 748, 876 and 1,026 MiB; written
+# here, 404, 445, 451 and 462 MiB: docs/performance.md, Streaming commit), so a
+# partition to replace is written here instead: Parquet files by pyarrow, a row group at a time, then committed
+# by ``DeltaTable.create_write_transaction`` in one transaction that removes the partition's old files and adds the
+# new ones, with the per-file statistics delta-rs would write (``FileStats``). What is held is a row group.
+TARGET_FILE_BYTES = 100 * 1024 * 1024  # delta-rs's default target file size: a new file after a row group past it
+PARQUET_COMPRESSION = "snappy"  # delta-rs's default codec
+
+
+def arrow_filesystem(path: Any):
+    """pyarrow's filesystem for a table's location and the location's path on it."""
+    from pyarrow import fs
+
+    if isinstance(path, StorePath):
+        return path.fs.fs, path.path
+    return fs.LocalFileSystem(), os.path.abspath(path)
+
+
+def overwrite_partition(path: Any, column: str, value: str, batches, schema, row_group_rows: int, what: str) -> None:
+    """Replace the rows of the Delta table at ``path`` whose partition ``column`` is ``value`` with ``batches``
+    (record batches in ``schema``, the table's schema, every row in that partition), in one commit.
+
+    The data files are written first, into the partition's folder under names no other writer uses; then one
+    transaction (``create_write_transaction``, mode overwrite with a filter on the partition) removes the
+    partition's files and adds them, retried when another writer got in the way (``retry_concurrent``; files are
+    not written again). If anything fails, nothing is committed and the files written are deleted unless the
+    table's newest version refers to them (a commit whose answer was lost)."""
+    fs, base = arrow_filesystem(path)
+    written: list[str] = []
+    try:
+        adds = list(_write_files(fs, base, column, value, batches, schema, row_group_rows, written))
+        retry_concurrent(lambda: _commit_overwrite(path, column, value, adds), what)
+    except BaseException:
+        _discard(path, fs, base, written)
+        raise
+
+
+def _commit_overwrite(path: Any, column: str, value: str, adds: list) -> None:
+    table = delta_table(path)
+    table.create_write_transaction(adds, "overwrite", table.schema(), partition_by=[column],
+                                   partition_filters=[(column, "=", value)])
+
+
+def _discard(path: Any, fs, base: str, written: list[str]) -> None:
+    """Delete the files a failed write made, except any the table's newest version refers to; a file that cannot
+    be checked or deleted is left (unreferenced: a VACUUM removes it)."""
+    if not written:
+        return
+    import logging
+
+    try:
+        referenced = set(delta_table(path).get_add_actions(flatten=False).column("path").to_pylist())
+    except Exception:  # noqa: BLE001 - whatever the cause, the files may be referenced: keep them
+        logging.getLogger("gpdata.storage").warning("%d data files of a failed write kept (the table could not be "
+                                                    "read to check them)", len(written))
+        return
+    for name in written:
+        if name not in referenced:
+            for leftover in (name, f"{name}.tmp"):  # the file, or its local temporary name if it never was whole
+                with contextlib.suppress(OSError):
+                    fs.delete_file(f"{base}/{leftover}")
+
+
+def _row_groups(batches, rows: int):
+    """Tables of ``rows`` rows (the last may be shorter) from record batches of any size."""
+    import pyarrow as pa
+
+    held, count = [], 0
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        held.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(held)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            held, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(held)
+
+
+def _write_files(fs, base: str, column: str, value: str, batches, schema, row_group_rows: int, written: list[str]):
+    """Yields a Delta ``AddAction`` for each Parquet file written (the partition column is not in the files, as
+    Delta keeps it in the path); each file's name is put in ``written`` before the file is opened. A file left by a
+    writer killed midway (``<name>.tmp`` locally, or a whole file never committed) is never referenced: a full
+    VACUUM (``full=True``) removes it, as it does the files of a delta-rs write killed midway."""
+    import time
+    import uuid
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from deltalake.transaction import AddAction
+    from pyarrow.fs import LocalFileSystem
+
+    from gpdata.errors import GpdataError
+
+    folder = f"{column}={value}"
+    file_schema = schema.remove(schema.get_field_index(column))
+    fs.create_dir(f"{base}/{folder}", recursive=True)
+    sink = writer = stats = None
+    name = ""
+
+    # A local file is written under a temporary name and renamed when whole (as delta-rs's object store does), so
+    # a writer killed midway leaves no partial Parquet file under a data file's name; on S3 an object appears
+    # whole when its upload completes.
+    staged = ".tmp" if isinstance(fs, LocalFileSystem) else ""
+
+    def close():
+        writer.close()
+        size = sink.tell()
+        sink.close()
+        if staged:
+            fs.move(f"{base}/{name}{staged}", f"{base}/{name}")
+        return AddAction(name, size, {column: value}, int(time.time() * 1000), True, stats.json())
+
+    try:
+        for group in _row_groups(batches, row_group_rows):
+            if not pc.all(pc.equal(group[column], value)).as_py():
+                raise GpdataError(f"rows outside the partition {column} = {value} in a write to it")
+            data = group.drop_columns([column])
+            if writer is None:
+                name = f"{folder}/part-{uuid.uuid4()}-c000.{PARQUET_COMPRESSION}.parquet"
+                written.append(name)
+                sink = fs.open_output_stream(f"{base}/{name}{staged}")
+                writer = pq.ParquetWriter(sink, file_schema, compression=PARQUET_COMPRESSION)
+                stats = FileStats(file_schema)
+            writer.write_table(data, row_group_size=row_group_rows)
+            stats.add(data)
+            if sink.tell() >= TARGET_FILE_BYTES:
+                yield close()
+                writer = None
+        if writer is not None:
+            yield close()
+    except BaseException:
+        if writer is not None:  # closed before it is deleted: an S3 upload left open would complete later
+            for end in (writer.close, sink.close):
+                with contextlib.suppress(Exception):
+                    end()
+        raise
+
+
+class FileStats:
+    """The statistics Delta keeps for a data file (``numRecords``, ``minValues``, ``maxValues``, ``nullCount``),
+    as delta-rs 1.6.6 writes them, gathered a table at a time: min and max of the non-null values (a float's NaN
+    ignored, a column of only NaN has none; an infinite bound is written as null, a zero bound as -0.0 / 0.0 as
+    Parquet has it), dates as ``YYYY-MM-DD``, timestamps as UTC to the millisecond below (``...T12:30:01.123Z``),
+    strings whole. A type not listed here gets a null count only (allowed by Delta; readers then read the file)."""
+
+    def __init__(self, schema) -> None:
+        self.schema = schema
+        self.rows = 0
+        self.nulls = {f.name: 0 for f in schema}
+        self.low: dict[str, Any] = {}
+        self.high: dict[str, Any] = {}
+
+    @staticmethod
+    def _bounded(typ) -> bool:
+        import pyarrow as pa
+
+        return (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ)
+                or pa.types.is_floating(typ) or pa.types.is_date32(typ)
+                or (pa.types.is_timestamp(typ) and typ.tz is not None))  # an instant, kept as UTC
+
+    def add(self, table) -> None:
+        import math
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.rows += table.num_rows
+        for field in self.schema:
+            column = table[field.name]
+            self.nulls[field.name] += column.null_count
+            if not self._bounded(field.type) or column.null_count == len(column):
+                continue
+            if pa.types.is_timestamp(field.type):
+                column = column.cast(pa.int64())  # its count of the unit since the epoch, compared as such
+            low, high = (s.as_py() for s in pc.min_max(column).values())
+            if low is None or (isinstance(low, float) and math.isnan(low)):
+                continue  # only NaN
+            if field.name not in self.low or low < self.low[field.name]:
+                self.low[field.name] = low
+            if field.name not in self.high or high > self.high[field.name]:
+                self.high[field.name] = high
+
+    def _json_value(self, name: str, value: Any, low: bool) -> Any:
+        import datetime as dt
+        import math
+
+        import pyarrow as pa
+
+        typ = self.schema.field(name).type
+        if pa.types.is_floating(typ):
+            if math.isinf(value):
+                return None
+            return (-0.0 if low else 0.0) if value == 0 else value
+        if pa.types.is_timestamp(typ):
+            millis = value * {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[typ.unit] // 10**6
+            moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=millis)
+            return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if pa.types.is_date32(typ):
+            return value.isoformat()
+        return value
+
+    def json(self) -> str:
+        return json.dumps({
+            "numRecords": self.rows,
+            "minValues": {k: self._json_value(k, v, True) for k, v in self.low.items()},
+            "maxValues": {k: self._json_value(k, v, False) for k, v in self.high.items()},
+            "nullCount": self.nulls}, separators=(",", ":"), ensure_ascii=False)

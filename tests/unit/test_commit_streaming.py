@@ -125,3 +125,92 @@ def test_a_dissent_recorded_since_extraction_drops_rows_in_any_batch(home, monke
     for name in ("patients", "observations"):
         assert _pid() not in store.read_table(cfg.store, name)["patient_pid"].to_pylist(), name
     assert _pid(Z_NHS) in store.read_table(cfg.store, "patients", "B82002")["patient_pid"].to_pylist()
+
+
+def _written_by_write_deltalake(store_root, name, practice, table):
+    """``store.replace_partition`` as it was before the commit wrote its own data files: ``write_deltalake`` from
+    a reader, overwrite with a predicate on the practice (the reference the store must still equal)."""
+    from deltalake import WriterProperties
+
+    from gpdata import arrowutil, storage
+    from gpdata.store import tables
+
+    path = tables.table_path(store_root, name)
+    storage.write_delta(path, tables._stream(table, tables._schemas()[name]), mode="overwrite",
+                        predicate=tables._predicate(practice), partition_by=["practice_code"],
+                        writer_properties=WriterProperties(max_row_group_size=arrowutil.batch_rows()))
+    return storage.delta_table(path).version()
+
+
+def _files(cfg) -> dict:
+    """Each table's schema, partitioning and file statistics (without names, sizes and times)."""
+    from gpdata import storage
+
+    out = {}
+    for name, path in _table_paths(cfg).items():
+        table = storage.delta_table(path)
+        stats = pa.table(table.get_add_actions(flatten=True)).drop_columns(["path", "size_bytes", "modification_time"])
+        out[name] = (table.schema(), table.metadata().partition_columns, stats.to_pylist())
+    return out
+
+
+def test_the_store_a_commit_leaves_is_the_one_write_deltalake_left(home, monkeypatch, tmp_path):
+    from gpdata.store import tables
+
+    canonical, feed, dialect = emis_incremental_practice(home, n_patients=60, events_per_patient=30, seed=5)
+    cfg = settings.load()
+    pipeline.extract(feed, cfg, "base", force=True)
+    pipeline.check(feed, cfg, "base", today=TODAY)
+    staged, saved = pipeline.staging_dir(cfg, "base", feed.ods_code), tmp_path / "saved"
+    shutil.copytree(staged, saved)
+    real = tables.replace_partition
+    monkeypatch.setattr(tables, "replace_partition", _written_by_write_deltalake)
+    old_state, old_gained, old_counts = _commit_in_batches_of(500, feed, cfg, "base", monkeypatch)
+    old_files = _files(cfg)
+    old_quarantine = store.read_table(cfg.store, store.QUARANTINE).sort_by("source_entry")
+    old_versions = {name: store.key_versions(cfg.store, name) for name in TABLES}
+    monkeypatch.setattr(tables, "replace_partition", real)
+    shutil.copytree(saved, staged)
+    new_state, new_gained, new_counts = _commit_in_batches_of(500, feed, cfg, "base", monkeypatch)
+    assert old_counts["committed_rows"]["observations"] > 1000  # three batches of 500 or more
+    for name in TABLES:
+        assert new_state[name].equals(old_state[name]), name
+    assert store.read_table(cfg.store, store.QUARANTINE).sort_by("source_entry").equals(old_quarantine)
+    assert new_gained == old_gained == {name: 1 for name in _table_paths(cfg)}  # one commit per table
+    for key in ("committed_rows", "type1_optout", "staged_rows"):
+        assert new_counts[key] == old_counts[key], key
+    new_files = _files(cfg)
+    for name in old_files:  # the old files were removed: one file per table and practice, each way
+        assert new_files[name] == old_files[name], name
+    assert {name: store.key_versions(cfg.store, name) for name in TABLES} == old_versions
+
+
+def _staged_like(path, groups: int, rows: int = 20_000) -> None:
+    import random
+
+    rng = random.Random(groups)
+    with pq.ParquetWriter(path, pa.schema([("patient_pid", pa.string()), ("key_version", pa.string()),
+                                           ("value", pa.float64())]), compression="zstd") as writer:
+        for _ in range(groups):
+            writer.write_table(pa.table({"patient_pid": [f"{rng.getrandbits(256):064x}" for _ in range(rows)],
+                                         "key_version": ["v1"] * rows, "value": [rng.random() for _ in range(rows)]}))
+
+
+def test_the_commit_reads_a_staged_file_a_row_group_at_a_time(tmp_path, monkeypatch):
+    """One iter_batches over a whole file held more of what it had read the further it went (Arrow's allocations
+    peaked at 9 MiB over 4 row groups and 46 MiB over 48); a reader per row group holds one."""
+    monkeypatch.setenv(BATCH_ROWS_ENV, "16384")
+    peaks, sizes_of = {}, {}
+    for groups in (4, 48):
+        path = tmp_path / f"staged-{groups}.parquet"
+        _staged_like(path, groups)
+        peak, sizes = 0, []
+        for batch in pipeline._batches_by_row_group(pq.ParquetFile(path)):
+            peak = max(peak, pa.total_allocated_bytes())
+            sizes.append(batch.num_rows)
+        peaks[groups], sizes_of[groups] = peak, sizes
+    assert peaks[48] < peaks[4] + (2 << 20), peaks
+    for groups, sizes in sizes_of.items():  # every row, batch_rows() at most, never across two row groups
+        assert sizes == [16384, 3616] * groups
+    first = next(pipeline._batches_by_row_group(pq.ParquetFile(path), ["key_version"]))
+    assert first.schema.names == ["key_version"] and first.num_rows == 16384

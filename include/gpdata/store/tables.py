@@ -4,8 +4,9 @@ A practice's batch replaces that practice's partition of each table (``overwrite
 ``practice_code``), so re-running a practice gives the same table state and other practices' partitions
 are never touched. Run manifests record the counts of every stage and the table versions written.
 
-A table to write is a ``pa.Table`` or, when it is too large to hold whole, ``Batches``: delta-rs writes (and
-merges) from a ``pa.RecordBatchReader`` in one commit per table, holding a batch at a time.
+A table to write is a ``pa.Table`` or, when it is too large to hold whole, ``Batches``, written in one commit per
+table holding a row group at a time: a partition's Parquet files are written here and committed in one transaction
+(``storage.overwrite_partition``); an increment is merged by delta-rs from a ``pa.RecordBatchReader``.
 """
 
 from __future__ import annotations
@@ -86,10 +87,12 @@ def _write_rows(data: Rows, schema: pa.Schema, write: Callable[[pa.RecordBatchRe
 
 def _writer():
     """Parquet row groups of ``batch_rows()`` rows: delta-rs's encoder holds a row group at a time (its default,
-    1 M rows, held about 100 MB more per table written at 1 M records; measured in docs/performance.md)."""
+    1 M rows, held about 100 MB more per table written at 1 M records; measured in docs/performance.md). Compressed
+    as the partitions ``replace_partition`` writes (delta-rs's default codec, which explicit properties drop)."""
     from deltalake import WriterProperties
 
-    return WriterProperties(max_row_group_size=arrowutil.batch_rows())
+    return WriterProperties(max_row_group_size=arrowutil.batch_rows(),
+                            compression=storage.PARQUET_COMPRESSION.upper())
 
 
 def _has_rows(data: Rows) -> bool:
@@ -137,12 +140,19 @@ def ensure_tables(store: Path) -> list[str]:
 
 def replace_partition(store: Path, name: str, practice: str, table: Rows) -> int:
     """Atomically replace one practice's rows in one table (one commit, from a table or ``Batches``). Returns the
-    new table version."""
+    new table version.
+
+    The Parquet files are written here, a row group of ``batch_rows()`` rows at a time, and committed in one
+    transaction (``storage.overwrite_partition``): ``write_deltalake`` reads its input ahead of its encoder with no
+    bound, so its memory grew with the table's rows. The rows are read once; a commit retried after a conflicting
+    one commits the same files."""
     path = table_path(store, name)
-    predicate = _predicate(practice)
-    _write_rows(table, _schemas()[name], lambda rows: storage.write_delta(
-        path, rows, mode="overwrite", predicate=predicate, partition_by=[PARTITION], writer_properties=_writer()),
-        f"practice {practice}: replace its rows of table {name}")
+    _predicate(practice)
+    schema = _schemas()[name]
+    reader = table.open() if isinstance(table, Batches) else table.to_reader()
+    batches = (batch.select(schema.names).cast(schema) for batch in reader)
+    storage.overwrite_partition(path, PARTITION, practice, batches, schema, arrowutil.batch_rows(),
+                                f"practice {practice}: replace its rows of table {name}")
     return storage.delta_table(path).version()
 
 

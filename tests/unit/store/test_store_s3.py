@@ -112,6 +112,38 @@ def test_tables_manifests_journal_and_releases_round_trip_through_s3(s3_env):
     assert store.read_table(root, "practitioners").num_rows == 6
 
 
+@pytest.mark.parametrize("file_bytes", [1, None])
+def test_a_partition_written_on_s3_has_the_statistics_and_a_failure_leaves_no_object(s3_env, monkeypatch,
+                                                                                    file_bytes):
+    """The commit writes its data files itself (storage.overwrite_partition): on S3 through pyarrow's filesystem,
+    with the statistics key_versions reads; a write that fails midway commits nothing and deletes what it wrote
+    (files complete before the failure, or one still being written)."""
+    monkeypatch.setenv("GPDATA_BATCH_ROWS", "2")
+    monkeypatch.setattr(storage, "TARGET_FILE_BYTES", 1)  # a file per row group
+    root = storage.root(s3_env["uri"])
+    store.ensure_tables(root)
+    store.replace_partition(root, "practitioners", "A81001", _batch("A81001", 5)["practitioners"])
+    files = pa.table(storage.delta_table(store.table_path(root, "practitioners")).get_add_actions(flatten=True))
+    assert files["num_records"].to_pylist() == [2, 2, 1] and store.key_versions(root, "practitioners") == {"v1"}
+    assert files["min.practitioner_pid"].to_pylist() == [f"A81001{i:058d}" for i in (0, 2, 4)]
+    keys, version = _keys(s3_env), storage.delta_table(store.table_path(root, "practitioners")).version()
+    rows = _batch("A81001", 7)["practitioners"]
+    if file_bytes is None:  # one file, open when the reader fails
+        monkeypatch.setattr(storage, "TARGET_FILE_BYTES", 100 << 20)
+
+    def open_():
+        def batches():
+            yield from rows.to_batches(max_chunksize=2)[:3]
+            raise OSError("staged file lost")
+        return pa.RecordBatchReader.from_batches(rows.schema, batches())
+
+    with pytest.raises(OSError, match="staged file lost"):
+        store.replace_partition(root, "practitioners", "A81001", store.Batches(open_, frozenset({"v1"})))
+    assert _keys(s3_env) == keys
+    assert storage.delta_table(store.table_path(root, "practitioners")).version() == version
+    assert store.read_table(root, "practitioners").num_rows == 5
+
+
 WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
