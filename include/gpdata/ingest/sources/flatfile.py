@@ -34,7 +34,7 @@ from gpdata.ingest.sources.convert import DELETED, to_canonical
 from gpdata.model import CANONICAL, POSITION, TABLES
 
 _SAFE_HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]{0,40}$")
-BLOCK_BYTES = 1 << 22  # bytes read at once by the file checks; the least the CSV reader reads at once
+BLOCK_BYTES = 1 << 22  # bytes read at once by the file checks and by the CSV reader (the longest row)
 
 
 @dataclass(frozen=True)
@@ -210,13 +210,17 @@ def check_file(f: DeliveredFile, dialect: Dialect, practice: str, unmapped: dict
 
 def _raw_batches(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileShape,
                  columns: list[str]) -> Iterator[pa.Table]:
-    """The file's text columns (only ``columns``) through pyarrow's streaming CSV reader, ``batch_rows()`` rows
-    at a time (a block holding more is sliced); its blocks are sized from the file's bytes per line, at least
-    ``BLOCK_BYTES``."""
-    rows = batch_rows()
-    # 90 % of `rows` lines of average length: a block seldom holds more than `rows` rows
-    block = max(BLOCK_BYTES, f.path.stat().st_size * rows * 9 // (10 * max(shape.lines, 1)))
+    """The file's text columns (only ``columns``) through pyarrow's streaming CSV reader, in tables of exactly
+    ``batch_rows()`` rows (the last may hold fewer), gathered from the reader's blocks of ``BLOCK_BYTES``.
+
+    The block is fixed, not sized to a batch: the reader reads up to 32 blocks ahead on a background thread
+    (Arrow's CSV ``StreamingReader``, a read-ahead no option sets), so blocks of a batch's bytes held as much as
+    32 batches of raw text, the whole of most files. Fixed blocks bound that read-ahead to 32 x ``BLOCK_BYTES``,
+    whatever the file's size; a row longer than a block is refused, as before."""
+    rows, block = batch_rows(), BLOCK_BYTES
     expected = dialect.columns(f.table)
+    held: list[pa.RecordBatch] = []
+    count = 0
     try:
         reader = pacsv.open_csv(
             f.path, read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
@@ -225,8 +229,16 @@ def _raw_batches(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileS
                                                  include_columns=columns, null_values=[""],
                                                  strings_can_be_null=True))
         for raw in reader:
-            for start in range(0, raw.num_rows, rows):
-                yield pa.Table.from_batches([raw.slice(start, rows)])
+            while raw.num_rows:
+                part = raw.slice(0, rows - count)
+                held.append(part)
+                count += part.num_rows
+                raw = raw.slice(part.num_rows)
+                if count == rows:
+                    yield pa.Table.from_batches(held)
+                    held, count = [], 0
+        if count:
+            yield pa.Table.from_batches(held)
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
         if "straddl" in str(exc):
             raise SourceError(f"a row longer than {block} bytes (a broken or hostile "
