@@ -215,3 +215,23 @@ def test_the_csv_reader_reads_ahead_a_bounded_number_of_blocks_not_the_file(tmp_
         held.append(pa.total_allocated_bytes() - before - table.nbytes)
     assert max(held) < bound, held
     assert len(held) == 8
+
+
+def test_a_row_up_to_a_block_is_read_and_one_of_several_blocks_is_refused(tmp_path, monkeypatch):
+    """The reader's block (``BLOCK_BYTES``, 1 MiB; a field holds at most 65,536 characters, 256 KiB) is the longest
+    row a file may hold, whatever its size: before, blocks grew with the batch, and so did the limit."""
+    monkeypatch.setattr(flatfile, "BLOCK_BYTES", 4096)
+    columns = DIALECT.columns("allergies")
+    path = tmp_path / f"{ODS}_Allergy_{exports.FIRST_STAMP}.csv"
+    row = ",".join(["x" * 18] * len(columns))
+    f = flatfile.DeliveredFile(path=path, table="allergies", stamp=exports.FIRST_STAMP)
+    for length, refused in ((4000, False), (3 * 4096, True)):
+        long = ",".join(["y" * length] + ["x"] * (len(columns) - 1))
+        path.write_text(",".join(columns) + "\n" + "\n".join([row] * 300 + [long] + [row] * 300) + "\n")
+        shape = flatfile.check_file(f, DIALECT, ODS)
+        if not refused:
+            assert sum(t.num_rows for t in flatfile._raw_batches(f, DIALECT, ODS, shape, columns)) == 601
+            continue
+        with pytest.raises(SourceError, match="a row longer than 4096 bytes") as err:
+            list(flatfile._raw_batches(f, DIALECT, ODS, shape, columns))
+        assert err.value.file == path.name

@@ -34,7 +34,7 @@ from gpdata.ingest.sources.convert import DELETED, to_canonical
 from gpdata.model import CANONICAL, POSITION, TABLES
 
 _SAFE_HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]{0,40}$")
-BLOCK_BYTES = 1 << 22  # bytes read at once by the file checks and by the CSV reader (the longest row)
+BLOCK_BYTES = 1 << 20  # bytes read at once by the file checks and by the CSV reader: the longest row a file may hold
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,9 @@ def _raw_batches(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileS
 
     The block is fixed, not sized to a batch: the reader reads up to 32 blocks ahead on a background thread
     (Arrow's CSV ``StreamingReader``, a read-ahead no option sets), so blocks of a batch's bytes held as much as
-    32 batches of raw text, the whole of most files. Fixed blocks bound that read-ahead to 32 x ``BLOCK_BYTES``,
-    whatever the file's size; a row longer than a block is refused, as before."""
+    32 batches of raw text, the whole of most files. Fixed blocks bound that read-ahead to 32 x ``BLOCK_BYTES``
+    (32 MiB), whatever the file's size. A row longer than a block may straddle more than two and is refused;
+    every row up to a block is read (a field holds at most ``max_field_chars``, 65,536 characters: 256 KiB)."""
     rows, block = batch_rows(), BLOCK_BYTES
     expected = dialect.columns(f.table)
     held: list[pa.RecordBatch] = []
