@@ -236,10 +236,10 @@ def _raw_batches(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileS
                 count += part.num_rows
                 raw = raw.slice(part.num_rows)
                 if count == rows:
-                    yield pa.Table.from_batches(held)
-                    held, count = [], 0
+                    count = 0
+                    yield _gathered(held)
         if count:
-            yield pa.Table.from_batches(held)
+            yield _gathered(held)
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
         if "straddl" in str(exc):
             raise SourceError(f"a row longer than {block} bytes (a broken or hostile "
@@ -248,6 +248,13 @@ def _raw_batches(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileS
             if "columns" in str(exc) else "not parseable as delimited text"
         raise SourceError(cause, practice=practice, file=f.name,
                           row=_bad_row(f.path, dialect, shape.width)) from None
+
+
+def _gathered(parts: list[pa.RecordBatch]) -> pa.Table:
+    """The parts as one table, the list emptied: a generator that yields it holds no copy while suspended."""
+    table = pa.Table.from_batches(parts)
+    parts.clear()
+    return table
 
 
 def _columns_of(dialect: Dialect, table: str, fields: frozenset[str] | None) -> list[str]:
@@ -270,9 +277,12 @@ def iter_file(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileShap
     columns = _columns_of(dialect, f.table, fields)
     first_row = 1
     for raw in _raw_batches(f, dialect, practice, shape, columns):
-        yield to_canonical(f.table, raw, dialect, practice, f.name, first_row, lookups=partial(load_lookup, dialect),
-                           fields=fields)
+        table = to_canonical(f.table, raw, dialect, practice, f.name, first_row, lookups=partial(load_lookup, dialect),
+                             fields=fields)
         first_row += raw.num_rows
+        del raw  # the text is not held while the caller works on the batch
+        yield table
+        del table  # nor these rows while the next batch is read
     if first_row == 1:
         empty = pa.schema([(c, pa.string()) for c in columns]).empty_table()
         yield to_canonical(f.table, empty, dialect, practice, f.name, fields=fields)
