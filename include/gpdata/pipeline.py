@@ -30,7 +30,7 @@ from gpdata import arrowutil, codes, quality, storage, store
 from gpdata.errors import GpdataError, QualityGateError
 from gpdata.ingest import ledger, limits, sources
 from gpdata.ingest.feeds import Feed, check_location
-from gpdata.ingest.sources.convert import split_deleted
+from gpdata.ingest.sources.convert import DELETED, split_deleted
 from gpdata.model import CANONICAL, EVENT_TABLES, TABLES, staged_schema
 from gpdata.privacy import deid, keys, nhsnumber, type1
 from gpdata.privacy.keys import load_master_key
@@ -171,12 +171,17 @@ def _event_batches(batch: sources.Batch, practice: str) -> Iterator[tuple[str, p
             yield name, batch.tables.pop(name), batch.deleted.pop(name, CANONICAL[name].empty_table())
     if batch.events is not None:
         for name, table in batch.events.read():
-            current, deleted = split_deleted(table)
+            if pc.any(table[DELETED]).as_py():
+                current, deleted = split_deleted(table)
+            else:  # the rows themselves, not a copy (what split_deleted gives, without the filter)
+                current, deleted = table.drop_columns([DELETED]), table.slice(0, 0).drop_columns([DELETED])
+            del table
             try:
                 limits.check_fields({name: current, f"{name} (deleted)": deleted}, practice)
             except GpdataError as exc:
                 raise _in_extract(exc) from None
             yield name, current, deleted
+            del current, deleted  # not held while the next batch is read
 
 
 def _drop_active(staged: dict[str, pa.Table], active: pa.Array, type1_counts: dict) -> None:
@@ -386,6 +391,7 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     try:
         for name, table, deleted in _event_batches(batch, practice):
             staging.append(name, work.stage(name, table, deleted))
+            del table, deleted  # not held while the next batch is read
         for name in EVENT_TABLES:  # a table with no rows at all still has its (empty) staged file
             if name not in staging.writers:
                 staging.append(name, staged_schema(name).empty_table())

@@ -177,3 +177,61 @@ def test_the_file_checks_find_the_same_row_in_one_block_or_many(tmp_path, monkey
                 flatfile.check_file(f, DIALECT, ODS)
             rows.append(err.value.row)
         assert rows == [700] * 4, (fault, rows)
+
+
+def _plain_file(tmp_path, rows: int) -> tuple[flatfile.DeliveredFile, flatfile.FileShape, list[str]]:
+    """An allergies file of ``rows`` identical rows of text (read as text columns: nothing is parsed)."""
+    columns = DIALECT.columns("allergies")
+    path = tmp_path / f"{ODS}_Allergy_{exports.FIRST_STAMP}.csv"
+    row = ",".join(["x" * 18] * len(columns))
+    path.write_text(",".join(columns) + "\n" + "\n".join([row] * rows) + "\n")
+    f = flatfile.DeliveredFile(path=path, table="allergies", stamp=exports.FIRST_STAMP)
+    return f, flatfile.check_file(f, DIALECT, ODS), columns
+
+
+@pytest.mark.parametrize("rows", [40_000, 41_234])
+def test_a_file_is_read_in_batches_of_exactly_the_batch_rows(tmp_path, monkeypatch, rows):
+    monkeypatch.setattr(flatfile, "BLOCK_BYTES", 1 << 14)  # many reader blocks to a batch
+    monkeypatch.setenv("GPDATA_BATCH_ROWS", "5000")
+    f, shape, columns = _plain_file(tmp_path, rows)
+    sizes = [t.num_rows for t in flatfile._raw_batches(f, DIALECT, ODS, shape, columns)]
+    assert sizes == [5000] * (rows // 5000) + ([rows % 5000] if rows % 5000 else [])
+
+
+def test_the_csv_reader_reads_ahead_a_bounded_number_of_blocks_not_the_file(tmp_path, monkeypatch):
+    """pyarrow's streaming CSV reader queues up to 32 blocks on a background thread: with blocks the size of a
+    batch, that was most of a file (its memory grew with the practice); with fixed blocks it is bounded."""
+    import time
+
+    monkeypatch.setattr(flatfile, "BLOCK_BYTES", 1 << 14)
+    monkeypatch.setenv("GPDATA_BATCH_ROWS", "5000")
+    f, shape, columns = _plain_file(tmp_path, 40_000)
+    bound = 48 * flatfile.BLOCK_BYTES  # 32 queued blocks, the one parsed and the row that straddles them
+    assert f.path.stat().st_size > 7 * bound
+    before = pa.total_allocated_bytes()
+    held = []  # Arrow memory besides the batch itself, once the reader has had time to read ahead
+    for table in flatfile._raw_batches(f, DIALECT, ODS, shape, columns):
+        time.sleep(0.05)
+        held.append(pa.total_allocated_bytes() - before - table.nbytes)
+    assert max(held) < bound, held
+    assert len(held) == 8
+
+
+def test_a_row_up_to_a_block_is_read_and_one_of_several_blocks_is_refused(tmp_path, monkeypatch):
+    """The reader's block (``BLOCK_BYTES``, 1 MiB; a field holds at most 65,536 characters, 256 KiB) is the longest
+    row a file may hold, whatever its size: before, blocks grew with the batch, and so did the limit."""
+    monkeypatch.setattr(flatfile, "BLOCK_BYTES", 4096)
+    columns = DIALECT.columns("allergies")
+    path = tmp_path / f"{ODS}_Allergy_{exports.FIRST_STAMP}.csv"
+    row = ",".join(["x" * 18] * len(columns))
+    f = flatfile.DeliveredFile(path=path, table="allergies", stamp=exports.FIRST_STAMP)
+    for length, refused in ((4000, False), (3 * 4096, True)):
+        long = ",".join(["y" * length] + ["x"] * (len(columns) - 1))
+        path.write_text(",".join(columns) + "\n" + "\n".join([row] * 300 + [long] + [row] * 300) + "\n")
+        shape = flatfile.check_file(f, DIALECT, ODS)
+        if not refused:
+            assert sum(t.num_rows for t in flatfile._raw_batches(f, DIALECT, ODS, shape, columns)) == 601
+            continue
+        with pytest.raises(SourceError, match="a row longer than 4096 bytes") as err:
+            list(flatfile._raw_batches(f, DIALECT, ODS, shape, columns))
+        assert err.value.file == path.name

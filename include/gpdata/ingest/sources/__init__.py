@@ -83,6 +83,7 @@ class EventFiles:
             try:
                 for table in iter_file(f, self.dialect, self.practice, shape, fields=fields):
                     yield f.table, _tokenise_rows({f.table: table}, self.token)[f.table]
+                    del table  # not held while the next batch is read
             except SourceError as exc:
                 raise self.fail(exc) from None
 

@@ -34,7 +34,7 @@ from gpdata.ingest.sources.convert import DELETED, to_canonical
 from gpdata.model import CANONICAL, POSITION, TABLES
 
 _SAFE_HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]{0,40}$")
-BLOCK_BYTES = 1 << 22  # bytes read at once by the file checks; the least the CSV reader reads at once
+BLOCK_BYTES = 1 << 20  # bytes read at once by the file checks and by the CSV reader: the longest row a file may hold
 
 
 @dataclass(frozen=True)
@@ -210,13 +210,18 @@ def check_file(f: DeliveredFile, dialect: Dialect, practice: str, unmapped: dict
 
 def _raw_batches(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileShape,
                  columns: list[str]) -> Iterator[pa.Table]:
-    """The file's text columns (only ``columns``) through pyarrow's streaming CSV reader, ``batch_rows()`` rows
-    at a time (a block holding more is sliced); its blocks are sized from the file's bytes per line, at least
-    ``BLOCK_BYTES``."""
-    rows = batch_rows()
-    # 90 % of `rows` lines of average length: a block seldom holds more than `rows` rows
-    block = max(BLOCK_BYTES, f.path.stat().st_size * rows * 9 // (10 * max(shape.lines, 1)))
+    """The file's text columns (only ``columns``) through pyarrow's streaming CSV reader, in tables of exactly
+    ``batch_rows()`` rows (the last may hold fewer), gathered from the reader's blocks of ``BLOCK_BYTES``.
+
+    The block is fixed, not sized to a batch: the reader reads up to 32 blocks ahead on a background thread
+    (Arrow's CSV ``StreamingReader``, a read-ahead no option sets), so blocks of a batch's bytes held as much as
+    32 batches of raw text, the whole of most files. Fixed blocks bound that read-ahead to 32 x ``BLOCK_BYTES``
+    (32 MiB), whatever the file's size. A row longer than a block may straddle more than two and is refused;
+    every row up to a block is read (a field holds at most ``max_field_chars``, 65,536 characters: 256 KiB)."""
+    rows, block = batch_rows(), BLOCK_BYTES
     expected = dialect.columns(f.table)
+    held: list[pa.RecordBatch] = []
+    count = 0
     try:
         reader = pacsv.open_csv(
             f.path, read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
@@ -225,8 +230,16 @@ def _raw_batches(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileS
                                                  include_columns=columns, null_values=[""],
                                                  strings_can_be_null=True))
         for raw in reader:
-            for start in range(0, raw.num_rows, rows):
-                yield pa.Table.from_batches([raw.slice(start, rows)])
+            while raw.num_rows:
+                part = raw.slice(0, rows - count)
+                held.append(part)
+                count += part.num_rows
+                raw = raw.slice(part.num_rows)
+                if count == rows:
+                    count = 0
+                    yield _gathered(held)
+        if count:
+            yield _gathered(held)
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
         if "straddl" in str(exc):
             raise SourceError(f"a row longer than {block} bytes (a broken or hostile "
@@ -235,6 +248,13 @@ def _raw_batches(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileS
             if "columns" in str(exc) else "not parseable as delimited text"
         raise SourceError(cause, practice=practice, file=f.name,
                           row=_bad_row(f.path, dialect, shape.width)) from None
+
+
+def _gathered(parts: list[pa.RecordBatch]) -> pa.Table:
+    """The parts as one table, the list emptied: a generator that yields it holds no copy while suspended."""
+    table = pa.Table.from_batches(parts)
+    parts.clear()
+    return table
 
 
 def _columns_of(dialect: Dialect, table: str, fields: frozenset[str] | None) -> list[str]:
@@ -257,9 +277,12 @@ def iter_file(f: DeliveredFile, dialect: Dialect, practice: str, shape: FileShap
     columns = _columns_of(dialect, f.table, fields)
     first_row = 1
     for raw in _raw_batches(f, dialect, practice, shape, columns):
-        yield to_canonical(f.table, raw, dialect, practice, f.name, first_row, lookups=partial(load_lookup, dialect),
-                           fields=fields)
+        table = to_canonical(f.table, raw, dialect, practice, f.name, first_row, lookups=partial(load_lookup, dialect),
+                             fields=fields)
         first_row += raw.num_rows
+        del raw  # the text is not held while the caller works on the batch
+        yield table
+        del table  # nor these rows while the next batch is read
     if first_row == 1:
         empty = pa.schema([(c, pa.string()) for c in columns]).empty_table()
         yield to_canonical(f.table, empty, dialect, practice, f.name, fields=fields)
