@@ -12,14 +12,16 @@ export GPDATA_SECRETS_DIR ?= $(CURDIR)/.secrets
 
 # Installs what is missing: the venv, uv (pinned in requirements.txt) with pip, then the pinned requirements and
 # this package (editable) with uv, which installs them several times faster than pip and shows its progress.
-# Then it compiles the bytecode of the venv and this checkout once (about 45 s of CPU on two cores), as the
-# production image's pip install does: uv compiles none, and these machines set PYTHONDONTWRITEBYTECODE, so
-# without it every new process (each Airflow task, test subprocess and bench worker) compiled Great Expectations,
-# Airflow and the rest again, about 9 s of CPU for Great Expectations alone. The venv's activate script is given
-# this checkout's GPDATA_HOME and AIRFLOW_HOME, so `gpdata` and `airflow` work against the demo once it is sourced.
+# No bytecode is compiled up front (compileall of the whole venv takes about 45 s on two cores): Python compiles
+# each module the first time it is imported and keeps the .pyc. The venv's activate script is given this
+# checkout's GPDATA_HOME and AIRFLOW_HOME, so `gpdata` and `airflow` work against the demo once it is sourced.
 UV_PIN = $(shell grep -m1 '^uv==' requirements.txt)
-# Bytecode of the venv and this checkout; only what changed since is compiled again (compileall skips a file whose
-# .pyc is current; a file that does not compile, such as a package's Python 2 test data, is not an install error).
+# Python keeps the bytecode of what it imports, even where the environment says not to (these machines set
+# PYTHONDONTWRITEBYTECODE): otherwise every new process (each test subprocess, Airflow task and bench worker)
+# compiled Great Expectations, Airflow and the rest again, about 9 s of CPU for Great Expectations alone.
+unexport PYTHONDONTWRITEBYTECODE
+# `make bench` compiles the venv and this checkout before it measures (only what changed since; a file that does
+# not compile, such as a package's Python 2 test data, is no error), as the production image's install does.
 COMPILE = $(BIN)/python -m compileall -q -j0 $(VENV)/lib include plugins dags bench tests >/dev/null 2>&1 || true
 ACTIVATE_MARK := \# gpdata: the homes of this checkout, written by make install
 $(STAMP): requirements.txt pyproject.toml
@@ -29,8 +31,6 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check '$(UV_PIN)'
 	$(BIN)/uv pip install --python $(BIN)/python -r requirements.txt
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps --no-build-isolation -e .
-	@echo "[gpdata install] compiling bytecode (once)"
-	@$(COMPILE)
 	@sed -i '/^$(ACTIVATE_MARK)$$/,$$d' $(BIN)/activate
 	@{ echo '$(ACTIVATE_MARK)'; echo 'export GPDATA_HOME="$(GPDATA_HOME)"'; \
 	  echo 'export AIRFLOW_HOME="$(GPDATA_HOME)/airflow"'; } >> $(BIN)/activate
@@ -53,7 +53,6 @@ secrets: $(STAMP)
 	$(BIN)/gpdata secrets init $(ARGS)
 
 test: $(STAMP) browser-deps
-	@$(COMPILE)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
@@ -82,8 +81,6 @@ scan: $(STAMP)
 mutate: $(STAMP)
 	$(BIN)/python mutation/run.py $(MODULES)
 
-# Task processes start with compiled bytecode, as in the production image (see install); what changed since the
-# install is compiled again first.
 bench: $(STAMP)
 	@$(COMPILE)
 	$(BIN)/python -m bench $(ARGS)
