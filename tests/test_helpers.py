@@ -37,3 +37,23 @@ def emis_incremental_practice(home, *, n_patients: int, events_per_patient: floa
     feed = Feed(ods_code=ods, name="p", location=str(home / "inbox" / ods), format="flatfile", dialect="emis_csv",
                 mode="incremental", max_quarantine_fraction=0.5)
     return canonical, feed, dialect
+
+
+def in_batches(table, rows: int, fail_after: int | None = None):
+    """A table as ``store.Batches`` of ``rows`` rows; with ``fail_after``, reading stops with an error after that
+    many batches (a worker losing its staged file midway)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from gpdata import store
+
+    def open_():
+        def batches():
+            for i, batch in enumerate(table.to_batches(max_chunksize=rows)):
+                if i == fail_after:
+                    raise OSError("staged file lost")
+                yield batch
+        return pa.RecordBatchReader.from_batches(table.schema, batches())
+
+    versions = pc.unique(table["key_version"]).to_pylist() if "key_version" in table.column_names else []
+    return store.Batches(open_, frozenset(versions))

@@ -50,6 +50,20 @@ def _rows(cfg, ods: str) -> dict[str, list]:
     return out
 
 
+def _same_alone(feeds: list[Feed], out: dict, chunk: dict, alone: Path, home: Path, monkeypatch) -> None:
+    """Each practice run alone (``run_practice``) on ``alone``, a copy of the homes before the chunk ran, commits
+    what the chunk committed for it: same counts and rows."""
+    monkeypatch.setenv("GPDATA_HOME", str(alone))
+    monkeypatch.setenv("GPDATA_INBOX_ROOT", str(home))
+    solo_cfg = settings.load()
+    for feed in feeds:
+        counts = pipeline.run_practice(feed, solo_cfg, "delta", today=TODAY)
+        assert counts["status"] == "committed"
+        assert counts["quality"]["quarantined"] == out[feed.ods_code]["quality"]["quarantined"]
+        assert counts["committed_rows"] == out[feed.ods_code]["committed_rows"]
+        assert _rows(solo_cfg, feed.ods_code) == chunk[feed.ods_code]
+
+
 def test_a_chunk_commits_what_practices_alone_commit_and_a_failure_stays_its_own(home, tmp_path, monkeypatch):
     feeds = _practices(home)
     _deliver_increments(home, feeds)
@@ -76,17 +90,7 @@ def test_a_chunk_commits_what_practices_alone_commit_and_a_failure_stays_its_own
         assert out[feed.ods_code]["status"] == "committed"
         assert store.latest_manifests(cfg.manifests)[feed.ods_code]["status"] == "committed"
         assert (cfg.data_docs / feed.ods_code / "index.html").exists()
-    chunk = {f.ods_code: _rows(cfg, f.ods_code) for f in good}
-
-    monkeypatch.setenv("GPDATA_HOME", str(alone))
-    monkeypatch.setenv("GPDATA_INBOX_ROOT", str(home))
-    solo_cfg = settings.load()
-    for feed in good:
-        counts = pipeline.run_practice(feed, solo_cfg, "delta", today=TODAY)
-        assert counts["status"] == "committed"
-        assert counts["quality"]["quarantined"] == out[feed.ods_code]["quality"]["quarantined"]
-        assert counts["committed_rows"] == out[feed.ods_code]["committed_rows"]
-        assert _rows(solo_cfg, feed.ods_code) == chunk[feed.ods_code]
+    _same_alone(good, out, {f.ods_code: _rows(cfg, f.ods_code) for f in good}, alone, home, monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -233,12 +237,4 @@ def test_a_practice_too_large_for_one_batch_is_streamed_alone_within_its_chunk(h
     monkeypatch.delenv("GPDATA_BATCH_ROWS")
     monkeypatch.setattr(quality, "run_suites_together", validate_together)
     monkeypatch.setattr(quality, "run_suites_streamed", validate_streamed)
-    monkeypatch.setenv("GPDATA_HOME", str(alone))
-    monkeypatch.setenv("GPDATA_INBOX_ROOT", str(home))
-    solo_cfg = settings.load()
-    for feed in feeds:
-        counts = pipeline.run_practice(feed, solo_cfg, "delta", today=TODAY)
-        assert counts["status"] == "committed"
-        assert counts["committed_rows"] == out[feed.ods_code]["committed_rows"]
-        assert counts["quality"]["quarantined"] == out[feed.ods_code]["quality"]["quarantined"]
-        assert _rows(solo_cfg, feed.ods_code) == chunk[feed.ods_code]
+    _same_alone(feeds, out, chunk, alone, home, monkeypatch)

@@ -23,6 +23,7 @@ from gpdata.arrowutil import BATCH_ROWS_ENV
 from gpdata.errors import GpdataError
 from gpdata.model import CURATED, PARTITION, QUARANTINE_SCHEMA
 from gpdata.store.tables import QUARANTINE, key_versions, table_path
+from tests.test_helpers import in_batches
 
 SCHEMAS = {**CURATED, QUARANTINE: QUARANTINE_SCHEMA}
 WORDS = ["a", "zz", "é" * 40, "Ω" + "x" * 70, "", "role ✓", "R0260"]
@@ -60,19 +61,6 @@ def _old_write(path, table: pa.Table, practice: str, row_group_rows: int) -> Non
     write_deltalake(str(path), table.to_reader(max_chunksize=700), mode="overwrite",
                     predicate=f"{PARTITION} = '{practice}'", partition_by=[PARTITION],
                     writer_properties=WriterProperties(max_row_group_size=row_group_rows))
-
-
-def _batches(table: pa.Table, rows: int = 700, fail_after: int | None = None) -> store.Batches:
-    def open_():
-        def batches():
-            for i, batch in enumerate(table.to_batches(max_chunksize=rows)):
-                if i == fail_after:
-                    raise OSError("staged file lost")
-                yield batch
-        return pa.RecordBatchReader.from_batches(table.schema, batches())
-
-    versions = pc.unique(table["key_version"]).to_pylist() if "key_version" in table.column_names else []
-    return store.Batches(open_, frozenset(versions))
 
 
 def _stats(path, practice: str | None = None) -> list[dict]:
@@ -121,7 +109,7 @@ def test_every_table_and_its_file_statistics_are_those_write_deltalake_gave(tmp_
         store.replace_partition(root, name, "B82002", _data(schema, 300, "B82002", seed=2, versions=["v2"]))
     rows = _data(schema, 2500, seed=3, versions=["v1", "v2"] if name == "observations" else ["v1"])
     _old_write(table_path(old, name), rows, "A81001", 1000)
-    version = store.replace_partition(new, name, "A81001", _batches(rows))
+    version = store.replace_partition(new, name, "A81001", in_batches(rows, 700))
     assert version == storage.delta_table(table_path(old, name)).version() == 2  # one commit, as before
     assert _sorted(store.read_table(new, name)).equals(_sorted(store.read_table(old, name)))
     old_dt, new_dt = (storage.delta_table(table_path(r, name)) for r in (old, new))
@@ -172,7 +160,7 @@ def test_files_of_a_bounded_size_hold_the_statistics_of_the_whole(tmp_path, monk
     for root in (old, new):
         store.ensure_tables(root)
     _old_write(table_path(old, "observations"), rows, "A81001", 1000)
-    store.replace_partition(new, "observations", "A81001", _batches(rows))
+    store.replace_partition(new, "observations", "A81001", in_batches(rows, 700))
     files = _stats(table_path(new, "observations"))
     assert [f["num_records"] for f in files] == [1000, 1000, 1000, 500]
     assert _merged(files) == _merged(_stats(table_path(old, "observations")))
@@ -196,7 +184,7 @@ def test_a_failure_while_reading_commits_nothing_and_leaves_no_file(tmp_path, mo
     version, files = storage.delta_table(path).version(), _files_on_disk(path)
     with pytest.raises(OSError, match="staged file lost"):  # the reader's own error
         store.replace_partition(tmp_path / "store", "observations", "A81001",
-                                _batches(_data(CURATED["observations"], 3500, seed=6), 700, fail_after=3))
+                                in_batches(_data(CURATED["observations"], 3500, seed=6), 700, fail_after=3))
     assert storage.delta_table(path).version() == version
     assert _files_on_disk(path) == files and _referenced(path) <= files
     assert _sorted(store.read_table(tmp_path / "store", "observations")).equals(_sorted(first))

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from gpdata import store
 from gpdata.model import CURATED
+from tests.test_helpers import in_batches
 
 SCHEMA = CURATED["observations"]
 
@@ -107,21 +108,6 @@ def test_a_crash_between_tables_blocks_releases_until_the_rerun(tmp_path, monkey
     assert store.unfinished_commits(root) == [] and release.create_release(root)["tables"]["observations"]["rows"] == 60
 
 
-def _in_batches(table: pa.Table, rows: int, fail_after: int | None = None) -> store.Batches:
-    """A table as ``store.Batches`` of ``rows`` rows; with ``fail_after``, reading stops with an error after that
-    many batches (a worker losing its staged file midway)."""
-
-    def open_():
-        def batches():
-            for i, batch in enumerate(table.to_batches(max_chunksize=rows)):
-                if i == fail_after:
-                    raise OSError("staged file lost")
-                yield batch
-        return pa.RecordBatchReader.from_batches(table.schema, batches())
-
-    return store.Batches(open_, frozenset(table["key_version"].to_pylist()))
-
-
 def test_a_failure_midway_through_a_streamed_table_keeps_the_practice_earlier_rows(tmp_path):
     import pytest
 
@@ -133,13 +119,13 @@ def test_a_failure_midway_through_a_streamed_table_keeps_the_practice_earlier_ro
     tables["observations"] = _batch("A81001", 50)
     store.commit_practice(root, "A81001", tables, QUARANTINE_SCHEMA.empty_table(), key_version="v1")
     before = storage.delta_table(store.table_path(root, "observations")).version()
-    tables["observations"] = _in_batches(_batch("A81001", 60, 2.0), 20, fail_after=2)  # fails in its third batch
+    tables["observations"] = in_batches(_batch("A81001", 60, 2.0), 20, fail_after=2)  # fails in its third batch
     with pytest.raises(OSError, match="staged file lost"):  # the reader's own error, not delta-rs's wrapping
         store.commit_practice(root, "A81001", tables, QUARANTINE_SCHEMA.empty_table(), key_version="v1")
     assert storage.delta_table(store.table_path(root, "observations")).version() == before  # nothing committed
     assert _sorted(store.read_table(root, "observations", "A81001")).equals(_sorted(_batch("A81001", 50)))
     assert store.unfinished_commits(root) == ["A81001"]  # releases wait for the rerun
-    tables["observations"] = _in_batches(_batch("A81001", 60, 2.0), 20)
+    tables["observations"] = in_batches(_batch("A81001", 60, 2.0), 20)
     store.commit_practice(root, "A81001", tables, QUARANTINE_SCHEMA.empty_table(), key_version="v1")
     assert _sorted(store.read_table(root, "observations", "A81001")).equals(_sorted(_batch("A81001", 60, 2.0)))
     assert store.unfinished_commits(root) == []
@@ -150,7 +136,7 @@ def test_a_merge_in_batches_equals_the_merge_of_the_whole_table(tmp_path):
     batch = pa.concat_tables([new, amended])  # record 3 is amended and deleted: in the last batch, it stays
     deleted = [f"{3:064x}", f"{7:064x}", f"{8:064x}"]
     results = []
-    for source in (batch, _in_batches(batch, 1)):
+    for source in (batch, in_batches(batch, 1)):
         root = tmp_path / f"store-{len(results)}"
         store.ensure_tables(root)
         store.replace_partition(root, "observations", "A81001", _batch("A81001", 10, 1.0))
