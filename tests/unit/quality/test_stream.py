@@ -263,7 +263,7 @@ def test_a_duplicate_across_batches_is_missed_per_batch_and_caught_by_the_key_co
 
 def test_the_streamed_check_never_reads_a_key_column_whole(extracted, monkeypatch):
     """Memory does not grow with the practice: no read of the check stage holds more than a key group of rows
-    (the observations' key column, about 1,900 rows, is spilled into groups of 800), and no spill is left."""
+    (the observations' key column, about 1,900 rows, is spilled into groups of about 200), and no spill is left."""
     feed, cfg, folder = extracted
     monkeypatch.setenv(BATCH_ROWS_ENV, ROWS)
     reads = []
