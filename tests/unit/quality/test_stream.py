@@ -104,6 +104,18 @@ def test_spilled_key_groups_are_removed_on_error(tmp_path, monkeypatch):
     assert not list((tmp_path / "work").iterdir())
 
 
+def test_a_staged_file_read_in_batches_holds_about_a_batch_not_the_file(tmp_path):
+    path = tmp_path / "keys.parquet"
+    pq.write_table(pa.table({"k": [_pseudonym(i) for i in range(80_000)]}), path, row_group_size=2_000,
+                   compression="zstd")  # 40 row groups of hex digests (barely compressible): 2.8 MB
+    size, before, held = path.stat().st_size, pa.total_allocated_bytes(), []
+    for batch in stream.parquet_file(path).iter_batches(batch_size=2_000):
+        held.append(pa.total_allocated_bytes() - before)
+        del batch
+    assert len(held) == 40 and size > 2_500_000
+    assert max(held) < size / 4  # a batch (about 0.5 MB); pyarrow's default pre-buffering held the whole file
+
+
 @pytest.fixture
 def factory_staged(tmp_path):
     extra = [f.observation("future", "p1", f.BMI, "2030-01-01", value=20.0, unit="kg/m2"),
