@@ -118,7 +118,8 @@ def row_reasons(table_name: str, table: pa.Table, today: dt.date,
                 duplicates: pa.Array | None = None) -> pa.Array:
     """The first rule each row breaks (a reason code), or null where the row is clean. A reason found
     before pseudonymisation (``_issue``) comes first. ``duplicates``: the duplicate flags of these rows when they
-    are a record batch of a larger table (``duplicate_flags`` of its key column); else found here."""
+    are a record batch of a larger table (from ``stream.duplicate_positions`` of its key column); else found
+    here."""
     rules: list[tuple[pa.Array, str]] = []
     if duplicates is None:
         duplicates = _duplicates(table[suites.UNIQUE_KEY.get(table_name, "record_id")].combine_chunks())
@@ -544,7 +545,7 @@ def patient_context(clean: pa.Table, known_patients: tuple[pa.Array, pa.Array] |
 def table_step(name: str, table: pa.Table, today: dt.date, events: EventContext | None, practice: str,
                run_id: str, duplicates: pa.Array | None = None) -> Step:
     """The row rules on a table or a record batch of it (``duplicates``: the batch's flags from its whole table's
-    key column, ``duplicate_flags``); events are checked against ``events``."""
+    key column, ``stream.duplicate_positions``); events are checked against ``events``."""
     converted = 0
     if name == "observations":  # measurement values in another UCUM unit: to the configured one
         table, converted = units.to_configured(table)

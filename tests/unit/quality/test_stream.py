@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -41,22 +40,80 @@ def _write(folder: Path, tables: dict[str, pa.Table]) -> Path:
     return folder
 
 
-def test_key_groups_hold_every_occurrence_of_a_value_and_find_the_same_duplicates():
-    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(5000)]  # as pseudonyms are
-    keys[4000] = keys[7]  # duplicates far apart, a malformed key twice, nulls
-    keys[10] = keys[4999] = "x"
+def _pseudonym(i: int, prefix: str = "") -> str:
+    return prefix + hashlib.sha256(str(i).encode()).hexdigest()[len(prefix):]  # as pseudonyms are
+
+
+def test_key_groups_spill_the_column_hold_every_occurrence_of_a_value_and_find_the_same_duplicates(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv(BATCH_ROWS_ENV, "100")  # the column is read and spilled 100 keys at a time
+    keys = [_pseudonym(i) for i in range(5000)]
+    keys[4000] = keys[7]  # a duplicate batches apart
+    keys[100] = keys[99]  # and across a batch boundary
+    keys[10] = keys[4999] = "x"  # a malformed key twice, nulls
     keys[20] = keys[30] = None
+    # 5,000 keys in groups of 500: ten groups of the first two hex digits (256 prefixes, 25.6 a group); the
+    # last prefix of the first group (0x19) and the first of the second (0x1a), each twice, far apart
+    keys[1], keys[2], keys[2001], keys[3002] = _pseudonym(1, "19"), _pseudonym(2, "1a"), _pseudonym(1, "19"), \
+        _pseudonym(2, "1a")
     arr = pa.array(keys, pa.string())
-    groups = list(stream.key_groups(arr, 500))
-    assert len(groups) > 4 and max(len(g) for g in groups) <= 2 * 500
-    positions = np.concatenate([g.to_numpy() for g in groups])
-    assert sorted(positions.tolist()) == list(range(len(keys)))  # every row once
+    path = tmp_path / "keys.parquet"
+    pq.write_table(pa.table({"record_id": arr, "other": pa.array(range(5000))}), path)
+    work, seen = tmp_path / "work", []
+    with stream.key_groups(path, "record_id", 500, work) as groups:
+        for keys_, positions in groups:
+            spilled = list(work.rglob("*.arrow"))
+            seen.append((keys_, positions, len(spilled)))
+            assert all(pa.ipc.open_file(p).schema.names == ["record_id", "position"] for p in spilled)  # keys only
+    assert not list(work.iterdir())  # every spill file and folder removed
+    assert [s for _, _, s in seen] == list(range(9, -1, -1))  # a file per group, each removed once read
+    assert max(len(k) for k, _, _ in seen) <= 1.5 * 500
+    positions = np.concatenate([p.to_numpy() for _, p, _ in seen])
+    assert sorted(positions.tolist()) == list(range(len(keys)))  # every row once ...
+    for k, p, _ in seen:
+        assert k.equals(arr.take(p)) and (np.diff(p.to_numpy()) > 0).all()  # ... with its key, in order
     group_of = {}
-    for number, g in enumerate(groups):
-        for value in set(arr.take(g).to_pylist()):
+    for number, (k, _, _) in enumerate(seen):
+        for value in set(k.to_pylist()):
             assert group_of.setdefault(value, number) == number  # every occurrence of a value in one group
-    flags = stream.duplicate_flags(arr, 500)
-    assert flags.equals(rules._duplicates(arr)) and pc.sum(flags).as_py() == 2
+    assert group_of[keys[1]] + 1 == group_of[keys[2]]  # the planted pair straddles a group boundary
+    found = stream.duplicate_positions(path, "record_id", 500, work)
+    assert found.tolist() == np.flatnonzero(rules._duplicates(arr).to_numpy(zero_copy_only=False)).tolist()
+    assert found.tolist() == [100, 2001, 3002, 4000, 4999]
+    assert not list(work.iterdir())
+
+
+def test_key_groups_of_a_short_column_are_one_read_and_spill_nothing(tmp_path):
+    path = tmp_path / "keys.parquet"
+    pq.write_table(pa.table({"k": ["a", "b", "a", None]}), path)
+    with stream.key_groups(path, "k", 4, tmp_path / "work") as groups:
+        [(keys, positions)] = list(groups)
+    assert keys.to_pylist() == ["a", "b", "a", None] and positions.to_pylist() == [0, 1, 2, 3]
+    assert not (tmp_path / "work").exists()
+    assert stream.duplicate_positions(path, "k", 4, tmp_path / "work").tolist() == [2]
+
+
+def test_spilled_key_groups_are_removed_on_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(BATCH_ROWS_ENV, "10")
+    path = tmp_path / "keys.parquet"
+    pq.write_table(pa.table({"k": [_pseudonym(i) for i in range(100)]}), path)
+    with pytest.raises(RuntimeError, match="stop"), stream.key_groups(path, "k", 20, tmp_path / "work") as groups:
+        next(groups)
+        assert list((tmp_path / "work").rglob("*.arrow"))
+        raise RuntimeError("stop")
+    assert not list((tmp_path / "work").iterdir())
+
+
+def test_a_staged_file_read_in_batches_holds_about_a_batch_not_the_file(tmp_path):
+    path = tmp_path / "keys.parquet"
+    pq.write_table(pa.table({"k": [_pseudonym(i) for i in range(80_000)]}), path, row_group_size=2_000,
+                   compression="zstd")  # 40 row groups of hex digests (barely compressible): 2.8 MB
+    size, before, held = path.stat().st_size, pa.total_allocated_bytes(), []
+    for batch in stream.parquet_file(path).iter_batches(batch_size=2_000):
+        held.append(pa.total_allocated_bytes() - before)
+        del batch
+    assert len(held) == 40 and size > 2_500_000
+    assert max(held) < size / 4  # a batch (about 0.5 MB); pyarrow's default pre-buffering held the whole file
 
 
 @pytest.fixture
@@ -214,3 +271,25 @@ def test_a_duplicate_across_batches_is_missed_per_batch_and_caught_by_the_key_co
     assert len(unique) == 1 and not unique[0]["success"]  # ... and GX's uniqueness on the key column did not
     assert unique[0]["unexpected_count"] >= missed + 1
     assert not folder.with_name("validating").exists() and not folder.with_name("validated").exists()
+
+
+def test_the_streamed_check_never_reads_a_key_column_whole(extracted, monkeypatch):
+    """Memory does not grow with the practice: no read of the check stage holds more than a key group of rows
+    (the observations' key column, about 1,900 rows, is spilled into groups of about 200), and no spill is left."""
+    feed, cfg, folder = extracted
+    monkeypatch.setenv(BATCH_ROWS_ENV, ROWS)
+    reads = []
+
+    def spy(real):
+        def read(*a, **k):
+            out = real(*a, **k)
+            reads.append(out.num_rows)
+            return out
+        return read
+
+    monkeypatch.setattr(pq, "read_table", spy(pq.read_table))
+    monkeypatch.setattr(pq.ParquetFile, "read", spy(pq.ParquetFile.read))
+    counts = pipeline.check(feed, cfg, "r1", today=TODAY)["quality"]
+    assert counts["passed"] and counts["rows_in"]["observations"] > stream.KEY_GROUP_BATCHES * int(ROWS)
+    assert reads and max(reads) <= stream.KEY_GROUP_BATCHES * int(ROWS)
+    assert not [p for p in folder.parent.rglob("*") if p.name.startswith("keys-") or p.suffix == ".arrow"]
