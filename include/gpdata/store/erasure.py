@@ -46,23 +46,31 @@ def _tables_with_patients() -> list[str]:
 
 
 def present(store_root: Path, pids: pa.Array) -> pa.Array:
-    """The pseudonyms among ``pids`` that the store holds now or that a release holds."""
+    """The pseudonyms among ``pids`` that the store holds now or that a release holds. Each table is read again
+    from its newest version when another writer's erasure vacuumed the files being read (``retry_concurrent``)."""
     if len(pids) == 0:
         return pids
     found: set[str] = set()
     releases = [r["release_id"] for r in release.list_releases(store_root, readable_only=True)]  # retired: no files
     for name in _tables_with_patients():
-        tables = [storage.delta_table(store.table_path(store_root, name))]
-        tables += [release.open_release_table(store_root, rid, name) for rid in releases]
-        for table in tables:
-            dataset = table.to_pyarrow_dataset()
-            try:
-                held = dataset.to_table(columns=["patient_pid"], filter=pc.field("patient_pid").isin(pids))
-                found.update(held["patient_pid"].to_pylist())
-            except pa.ArrowNotImplementedError:  # files written by a Delta merge hold string_view columns
-                column = dataset.to_table(columns=["patient_pid"])["patient_pid"].cast(pa.string())
-                found.update(column.filter(pc.is_in(column, value_set=pids.cast(pa.string()))).to_pylist())
+        found |= storage.retry_concurrent(lambda n=name: _held(store_root, n, releases, pids),
+                                          f"late opt-out check of table {name}")
     return pa.array(sorted(found), pa.string())
+
+
+def _held(store_root: Path, name: str, releases: list[str], pids: pa.Array) -> set[str]:
+    found: set[str] = set()
+    tables = [storage.delta_table(store.table_path(store_root, name))]
+    tables += [release.open_release_table(store_root, rid, name) for rid in releases]
+    for table in tables:
+        dataset = table.to_pyarrow_dataset()
+        try:
+            held = dataset.to_table(columns=["patient_pid"], filter=pc.field("patient_pid").isin(pids))
+            found.update(held["patient_pid"].to_pylist())
+        except pa.ArrowNotImplementedError:  # files written by a Delta merge hold string_view columns
+            column = dataset.to_table(columns=["patient_pid"])["patient_pid"].cast(pa.string())
+            found.update(column.filter(pc.is_in(column, value_set=pids.cast(pa.string()))).to_pylist())
+    return found
 
 
 def _pending_path(store_root: Path) -> Path:

@@ -147,7 +147,7 @@ def replace_partition(store: Path, name: str, practice: str, table: Rows) -> int
     bound, so its memory grew with the table's rows. The rows are read once; a commit retried after a conflicting
     one commits the same files."""
     path = table_path(store, name)
-    _predicate(practice)
+    _predicate(practice)  # refuses a code not shaped like an ODS code: it names the partition folder
     schema = _schemas()[name]
     reader = table.open() if isinstance(table, Batches) else table.to_reader()
     batches = (batch.select(schema.names).cast(schema) for batch in reader)

@@ -5,6 +5,7 @@ committed (p1 and p2 valid), one release."""
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from gpdata import audit, pipeline, settings, storage, store
@@ -192,3 +193,33 @@ def test_concurrent_erasures_each_finish_and_leave_no_record_behind(world):
     assert all(_holders(root, rid, pid) == ([], []) for pid in pids.values())
     assert erasure.pending(root).to_pylist() == []
     assert not list((storage.root(root) / "_erasures" / "pending").glob("*.parquet"))
+
+
+def test_present_reads_again_when_another_erasure_vacuumed_the_files_it_was_reading(world, monkeypatch):
+    """A late opt-out's check runs while another practice's erasure deletes and vacuums (retention 0): the files of
+    the version it opened are gone. It reads the newest version again instead of failing the practice's commit."""
+    from deltalake import DeltaTable
+
+    root, rid, pids = world
+    path = store.table_path(root, "observations")
+    storage.delta_table(path).delete(f"patient_pid = '{pids['p2']}'")  # a version no release pins
+    stale = DeltaTable(str(path))  # opened before the other writer's erasure
+    rows = stale.to_pyarrow_table(columns=["patient_pid", "record_id"])
+    mine = rows.filter(pc.equal(rows["patient_pid"], pids["p1"]))["record_id"].to_pylist()
+    assert len(mine) > 1
+    storage.delta_table(path).delete(f"record_id = '{mine[0]}'")  # the other writer: rewrites the file, then
+    storage.delta_table(path).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False,
+                                     keep_versions=release.pinned_versions(root, "observations"))  # as erasure
+    with pytest.raises(FileNotFoundError):
+        stale.to_pyarrow_dataset().to_table(columns=["patient_pid"])
+    fresh, handed = storage.delta_table, []
+
+    def stale_first(where, *args, **kwargs):
+        if str(where) == str(path) and not handed:
+            handed.append(where)
+            return stale
+        return fresh(where, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "delta_table", stale_first)
+    assert erasure.present(root, pa.array([pids["p1"], pids["p2"]])).to_pylist() == sorted(pids.values())
+    assert handed  # the stale version was read first; p2 is still in the release
