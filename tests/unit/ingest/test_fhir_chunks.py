@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from gpdata.codes import optout_codes
+from gpdata.errors import SourceError
 from gpdata.ingest.sources import fhir
 from gpdata.ingest.sources.fhir import read_bundles
 from gpdata.model import ISSUE
@@ -87,3 +88,22 @@ def test_every_type_1_code_in_a_searched_file_is_found_and_only_those(tmp_path):
     evidence = read_bundles(tmp_path, "A81001")["type1_evidence"].to_pylist()
     assert [(e["patient_ref"], e["kind"], e["_src_entry"]) for e in evidence] == \
         [("p1", "dissent", 4), ("p2", "withdrawn", 5)]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_left_as_it_was_even_when_the_delivery_is_refused(tmp_path, enabled):
+    import gc
+
+    _delivery(tmp_path)
+    (tmp_path / "bundle-0003.json").write_text('{"resourceType": "Bundle", "entry": [')
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        with pytest.raises(SourceError, match="not valid JSON"):
+            read_bundles(tmp_path, "A81001")
+        assert gc.isenabled() is enabled
+        (tmp_path / "bundle-0003.json").unlink()
+        assert read_bundles(tmp_path, "A81001")["observations"].num_rows == 6
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
