@@ -714,7 +714,18 @@ def _table(name: str, chunks: list[pa.Table]) -> pa.Table:
     schema = SCHEMAS[name]
     if not chunks:
         return schema.empty_table()
-    table = pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
+    # One contiguous array a column, as the stages after extraction were measured with (chunked columns raised
+    # the extract stage's peak by about 130 MiB at 10,000 patients); joined column by column, each column's chunks
+    # freed once joined, so the join holds at most one column twice.
+    full_schema = chunks[0].schema
+    columns = [[part for chunk in chunks for part in chunk.column(i).chunks] for i in range(len(full_schema))]
+    chunks.clear()
+    arrays = []
+    for i in range(len(columns)):
+        parts, columns[i] = columns[i], None
+        arrays.append(parts[0] if len(parts) == 1 else pa.concat_arrays(parts))
+        del parts
+    table = pa.Table.from_arrays(arrays, schema=full_schema)
     if table.column(ISSUE).null_count == table.num_rows:
         return table.drop_columns([ISSUE])
     return table
