@@ -107,3 +107,15 @@ def test_the_garbage_collector_is_left_as_it_was_even_when_the_delivery_is_refus
         assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_no_reference_of_a_delivery_is_kept_after_its_read_even_a_refused_one(tmp_path):
+    _delivery(tmp_path)
+    assert read_bundles(tmp_path, "A81001")["observations"].num_rows == 6
+    assert fhir._REF_IDS == {}
+    elsewhere = dict(f.patient("p9", f.VALID_NHS[3]), managingOrganization={"identifier": {
+        "system": f.ODS, "value": "B82002"}})  # registered at another practice: the delivery is refused
+    f.write_bundle(tmp_path, [elsewhere, f.observation("o9", "p9", f.BMI, "2020-01-01")], "bundle-0003.json")
+    with pytest.raises(SourceError, match="another practice"):
+        read_bundles(tmp_path, "A81001")
+    assert fhir._REF_IDS == {}

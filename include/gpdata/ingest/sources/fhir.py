@@ -941,8 +941,11 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
     and the SourceError of each file refused alone (``refused_files``): with ``independent_files`` (a snapshot of
     independent per-patient bundles) a file that cannot be read is left out instead of refusing the delivery.
     """
-    with _without_cyclic_gc():
-        return _read_bundles(location, practice, only, type1, report, strict, independent_files)
+    try:
+        with _without_cyclic_gc():
+            return _read_bundles(location, practice, only, type1, report, strict, independent_files)
+    finally:
+        _REF_IDS.clear()  # nothing of a delivery is kept after its read, whether it was read or refused
 
 
 def _read_bundles(location: Path, practice: str, only: list[str] | None, type1: OptOutCodes | None,
@@ -1001,7 +1004,6 @@ def _read_bundles(location: Path, practice: str, only: list[str] | None, type1: 
     _resolve_nhs_refs(rows)
     _resolve_medications(rows)
     _practitioner_roles(rows)
-    _REF_IDS.clear()  # nothing of the delivery is kept after its read
     if report is not None:
         report["refused_files"] = bad_files
         report["unmapped_resources"] = dict(sorted(rows.unmapped.items()))
