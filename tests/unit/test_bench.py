@@ -158,3 +158,26 @@ def test_bench_stages_runs_each_stage_in_its_own_process_and_reports_its_memory(
     assert "commit" in lines[-1]["seconds"]
     assert json.loads((tmp_path / "work" / "store" / "_manifests" / ps.ods_codes[0] / "latest.json").read_text())[
         "status"] == "committed"
+
+
+def test_partition_write_writes_the_file_times_over_into_one_partition_and_reports_its_memory(tmp_path, capsys):
+    """``python -m bench.partition_write``: the direct measurement of the commit's memory quoted in performance.md."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench import partition_write
+    from gpdata import store
+    from gpdata.model import CURATED, PARTITION
+
+    schema = CURATED["observations"]
+    rows = pa.table({f.name: pa.nulls(7, f.type) if f.nullable else pa.array(["v1"] * 7).cast(f.type)
+                     for f in schema if f.name != PARTITION})
+    pq.write_table(rows, tmp_path / "obs.parquet")
+
+    assert partition_write.main([str(tmp_path / "obs.parquet"), "observations", "3", str(tmp_path / "store")]) == 0
+
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["rows"] == 21 and out["peak_rss_mib"] >= out["rss_before_mib"] > 0 and out["cpu"] >= 0
+    assert store.row_counts(tmp_path / "store", "A81651")["observations"] == 21
