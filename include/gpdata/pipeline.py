@@ -30,7 +30,7 @@ from gpdata import arrowutil, codes, quality, storage, store
 from gpdata.errors import GpdataError, QualityGateError
 from gpdata.ingest import ledger, limits, sources
 from gpdata.ingest.feeds import Feed, check_location
-from gpdata.ingest.sources.convert import DELETED, split_deleted
+from gpdata.ingest.sources.convert import split_deleted
 from gpdata.model import CANONICAL, EVENT_TABLES, TABLES, staged_schema
 from gpdata.privacy import deid, keys, nhsnumber, type1
 from gpdata.privacy.keys import load_master_key
@@ -171,10 +171,7 @@ def _event_batches(batch: sources.Batch, practice: str) -> Iterator[tuple[str, p
             yield name, batch.tables.pop(name), batch.deleted.pop(name, CANONICAL[name].empty_table())
     if batch.events is not None:
         for name, table in batch.events.read():
-            if pc.any(table[DELETED]).as_py():
-                current, deleted = split_deleted(table)
-            else:  # the rows themselves, not a copy (what split_deleted gives, without the filter)
-                current, deleted = table.drop_columns([DELETED]), table.slice(0, 0).drop_columns([DELETED])
+            current, deleted = split_deleted(table)
             del table
             try:
                 limits.check_fields({name: current, f"{name} (deleted)": deleted}, practice)

@@ -187,8 +187,12 @@ def _deleted_flags(spec: Deleted | None, raw: pa.Table, n: int, practice: str, f
 
 
 def split_deleted(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(current rows, rows the source marks deleted), both in the canonical schema."""
+    """(current rows, rows the source marks deleted), both in the canonical schema. With nothing marked deleted
+    (a snapshot), the current rows are the rows themselves, not a filtered copy."""
     flag = table[DELETED]
+    if flag.null_count == 0 and not pc.any(flag).as_py():
+        rows = table.drop_columns([DELETED])
+        return rows, rows.slice(0, 0)
     kept = table.filter(pc.invert(flag)).drop_columns([DELETED])
     gone = table.filter(flag).drop_columns([DELETED])
     return kept, gone
