@@ -563,10 +563,60 @@ def _batches_by_row_group(file: pq.ParquetFile, columns: list[str] | None = None
         yield from file.iter_batches(arrowutil.batch_rows(), row_groups=[group], columns=columns)
 
 
-def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
+@dataclass
+class Settled:
+    """The late opt-out step that several practices' commits share (``settle_optouts``): every pseudonym it looked
+    for, and per practice what it found of that practice's patients (the erasure and the extracts recalled)."""
+
+    pids: pa.Array
+    counts: dict[str, dict] = field(default_factory=dict)
+
+
+def settle_optouts(settings: Settings, run_id: str, practices: list[str]) -> Settled:
+    """The late type 1 opt-out step of several practices' commits (a chunk), done once for them all: the type 1
+    events of each validated batch are recorded in the register, then the store, its releases and the extracts
+    handed out are searched once for every patient any of the batches names as dissenting, and those found are
+    recalled and erased in one pass. Each ``commit`` then leaves out the pseudonyms returned: searching the store
+    costs a read of every table and release, and an erasure a rewrite and vacuum of every table, whatever the
+    number of patients.
+
+    The order is the commit's own, so the guarantee is the same: the dissents are in the register before the
+    store is searched, so from then on every extraction and commit leaves those patients out (and a commit that
+    read the register before is caught by its own check after it wrote). A batch not at the key's current version
+    is left alone; its commit refuses it."""
+    key = load_master_key()
+    keys.verify_store(settings.store, key)
+    optouts: dict[str, pa.Array] = {}
+    for practice in practices:
+        folder = staging_dir(settings, run_id, practice) / "validated"
+        carried, counts = _read_tables(folder, ("optout_pids", "type1_events"), practice, "commit")
+        if counts.get("key_version") != key.version:
+            continue
+        type1.record(settings.store, practice, carried["type1_events"], key.version)
+        optouts[practice] = carried["optout_pids"]["patient_pid"].combine_chunks()
+    if not optouts:
+        return Settled(pa.array([], pa.string()))
+    pids = pc.unique(pa.concat_arrays(list(optouts.values())))
+    found = erasure.present(settings.store, pids)
+    recalled = recall.recall(settings.extracts, settings.store, key,
+                             pa.concat_arrays([found.cast(pa.string()), erasure.pending(settings.store)]))
+    erased = erasure.erase(settings.store, found) if len(found) or len(erasure.pending(settings.store)) else {}
+    whose = sorted(p for p, mine in optouts.items() if pc.any(pc.is_in(mine, value_set=found)).as_py())
+    settled = Settled(pids)
+    for practice in whose:  # each practice whose patients were found: the shared erasure, and which practices shared it
+        settled.counts[practice] = {"erasure": {**erased, "practices": whose}}
+        if recalled:
+            settled.counts[practice]["extracts_recalled"] = recalled
+    log.info("chunk: late type 1 opt-outs of %d practice(s) checked together: %d patient(s) found in the store",
+             len(optouts), len(found))
+    return settled
+
+
+def commit(feed: Feed, settings: Settings, run_id: str, *, settled: Settled | None = None) -> dict:
     """Replace (baseline) or merge into (incremental) the practice's partition of every curated table; then
     record the delivered files and the watermark in the ledger and write the run manifest. The validated tables
-    stream into the store a batch at a time (memory is O(batch + patients)), one Delta commit per table."""
+    stream into the store a batch at a time (memory is O(batch + patients)), one Delta commit per table.
+    ``settled``: the late opt-out step already done for some of its dissenting patients (``settle_optouts``)."""
     storage.restrict_umask()
     practice = feed.ods_code
     started = time.monotonic()
@@ -593,14 +643,17 @@ def commit(feed: Feed, settings: Settings, run_id: str) -> dict:
     # The store-wide register first: from here on every practice's extraction and commit excludes them.
     type1.record(settings.store, practice, carried["type1_events"], current)
     active, _ = type1.active_dissenters(settings.store, current)
+    if settled is not None:  # looked for (and erased) after their dissent was recorded, in this process
+        counts.update(settled.counts.get(practice, {}))
+        optout_pids = optout_pids.filter(pc.invert(pc.is_in(optout_pids, value_set=settled.pids)))
     to_erase = erasure.present(settings.store, optout_pids)  # a late opt-out: the store still holds them
     # Extracts handed out first (idempotent; the store erasure below re-runs while the store still holds them).
     recalled = recall.recall(settings.extracts, settings.store, key,
                              pa.concat_arrays([to_erase.cast(pa.string()), erasure.pending(settings.store)]))
     if recalled:
-        counts["extracts_recalled"] = recalled
-    counts["erasure"] = erasure.erase(settings.store, to_erase) if len(to_erase) \
-        or len(erasure.pending(settings.store)) else {}
+        counts["extracts_recalled"] = counts.get("extracts_recalled", []) + recalled
+    erased = erasure.erase(settings.store, to_erase) if len(to_erase) or len(erasure.pending(settings.store)) else {}
+    counts["erasure"] = erased or counts.get("erasure", {})
     deletions = carried["deletions"]
     deleted = None if info["full"] else {
         name: deletions.filter(pc.equal(deletions["table"], name))["key"].combine_chunks() for name in TABLES}
@@ -790,17 +843,27 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
                         len(passing), type(exc).__name__)
             together = {}
     shared = (time.monotonic() - started) / max(len(passing), 1)
+    passed: list[Feed] = []
     for ods, (feed, c) in checking.items():
-        stage = "quality"
         try:
             if together.get(ods) is not None:
                 quality.add_expectations(c.result, together[ods], shared)
             else:
                 _expect(feed, settings, c, today)
             _check_finish(feed, settings, run_id, c)
-            stage = "commit"
-            counts = commit(feed, settings, run_id)
-            out[ods] = {**counts, "status": "committed"}
+            passed.append(feed)
         except Exception as exc:  # noqa: BLE001 - as above
-            out[ods] = practice_failed(settings, ods, run_id, stage, exc)
+            out[ods] = practice_failed(settings, ods, run_id, "quality", exc)
+    settled = None
+    if len(passed) > 1:
+        try:
+            settled = settle_optouts(settings, run_id, [feed.ods_code for feed in passed])
+        except Exception as exc:  # noqa: BLE001 - each commit then does its own, as a practice alone does
+            log.warning("chunk: the late type 1 opt-out step of %d practices together failed (%s): each commit "
+                        "does its own", len(passed), type(exc).__name__)
+    for feed in passed:
+        try:
+            out[feed.ods_code] = {**commit(feed, settings, run_id, settled=settled), "status": "committed"}
+        except Exception as exc:  # noqa: BLE001 - as above
+            out[feed.ods_code] = practice_failed(settings, feed.ods_code, run_id, "commit", exc)
     return {feed.ods_code: out[feed.ods_code] for feed in feeds}

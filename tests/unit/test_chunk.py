@@ -2,10 +2,12 @@
 Expectations validated together with the verdicts each practice gets alone, and a failure that stays its own."""
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from gpdata import pipeline, quality, settings, store
@@ -13,6 +15,7 @@ from gpdata.ingest.dialects import load_dialect
 from gpdata.ingest.feeds import Feed
 from gpdata.ingest.sources.flatfile import write_delivery
 from gpdata.model import PARTITION, TABLES
+from gpdata.privacy import type1
 from gpdata.synth import exports, generate
 
 TODAY = dt.date(2026, 6, 1)
@@ -90,6 +93,17 @@ def test_a_chunk_commits_what_practices_alone_commit_and_a_failure_stays_its_own
         assert out[feed.ods_code]["status"] == "committed"
         assert store.latest_manifests(cfg.manifests)[feed.ods_code]["status"] == "committed"
         assert (cfg.data_docs / feed.ods_code / "index.html").exists()
+    # Each increment records a new dissent of a patient the store holds (make_increment): the chunk looks for them
+    # and erases them in one pass over the store, not one per practice; each manifest records that erasure.
+    dissenting, _ = type1.active_dissenters(cfg.store)
+    for name in TABLES:
+        held = store.read_table(cfg.store, name)
+        if "patient_pid" in held.column_names:
+            assert not pc.any(pc.is_in(held["patient_pid"], value_set=dissenting)).as_py(), name
+    erasures = (cfg.store / "_erasures" / "log.jsonl").read_text().splitlines()
+    assert len(erasures) == 1 and json.loads(erasures[0])["patients"] == len(good)
+    for feed in good:
+        assert out[feed.ods_code]["erasure"]["practices"] == sorted(f.ods_code for f in good)
     _same_alone(good, out, {f.ods_code: _rows(cfg, f.ods_code) for f in good}, alone, home, monkeypatch)
 
 
