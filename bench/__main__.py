@@ -479,14 +479,15 @@ def _per_cpu_at(doc: dict, patients: int) -> int | None:
 def cadence(doc: dict) -> dict:
     """The national daily cadence from the measured increment: CPU per practice (each chunk's whole process, imports
     and set-up included, so this is an upper bound on the fixed cost: it holds the increment's own rows' work too)
-    plus Airflow's measured overhead per task instance for each chunk task, over the practices; projected to every
-    practice in England. The baseline's projection is the one-practice-per-task line above."""
+    plus the type 1 register's cost at England's size (``bench.increment.national_register``), plus Airflow's
+    measured overhead per task instance for each chunk task, over the practices; projected to every practice in
+    England. The baseline's projection is the one-practice-per-task line above."""
     inc = doc.get("increment")
     air = (doc.get("airflow") or {}).get("overhead_seconds_per_task") or 0.0
     fixed = None
     if inc:
-        fixed = round(inc["cpu_seconds_per_practice"] + max(air, 0.0) * (inc["chunks"] + 3 * inc["alone"])
-                      / inc["practices"], 3)
+        fixed = round(inc["cpu_seconds_per_practice"] + inc.get("register_cpu_seconds_per_practice", 0.0)
+                      + max(air, 0.0) * (inc["chunks"] + 3 * inc["alone"]) / inc["practices"], 3)
     proj = doc.get("national_projection") or {}
     return {
         "fixed_cpu_seconds_per_practice": fixed,

@@ -119,7 +119,8 @@ def _evidence_pids(found: pa.Table, ids: pa.Array, pids: pa.Array, pseudo: deid.
 
 def _type1(patients: pa.Table, found: pa.Table, register: pa.Table, pseudo: deid.Pseudonymiser, known: pa.Table,
            practice: str) -> tuple[pa.Array, dict, pa.Table, pa.Array, pa.Array, pa.Table]:
-    """Type 1 status of a delivery's patients against the store-wide register, from every type 1 code of the
+    """Type 1 status of a delivery's patients against the store-wide register (``register``: its status, the
+    latest event per patient, ``type1.register_status``), from every type 1 code of the
     delivery (``found``), before any of its rows is staged. Returns the source refs of the patients to exclude,
     counts, this delivery's latest events per patient (for the register), the pseudonyms to erase if the store
     holds them, every active dissenter (to drop any staged row of theirs), and the map of this delivery's
@@ -129,7 +130,7 @@ def _type1(patients: pa.Table, found: pa.Table, register: pa.Table, pseudo: deid
     ev_pids, tied = _evidence_pids(found, ids, pids, pseudo, known)
     type1.require_patients(found, ev_pids, tied, practice)
     events = type1.latest(ev_pids, found["event_date"], found["dissent"])
-    combined = type1.status(pa.concat_tables([register, events]))
+    combined = type1.with_events(register, events)
     active = combined.filter(combined["dissent"])["patient_pid"].combine_chunks()
     # Patients of this delivery whose status across practices is dissent; and, by this delivery's own codes,
     # those with no pseudonym (an invalid NHS number) that the register cannot speak for.
@@ -318,11 +319,15 @@ def _unique_deletions(parts: list[pa.Table]) -> pa.Table:
 
 
 def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
-            connection_uri: str | None = None) -> dict:
+            connection_uri: str | None = None, register: pa.Table | None = None) -> dict:
     """Read what is new for one practice, apply type 1 opt-outs and de-identify. Identifiable data stays in
     memory: a flat-file snapshot's event rows one batch at a time (``arrowutil.batch_rows``), after the type 1
     codes of all its event files were gathered. Returns counts with ``status`` "unchanged" (and stages nothing)
-    when nothing new was delivered."""
+    when nothing new was delivered.
+
+    ``register``: the type 1 register's status as ``run_chunk`` read it once for its practices (else it is read
+    here). A dissent another practice records after it was read is caught at the commit, exactly as one recorded
+    while this extraction runs is."""
     practice = feed.ods_code
     started = time.monotonic()
     storage.restrict_umask()                            # nothing written by the pipeline is world-readable
@@ -334,7 +339,8 @@ def extract(feed: Feed, settings: Settings, run_id: str, *, force: bool = False,
     restricted = codes.restricted_codes()
     state = ledger.PracticeState.load(settings.state, practice)
     key.verify(state.key_checks, f"the ledger of practice {practice}", practice)
-    register, _ = type1.load_register(settings.store, key.version)
+    if register is None:
+        register, _ = type1.register_status(settings.store, key.version)
     if state.key_version and state.key_version != key.version:
         log.info("practice %s: key rotated (%s -> %s) since the last commit: full re-extraction", practice,
                  state.key_version, key.version)
@@ -569,6 +575,8 @@ class Settled:
     for, and per practice what it found of that practice's patients (the erasure and the extracts recalled)."""
 
     pids: pa.Array
+    active: pa.Array  # every active dissenter, read after the practices' dissents were recorded
+    recorded: frozenset[str] = frozenset()  # the practices whose dissents it recorded
     counts: dict[str, dict] = field(default_factory=dict)
 
 
@@ -594,15 +602,16 @@ def settle_optouts(settings: Settings, run_id: str, practices: list[str]) -> Set
             continue
         type1.record(settings.store, practice, carried["type1_events"], key.version)
         optouts[practice] = carried["optout_pids"]["patient_pid"].combine_chunks()
+    active, _ = type1.active_dissenters(settings.store, key.version)
     if not optouts:
-        return Settled(pa.array([], pa.string()))
+        return Settled(pa.array([], pa.string()), active)
     pids = pc.unique(pa.concat_arrays(list(optouts.values())))
     found = erasure.present(settings.store, pids)
     recalled = recall.recall(settings.extracts, settings.store, key,
                              pa.concat_arrays([found.cast(pa.string()), erasure.pending(settings.store)]))
     erased = erasure.erase(settings.store, found) if len(found) or len(erasure.pending(settings.store)) else {}
     whose = sorted(p for p, mine in optouts.items() if pc.any(pc.is_in(mine, value_set=found)).as_py())
-    settled = Settled(pids)
+    settled = Settled(pids, active, frozenset(optouts))
     for practice in whose:  # each practice whose patients were found: the shared erasure, and which practices shared it
         settled.counts[practice] = {"erasure": {**erased, "practices": whose}}
         if recalled:
@@ -641,9 +650,11 @@ def commit(feed: Feed, settings: Settings, run_id: str, *, settled: Settled | No
     store.ensure_tables(settings.store)
     keys.record_store(settings.store, key)
     # The store-wide register first: from here on every practice's extraction and commit excludes them.
-    type1.record(settings.store, practice, carried["type1_events"], current)
-    active, _ = type1.active_dissenters(settings.store, current)
-    if settled is not None:  # looked for (and erased) after their dissent was recorded, in this process
+    if settled is None or practice not in settled.recorded:
+        type1.record(settings.store, practice, carried["type1_events"], current)
+        active, _ = type1.active_dissenters(settings.store, current)
+    else:  # recorded, read, looked for (and erased) by settle_optouts, in this process: a dissent recorded since
+        active = settled.active  # is caught by the check after the write below, as for any concurrent commit
         counts.update(settled.counts.get(practice, {}))
         optout_pids = optout_pids.filter(pc.invert(pc.is_in(optout_pids, value_set=settled.pids)))
     to_erase = erasure.present(settings.store, optout_pids)  # a late opt-out: the store still holds them
@@ -816,10 +827,16 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
     today = today or dt.date.today()
     out: dict[str, dict] = {}
     checking: dict[str, tuple[Feed, _Checking]] = {}
+    register = None
+    try:  # the type 1 register, read once for every extraction (each reads it itself if this fails)
+        register, _ = type1.register_status(settings.store, load_master_key().version)
+    except Exception as exc:  # noqa: BLE001 - each practice's extraction then reports the cause itself
+        log.warning("chunk: reading the type 1 register failed (%s): each extraction reads it", type(exc).__name__)
     for number, feed in enumerate(feeds, start=1):
         ods, stage = feed.ods_code, "extract"
         try:
-            counts = extract(feed, settings, run_id, force=force, connection_uri=(connection_uris or {}).get(ods))
+            counts = extract(feed, settings, run_id, force=force, connection_uri=(connection_uris or {}).get(ods),
+                             register=register)
             if counts.get("status") == "unchanged":
                 out[ods] = {"practice": ods, "status": "unchanged",
                             "last_committed_run": counts.get("last_committed_run")}

@@ -126,15 +126,19 @@ def test_the_daily_increment_runs_each_practice_once_in_chunks_and_projects_from
     from bench.inputs import practice_set
 
     ps = practice_set(tmp_path / "cache", 3, 30, 8.0, ("fhir", "emis_csv"))
-    got = increment.measure(ps, tmp_path / "work", fraction=0.1, workers=1)
+    got = increment.measure(ps, tmp_path / "work", fraction=0.1, workers=1, register_practices=4)
     assert got["practices"] == 3 and got["committed"] == 3 and got["failed"] == 0
     assert got["chunks"] == 1 and got["alone"] == 0  # baselined, small deliveries: one chunk
     assert got["rows"] > 0 and got["cpu_seconds"] > 0 and got["max_peak_rss_mib"] > 0
-    assert got["national_core_hours"] == round(got["cpu_seconds_per_practice"] * 6500 / 3600, 3)
+    reg = got["national_register"]  # the register at national size, here 4 practices: a read after each write,
+    assert reg["practices"] == 4 and got["register_cpu_seconds_per_practice"] == round(  # a first one per process
+        reg["later_read_cpu_seconds"] + reg["first_read_cpu_seconds"] / 3, 3)
+    per_practice = got["cpu_seconds_per_practice"] + got["register_cpu_seconds_per_practice"]
+    assert got["national_core_hours"] == round(per_practice * 6500 / 3600, 3)
     doc = {"increment": got, "airflow": {"overhead_seconds_per_task": 2.0}, "sizes": [],
            "national_projection": {"baseline": {"core_hours": 5.0}}}
     keys = bench.cadence(doc)
-    assert keys["fixed_cpu_seconds_per_practice"] == round(got["cpu_seconds_per_practice"] + 2.0 / 3, 3)
+    assert keys["fixed_cpu_seconds_per_practice"] == round(per_practice + 2.0 / 3, 3)
     assert keys["daily_increment_core_hours"] == round(keys["fixed_cpu_seconds_per_practice"] * 6500 / 3600, 3)
     assert keys["baseline_core_hours"] == 5.0 and keys["rows_per_cpu_second_6m"] is None
 
@@ -181,3 +185,19 @@ def test_partition_write_writes_the_file_times_over_into_one_partition_and_repor
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["rows"] == 21 and out["peak_rss_mib"] >= out["rss_before_mib"] > 0 and out["cpu"] >= 0
     assert store.row_counts(tmp_path / "store", "A81651")["observations"] == 21
+
+
+def test_register_writes_the_practices_files_and_reports_the_cost_of_reading_them(tmp_path, capsys):
+    """``python -m bench.register``: the national register's read cost quoted in performance.md."""
+    import json
+
+    from bench import register
+    from gpdata.privacy import type1
+
+    assert register.main([str(tmp_path / "store"), "7", "20", "3"]) == 0
+
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(type1.register_files(tmp_path / "store")) == 7
+    active, version = type1.active_dissenters(tmp_path / "store", register.KEY_VERSION)
+    assert out["active_dissenters"] == len(active) == 7 * 19 and version == "v1"  # one in 20 is a withdrawal
+    assert out["practices"] == 7 and out["first_read_cpu_seconds"] >= 0 and out["later_read_cpu_seconds"] >= 0

@@ -161,6 +161,11 @@ _DECODED_MAX = 20_000
 
 
 def _read(path) -> tuple[pa.Table, str | None]:
+    return _read_file(path)[1:]
+
+
+def _read_file(path) -> tuple[bytes, pa.Table, str | None]:
+    """A register file's SHA-256, events and key version."""
     import hashlib
 
     import pyarrow.parquet as pq
@@ -169,15 +174,16 @@ def _read(path) -> tuple[pa.Table, str | None]:
     digest = hashlib.sha256(data).digest()
     hit = _DECODED.get(digest)
     if hit is not None:
-        return hit
-    table = pq.read_table(pa.BufferReader(data))
+        return (digest, *hit)
+    # A small file read directly: pq.read_table's dataset machinery cost 1.5 ms a file, this 0.3 ms (bench.register)
+    table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     meta = table.schema.metadata or {}
     version = meta.get(b"key_version", b"").decode() or None
     decoded = (table.select(EVENTS.names).cast(EVENTS), version)
     if len(_DECODED) >= _DECODED_MAX:
         _DECODED.clear()
     _DECODED[digest] = decoded
-    return decoded
+    return (digest, *decoded)
 
 
 def register_files(store_root) -> list:
@@ -188,11 +194,21 @@ def register_files(store_root) -> list:
 def load_register(store_root, key_version: str | None) -> tuple[pa.Table, str | None]:
     """Every practice's type 1 events, and their key version; refuses files of another version than
     ``key_version`` (None: whatever version, as long as all agree)."""
-    parts, versions = [], {}
+    parts, version, _ = _load(store_root, key_version)
+    return (pa.concat_tables(parts) if parts else EVENTS.empty_table()), version
+
+
+def _load(store_root, key_version: str | None) -> tuple[list[pa.Table], str | None, bytes]:
+    """Every register file's events, their key version (checked as ``load_register`` says), and a digest of the
+    names and contents of all of them."""
+    import hashlib
+
+    parts, versions, whole = [], {}, hashlib.sha256()
     for path in register_files(store_root):
-        table, version = _read(path)
+        digest, table, version = _read_file(path)
         parts.append(table)
         versions[path.name.removesuffix(".parquet")] = version
+        whole.update(path.name.encode() + b"\0" + digest)
     found = set(versions.values())
     if key_version is not None:
         wrong = sorted(p for p, v in versions.items() if v != key_version)
@@ -202,7 +218,40 @@ def load_register(store_root, key_version: str | None) -> tuple[pa.Table, str | 
     elif len(found) > 1:
         raise GpdataError(f"the type 1 register mixes key versions {sorted(map(str, found))}: finish the key rotation")
     version = key_version or (found.pop() if found else None)
-    return (pa.concat_tables(parts) if parts else EVENTS.empty_table()), version
+    return parts, version, whole.digest()
+
+
+# The register's status (latest event per patient across every practice) and its active dissenters, for the
+# contents it was computed from (``_load``'s digest): every practice's run asks several times, and with England's
+# 6,500 practices (1.7 M dissenters) computing it costs about 1.4 s of CPU where reading the files costs 0.3 s
+# (``python -m bench.register``). Computed again whenever any file's name or content differs: never a stale answer.
+_STATUS: dict[bytes, tuple[pa.Table, pa.Array]] = {}
+
+
+def register_status(store_root, key_version: str | None) -> tuple[pa.Table, str | None]:
+    """The latest type 1 event of every patient across every practice's register file (``status`` of
+    ``load_register``'s events), and the key version."""
+    best, _, version = _status_of(store_root, key_version)
+    return best, version
+
+
+def _status_of(store_root, key_version: str | None) -> tuple[pa.Table, pa.Array, str | None]:
+    parts, version, digest = _load(store_root, key_version)
+    hit = _STATUS.get(digest)
+    if hit is None:
+        best = status(pa.concat_tables(parts)) if parts else EVENTS.empty_table()
+        hit = (best, best.filter(best["dissent"])["patient_pid"].combine_chunks())
+        _STATUS.clear()  # one register at a time: the newest
+        _STATUS[digest] = hit
+    return (*hit, version)
+
+
+def with_events(best: pa.Table, events: pa.Table) -> pa.Table:
+    """``status`` of a register's status (``register_status``) with these events added, recomputed only for the
+    patients the events name: the same table as ``status`` of all the events together, up to row order."""
+    named = pc.fill_null(pc.is_in(best["patient_pid"], value_set=events["patient_pid"].drop_null()), False)
+    return pa.concat_tables([best.filter(pc.invert(named)),
+                             status(pa.concat_tables([best.filter(named), events.select(EVENTS.names).cast(EVENTS)]))])
 
 
 def status(events: pa.Table) -> pa.Table:
@@ -217,8 +266,9 @@ def active(events: pa.Table) -> pa.Array:
 
 
 def active_dissenters(store_root, key_version: str | None = None) -> tuple[pa.Array, str | None]:
-    events, version = load_register(store_root, key_version)
-    return active(events), version
+    """Pseudonyms of every patient whose latest code across practices is a dissent, read from the register now."""
+    _, found, version = _status_of(store_root, key_version)
+    return found, version
 
 
 def record(store_root, practice: str, events: pa.Table, key_version: str) -> pa.Table:

@@ -144,6 +144,33 @@ def test_a_commit_rechecks_the_register_recorded_since_its_extraction(home):
     assert _store_holds(cfg, _pid()) == []
 
 
+@pytest.mark.parametrize("when", ["before its commits", "between its commits"])
+def test_a_chunk_rechecks_the_register_recorded_since_it_read_it(home, monkeypatch, when):
+    """A chunk of practices reads the register once for all its extractions and once more after recording their
+    dissents (not once per practice and stage): a dissent another practice records after either read still keeps
+    the patient out of the store, dropped at the commit or erased by the commit's own check after it wrote."""
+    cfg = settings.load()
+    c = _feed(home, "C83003", [f.organization("C83003"), *f.practitioner("prac-1", "123456789014"),
+                               f.patient("r2", Y_NHS), f.observation("c-bmi", "r2", f.BMI, "2021-01-01", value=27.0,
+                                                                     unit="kg/m2")])
+    a_records = lambda: pipeline.run_practice(_practice_a(home), cfg, "r1")  # noqa: E731 - X's dissent, at A
+    if when == "before its commits":  # after the chunk extracted and checked B's batch, which holds X
+        settle = pipeline.settle_optouts
+        monkeypatch.setattr(pipeline, "settle_optouts", lambda *args: (a_records(), settle(*args))[1])
+    else:  # after the chunk's second read, before B's commit
+        commit = pipeline.commit
+        monkeypatch.setattr(pipeline, "commit", lambda feed, *args, **kw: (
+            a_records() if feed.ods_code == "B82002" else None, commit(feed, *args, **kw))[1])
+    out = pipeline.run_chunk([_practice_b(home), c], cfg, "slow")
+    assert {o["status"] for o in out.values()} == {"committed"}
+    if when == "before its commits":
+        assert out["B82002"]["type1_optout"]["excluded_at_commit"]["patients"] == 1
+    else:
+        assert out["B82002"]["erasure_after_commit"]["patients"] == 1
+    assert _store_holds(cfg, _pid()) == []
+    assert _pid(Y_NHS) in store.read_table(cfg.store, "patients", "C83003")["patient_pid"].to_pylist()
+
+
 def _with_dissent(home, dissent: dict):
     res = [f.organization("A81001"), *f.practitioner("prac-1", "123456789012"), f.patient("p1", X_NHS),
            f.observation("bmi", "p1", f.BMI, "2020-01-01", value=25.0, unit="kg/m2"),

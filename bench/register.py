@@ -1,0 +1,69 @@
+"""What reading the store-wide type 1 register costs as the number of practices grows: every practice's extraction
+reads it once and its commit twice more (the register must be current at each check), so its cost per read is paid
+about three times per practice per day, and grows with the practices, which the 200-practice daily increment does
+not show.
+
+    python -m bench.register FOLDER [PRACTICES [DISSENTERS [READS]]]
+
+Writes PRACTICES register files (default 6,500, England's practices) of DISSENTERS random patient pseudonyms each
+(default 280: about 3 % of a practice's 9,300 patients have a type 1 opt-out) into FOLDER (made afresh), then reads
+the active dissenters READS times (default 5) as a commit does (``type1.active_dissenters``): the first read, in a
+process that has decoded none of the files, and the mean of the later ones, each of which finds every file
+unchanged. Prints one JSON line with CPU seconds; no pseudonym is printed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+NATIONAL_PRACTICES = 6500
+DISSENTERS = 280
+KEY_VERSION = "v1"
+
+
+def write_register(store_root: Path, practices: int, dissenters: int) -> None:
+    import secrets
+
+    import pyarrow as pa
+
+    from gpdata.privacy import type1
+
+    start = dt.date(2018, 5, 25)
+    for number in range(practices):
+        pids = [secrets.token_hex(32) for _ in range(dissenters)]
+        dates = [start + dt.timedelta(days=(number * 7 + i) % 3000) for i in range(dissenters)]
+        events = pa.table({"patient_pid": pids, "event_date": dates,
+                           "dissent": [i % 20 != 0 for i in range(dissenters)]}, schema=type1.EVENTS)
+        type1.write(store_root, f"P{number:05d}", events, KEY_VERSION)
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[0])
+    practices = int(argv[1]) if len(argv) > 1 else NATIONAL_PRACTICES
+    dissenters = int(argv[2]) if len(argv) > 2 else DISSENTERS
+    reads = int(argv[3]) if len(argv) > 3 else 5
+    from gpdata.privacy import type1
+
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    write_register(root, practices, dissenters)
+    seconds, active = [], 0
+    for _ in range(reads):
+        t0 = time.process_time()
+        found, _ = type1.active_dissenters(root, KEY_VERSION)
+        seconds.append(time.process_time() - t0)
+        active = len(found)
+    later = seconds[1:] or seconds
+    print(json.dumps({"practices": practices, "dissenters_per_practice": dissenters, "active_dissenters": active,
+                      "first_read_cpu_seconds": round(seconds[0], 3),
+                      "later_read_cpu_seconds": round(sum(later) / len(later), 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
