@@ -1,7 +1,6 @@
-"""What reading the store-wide type 1 register costs as the number of practices grows: every practice's extraction
-reads it once and its commit twice more (the register must be current at each check), so its cost per read is paid
-about three times per practice per day, and grows with the practices, which the 200-practice daily increment does
-not show.
+"""What reading the store-wide type 1 register costs as the number of practices grows, which the 200-practice daily
+increment does not show: every practice's commit reads it after its write (the check for a dissent recorded
+meanwhile must see the register as it is), and each chunk's process reads it first for all its practices.
 
     python -m bench.register FOLDER [PRACTICES [DISSENTERS [READS]]]
 
