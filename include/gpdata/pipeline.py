@@ -580,6 +580,17 @@ class Settled:
     counts: dict[str, dict] = field(default_factory=dict)
 
 
+def _erase_held(settings: Settings, key, pids: pa.Array) -> tuple[pa.Array, list[dict], dict]:
+    """The late opt-out step for these dissenting patients: those the store or a release still holds (returned
+    first), taken out of the extracts handed out first (idempotent; the store erasure re-runs while the store still
+    holds them), then erased from the store, with any erasure left unfinished."""
+    found = erasure.present(settings.store, pids)
+    recalled = recall.recall(settings.extracts, settings.store, key,
+                             pa.concat_arrays([found.cast(pa.string()), erasure.pending(settings.store)]))
+    erased = erasure.erase(settings.store, found) if len(found) or len(erasure.pending(settings.store)) else {}
+    return found, recalled, erased
+
+
 def settle_optouts(settings: Settings, run_id: str, practices: list[str]) -> Settled:
     """The late type 1 opt-out step of several practices' commits (a chunk), done once for them all: the type 1
     events of each validated batch are recorded in the register, then the store, its releases and the extracts
@@ -606,10 +617,7 @@ def settle_optouts(settings: Settings, run_id: str, practices: list[str]) -> Set
     if not optouts:
         return Settled(pa.array([], pa.string()), active)
     pids = pc.unique(pa.concat_arrays(list(optouts.values())))
-    found = erasure.present(settings.store, pids)
-    recalled = recall.recall(settings.extracts, settings.store, key,
-                             pa.concat_arrays([found.cast(pa.string()), erasure.pending(settings.store)]))
-    erased = erasure.erase(settings.store, found) if len(found) or len(erasure.pending(settings.store)) else {}
+    found, recalled, erased = _erase_held(settings, key, pids)
     whose = sorted(p for p, mine in optouts.items() if pc.any(pc.is_in(mine, value_set=found)).as_py())
     settled = Settled(pids, active, frozenset(optouts))
     for practice in whose:  # each practice whose patients were found: the shared erasure, and which practices shared it
@@ -657,13 +665,9 @@ def commit(feed: Feed, settings: Settings, run_id: str, *, settled: Settled | No
         active = settled.active  # is caught by the check after the write below, as for any concurrent commit
         counts.update(settled.counts.get(practice, {}))
         optout_pids = optout_pids.filter(pc.invert(pc.is_in(optout_pids, value_set=settled.pids)))
-    to_erase = erasure.present(settings.store, optout_pids)  # a late opt-out: the store still holds them
-    # Extracts handed out first (idempotent; the store erasure below re-runs while the store still holds them).
-    recalled = recall.recall(settings.extracts, settings.store, key,
-                             pa.concat_arrays([to_erase.cast(pa.string()), erasure.pending(settings.store)]))
+    _, recalled, erased = _erase_held(settings, key, optout_pids)
     if recalled:
         counts["extracts_recalled"] = counts.get("extracts_recalled", []) + recalled
-    erased = erasure.erase(settings.store, to_erase) if len(to_erase) or len(erasure.pending(settings.store)) else {}
     counts["erasure"] = erased or counts.get("erasure", {})
     deletions = carried["deletions"]
     deleted = None if info["full"] else {
