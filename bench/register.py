@@ -2,13 +2,15 @@
 increment does not show: every practice's commit reads it after its write (the check for a dissent recorded
 meanwhile must see the register as it is), and each chunk's process reads it first for all its practices.
 
-    python -m bench.register FOLDER [PRACTICES [DISSENTERS [READS]]]
+    python -m bench.register FOLDER [PRACTICES [DISSENTERS [READS [CHANGED]]]]
 
 Writes PRACTICES register files (default 6,500, England's practices) of DISSENTERS random patient pseudonyms each
 (default 280: about 3 % of a practice's 9,300 patients have a type 1 opt-out) into FOLDER (made afresh), then reads
-the active dissenters READS times (default 5) as a commit does (``type1.active_dissenters``): the first read, in a
-process that has decoded none of the files, and the mean of the later ones, each of which finds every file
-unchanged. Prints one JSON line with CPU seconds; no pseudonym is printed.
+the active dissenters as a commit does (``type1.active_dissenters``): the first read, in a process that has
+decoded none of the files; READS - 1 later ones (default 5 in all) that find every file unchanged; and READS - 1
+that each follow CHANGED practices (default 50, a chunk) recording a new dissent (``type1.record``, not timed), as a
+national run's reads do, other chunks committing meanwhile. Prints one JSON line with CPU seconds (means of the
+later reads); no pseudonym is printed.
 """
 
 from __future__ import annotations
@@ -41,26 +43,48 @@ def write_register(store_root: Path, practices: int, dissenters: int) -> None:
         type1.write(store_root, f"P{number:05d}", events, KEY_VERSION)
 
 
+def _read(root: Path) -> tuple[float, int]:
+    from gpdata.privacy import type1
+
+    t0 = time.process_time()
+    found, _ = type1.active_dissenters(root, KEY_VERSION)
+    return time.process_time() - t0, len(found)
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 3) if values else 0.0
+
+
 def main(argv: list[str]) -> int:
+    import secrets
+
+    import pyarrow as pa
+
+    from gpdata.privacy import type1
+
     root = Path(argv[0])
     practices = int(argv[1]) if len(argv) > 1 else NATIONAL_PRACTICES
     dissenters = int(argv[2]) if len(argv) > 2 else DISSENTERS
     reads = int(argv[3]) if len(argv) > 3 else 5
-    from gpdata.privacy import type1
-
+    changed = min(int(argv[4]) if len(argv) > 4 else 50, practices)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     write_register(root, practices, dissenters)
-    seconds, active = [], 0
-    for _ in range(reads):
-        t0 = time.process_time()
-        found, _ = type1.active_dissenters(root, KEY_VERSION)
-        seconds.append(time.process_time() - t0)
-        active = len(found)
-    later = seconds[1:] or seconds
+    time.sleep(type1.SETTLED_NS / 1e9)  # written a while before the run reads them, as a national register is
+    first, _ = _read(root)
+    unchanged = [_read(root)[0] for _ in range(reads - 1)]
+    after_changes = []
+    for read in range(reads - 1):
+        for number in range(changed):
+            event = pa.table({"patient_pid": [secrets.token_hex(32)], "event_date": [dt.date(2026, 11, 30)],
+                              "dissent": [True]}, schema=type1.EVENTS)
+            type1.record(root, f"P{(read * changed + number) % practices:05d}", event, KEY_VERSION)
+        after_changes.append(_read(root)[0])
+    active = _read(root)[1]
     print(json.dumps({"practices": practices, "dissenters_per_practice": dissenters, "active_dissenters": active,
-                      "first_read_cpu_seconds": round(seconds[0], 3),
-                      "later_read_cpu_seconds": round(sum(later) / len(later), 3)}))
+                      "changed_between_reads": changed, "first_read_cpu_seconds": round(first, 3),
+                      "later_read_cpu_seconds": _mean(unchanged),
+                      "changed_read_cpu_seconds": _mean(after_changes)}))
     return 0
 
 

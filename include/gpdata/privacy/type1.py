@@ -18,6 +18,7 @@ needed between practices); readers take the union. Every file records the key ve
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -153,28 +154,67 @@ def _practice_file(store_root, practice: str):
     return register_dir(store_root) / f"{practice}.parquet"
 
 
-# Decoded register files by their content: every practice's run reads every practice's file three times (the
+# Decoded register files by their content: every practice's run reads every practice's file more than once (the
 # register must be current at each check), and decoding Parquet costs far more than reading a small file's bytes.
-# Keyed by the SHA-256 of the bytes just read, so a file changed in any way is decoded afresh: never a stale answer.
+# Keyed by the SHA-256 of the bytes read, so a file changed in any way is decoded afresh: never a stale answer.
 _DECODED: dict[bytes, tuple[pa.Table, str | None]] = {}
 _DECODED_MAX = 20_000
+
+# A local file's SHA-256 by its identity and times (device, inode, size, modification and change times in ns),
+# so that an unchanged file is not read again: England's 6,500 files cost 0.36 s of CPU to read and hash, 0.03 s
+# to stat (``python -m bench.register``). A replacement (a rename over it, by ``storage.write_bytes_atomic``) or
+# a change in place gives a new change time, which the kernel sets and no process can; the file system's clock is
+# coarse, though, so a file is remembered this way only when its change time was SETTLED seconds before it was
+# read (the "racy" rule git uses for its index): any later change then carries a later change time. Files on S3
+# are read and hashed every time.
+SETTLED_NS = 2_000_000_000
+_SIGNED: dict[str, tuple[tuple[int, ...], bytes]] = {}
 
 
 def _read(path) -> tuple[pa.Table, str | None]:
     return _read_file(path)[1:]
 
 
+def _signature(st) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _bytes_and_digest(path) -> tuple[bytes | None, bytes]:
+    """The file's bytes (None when its remembered digest still holds) and SHA-256."""
+    import hashlib
+    import os
+    import time
+
+    if isinstance(path, storage.StorePath):
+        data = path.read_bytes()
+        return data, hashlib.sha256(data).digest()
+    name = str(path)
+    known = _SIGNED.get(name)
+    if known is not None and known[0] == _signature(os.stat(name)):
+        return None, known[1]
+    with open(name, "rb") as fh:
+        before = os.fstat(fh.fileno())
+        data = fh.read()
+        after = os.fstat(fh.fileno())
+    digest = hashlib.sha256(data).digest()
+    if _signature(after) == _signature(before) and before.st_ctime_ns < time.time_ns() - SETTLED_NS:
+        _SIGNED[name] = (_signature(before), digest)
+    else:
+        _SIGNED.pop(name, None)
+    return data, digest
+
+
 def _read_file(path) -> tuple[bytes, pa.Table, str | None]:
     """A register file's SHA-256, events and key version."""
-    import hashlib
-
     import pyarrow.parquet as pq
 
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).digest()
+    data, digest = _bytes_and_digest(path)
     hit = _DECODED.get(digest)
     if hit is not None:
         return (digest, *hit)
+    if data is None:  # its decoded events were let go: read it again
+        _SIGNED.pop(str(path), None)
+        return _read_file(path)
     # A small file read directly: pq.read_table's dataset machinery cost 1.5 ms a file, this 0.3 ms (bench.register)
     table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     meta = table.schema.metadata or {}
@@ -187,28 +227,44 @@ def _read_file(path) -> tuple[bytes, pa.Table, str | None]:
 
 
 def register_files(store_root) -> list:
+    from pathlib import Path
+
+    return [Path(path) if isinstance(path, str) else path for _, path in _listing(store_root)]
+
+
+def _listing(store_root) -> list[tuple[str, object]]:
+    """(practice, file) of every register file, in practice order; a local file as a ``str`` (pathlib's
+    overhead was a third of reading England's 6,500 files when none had changed)."""
     folder = register_dir(store_root)
-    return sorted(folder.glob("*.parquet"), key=str) if folder.exists() else []
+    if isinstance(folder, storage.StorePath):
+        found = sorted(folder.glob("*.parquet"), key=str) if folder.exists() else []
+        return [(path.name.removesuffix(".parquet"), path) for path in found]
+    import os
+
+    try:
+        with os.scandir(folder) as entries:
+            return sorted((entry.name.removesuffix(".parquet"), entry.path) for entry in entries
+                          if entry.name.endswith(".parquet"))
+    except FileNotFoundError:
+        return []
 
 
 def load_register(store_root, key_version: str | None) -> tuple[pa.Table, str | None]:
     """Every practice's type 1 events, and their key version; refuses files of another version than
     ``key_version`` (None: whatever version, as long as all agree)."""
-    parts, version, _ = _load(store_root, key_version)
+    files, version = _load(store_root, key_version)
+    parts = [table for _, table in files.values()]
     return (pa.concat_tables(parts) if parts else EVENTS.empty_table()), version
 
 
-def _load(store_root, key_version: str | None) -> tuple[list[pa.Table], str | None, bytes]:
-    """Every register file's events, their key version (checked as ``load_register`` says), and a digest of the
-    names and contents of all of them."""
-    import hashlib
-
-    parts, versions, whole = [], {}, hashlib.sha256()
-    for path in register_files(store_root):
+def _load(store_root, key_version: str | None) -> tuple[dict[str, tuple[bytes, pa.Table]], str | None]:
+    """Every register file's SHA-256 and events by practice, and their key version (checked as ``load_register``
+    says)."""
+    files, versions = {}, {}
+    for practice, path in _listing(store_root):
         digest, table, version = _read_file(path)
-        parts.append(table)
-        versions[path.name.removesuffix(".parquet")] = version
-        whole.update(path.name.encode() + b"\0" + digest)
+        files[practice] = (digest, table)
+        versions[practice] = version
     found = set(versions.values())
     if key_version is not None:
         wrong = sorted(p for p, v in versions.items() if v != key_version)
@@ -218,32 +274,74 @@ def _load(store_root, key_version: str | None) -> tuple[list[pa.Table], str | No
     elif len(found) > 1:
         raise GpdataError(f"the type 1 register mixes key versions {sorted(map(str, found))}: finish the key rotation")
     version = key_version or (found.pop() if found else None)
-    return parts, version, whole.digest()
+    return files, version
 
 
 # The register's status (latest event per patient across every practice) and its active dissenters, for the
-# contents it was computed from (``_load``'s digest): every practice's run asks several times, and with England's
-# 6,500 practices (1.7 M dissenters) computing it costs about 1.4 s of CPU where reading the files costs 0.3 s
-# (``python -m bench.register``). Computed again whenever any file's name or content differs: never a stale answer.
-_STATUS: dict[bytes, tuple[pa.Table, pa.Array]] = {}
+# files it was computed from: every practice's run asks several times, and with England's 6,500 practices (1.7 M
+# dissenters) computing it from every file costs about 1.4 s of CPU (``python -m bench.register``). When files
+# have changed since, and each changed file only added events or later ones (as ``record`` does), the status is
+# brought up to date from the changed files alone (``with_events``); a file removed, or one whose events went back
+# (rewritten by ``write``), or another key version: computed again from every file. Never a stale answer.
+@dataclass
+class _Status:
+    files: dict[str, bytes]  # practice -> SHA-256 of its file
+    version: str | None
+    best: pa.Table
+    active: pa.Array
+
+
+_LAST: list[_Status] = []
 
 
 def register_status(store_root, key_version: str | None) -> tuple[pa.Table, str | None]:
     """The latest type 1 event of every patient across every practice's register file (``status`` of
     ``load_register``'s events), and the key version."""
-    best, _, version = _status_of(store_root, key_version)
-    return best, version
+    found = _status_of(store_root, key_version)
+    return found.best, found.version
 
 
-def _status_of(store_root, key_version: str | None) -> tuple[pa.Table, pa.Array, str | None]:
-    parts, version, digest = _load(store_root, key_version)
-    hit = _STATUS.get(digest)
-    if hit is None:
+def _moved_forward(changed: list[tuple[str, bytes, pa.Table]]) -> bool:
+    """Files (practice, digest of the content read before, events now) that changed: did every patient's latest
+    event in each of them stay or get later (so the register's status may be brought forward from them)? One
+    ``status`` for them all, each patient keyed by practice."""
+    old, new = [], []
+    for practice, digest, events in changed:
+        before = _DECODED.get(digest)
+        if before is None:  # no longer held: cannot tell
+            return False
+        old.append(_keyed(practice, before[0]))
+        new.append(_keyed(practice, events))
+    if not new:
+        return True
+    now = status(pa.concat_tables(new))
+    return _sorted(status(pa.concat_tables(old + [now]))).equals(_sorted(now))
+
+
+def _keyed(practice: str, events: pa.Table) -> pa.Table:
+    return events.set_column(0, EVENTS.field(0), pc.binary_join_element_wise(practice, events["patient_pid"], "\0"))
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    return table.sort_by([("patient_pid", "ascending"), ("event_date", "ascending"), ("dissent", "ascending")])
+
+
+def _status_of(store_root, key_version: str | None) -> _Status:
+    files, version = _load(store_root, key_version)
+    digests = {practice: digest for practice, (digest, _) in files.items()}
+    last = _LAST[0] if _LAST else None
+    if last is not None and last.files == digests and last.version == version:
+        return last
+    changed = None if last is None or last.version != version or set(last.files) - set(digests) else \
+        [p for p, d in digests.items() if last.files.get(p) != d]
+    if changed is not None and _moved_forward([(p, last.files[p], files[p][1]) for p in changed if p in last.files]):
+        best = with_events(last.best, pa.concat_tables([files[p][1] for p in changed])) if changed else last.best
+    else:
+        parts = [table for _, table in files.values()]
         best = status(pa.concat_tables(parts)) if parts else EVENTS.empty_table()
-        hit = (best, best.filter(best["dissent"])["patient_pid"].combine_chunks())
-        _STATUS.clear()  # one register at a time: the newest
-        _STATUS[digest] = hit
-    return (*hit, version)
+    found = _Status(digests, version, best, best["patient_pid"].filter(best["dissent"]).combine_chunks())
+    _LAST[:] = [found]  # one register at a time: the newest
+    return found
 
 
 def with_events(best: pa.Table, events: pa.Table) -> pa.Table:
@@ -267,8 +365,8 @@ def active(events: pa.Table) -> pa.Array:
 
 def active_dissenters(store_root, key_version: str | None = None) -> tuple[pa.Array, str | None]:
     """Pseudonyms of every patient whose latest code across practices is a dissent, read from the register now."""
-    _, found, version = _status_of(store_root, key_version)
-    return found, version
+    found = _status_of(store_root, key_version)
+    return found.active, found.version
 
 
 def record(store_root, practice: str, events: pa.Table, key_version: str) -> pa.Table:

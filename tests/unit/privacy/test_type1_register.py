@@ -75,6 +75,56 @@ def test_adding_events_to_a_status_is_the_status_of_all_the_events(register, del
     assert sorted(type1.with_events(best, added).to_pylist(), key=str) == sorted(whole.to_pylist(), key=str)
 
 
+_ops = st.lists(st.tuples(st.sampled_from(["record", "write", "remove"]), st.sampled_from(["A81001", "B82002"]),
+                          _rows), min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ops)
+def test_the_register_status_brought_forward_is_the_status_of_every_file(ops):
+    """Whatever happens to the files between reads (a practice records, a file is rewritten with earlier events, a
+    file is removed), the status read is the status of every file's events as they are now: the status brought
+    forward from the changed files alone (``record``) equals the one computed from scratch."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        for op, practice, rows in ops:
+            if op == "record":
+                type1.record(root, practice, _events(*rows), "v1")
+            elif op == "write":
+                type1.write(root, practice, _events(*rows), "v1")
+            else:
+                type1._practice_file(root, practice).unlink(missing_ok=True)
+            whole = type1.status(type1.load_register(root, "v1")[0])
+            assert sorted(type1.register_status(root, "v1")[0].to_pylist(), key=str) == \
+                sorted(whole.to_pylist(), key=str)
+            assert sorted(type1.active_dissenters(root, "v1")[0].to_pylist()) == \
+                sorted(whole.filter(whole["dissent"])["patient_pid"].to_pylist())
+
+
+def test_an_unchanged_file_is_not_read_again_and_any_replacement_is_seen(tmp_path, monkeypatch):
+    """A file is remembered by its identity and times once its change time has settled; a replacement of the same
+    size with its modification time set back (``os.utime``) still has a new inode and change time, so it is read."""
+    import os
+
+    path = type1._practice_file(tmp_path, "A81001")
+    type1.write(tmp_path, "A81001", _events(("P1", D1, True)), "v1")
+    assert type1._bytes_and_digest(path)[0] is not None
+    assert type1._bytes_and_digest(path)[0] is not None  # just written: not yet settled, read every time
+    monkeypatch.setattr(type1, "SETTLED_NS", -10**15)  # as if it had settled long ago
+    type1._bytes_and_digest(path)
+    assert type1._bytes_and_digest(path)[0] is None  # remembered: not read
+    assert type1.active_dissenters(tmp_path, "v1")[0].to_pylist() == ["P1"]
+
+    before = path.stat()
+    type1.write(tmp_path, "A81001", _events(("P1", D1, False)), "v1")  # a withdrawal: the same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    assert type1.active_dissenters(tmp_path, "v1")[0].to_pylist() == []
+
+
 def test_a_register_mixing_key_versions_is_refused(tmp_path):
     type1.record(tmp_path, "A81001", _events(("P1", D1, True)), "v1")
     type1.write(tmp_path, "B82002", _events(("P2", D1, True)), "v2")
