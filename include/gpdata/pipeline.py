@@ -733,7 +733,7 @@ def run_practice(feed: Feed, settings: Settings, run_id: str, today: dt.date | N
 CHUNK_BYTES_ENV = "GPDATA_CHUNK_BYTES"
 CHUNK_PRACTICES_ENV = "GPDATA_CHUNK_PRACTICES"
 DEFAULT_CHUNK_BYTES = 64 << 20  # delivered bytes a chunk of practices may hold; a practice above it runs alone
-DEFAULT_CHUNK_PRACTICES = 50
+DEFAULT_CHUNK_PRACTICES = 200  # a chunk process's fixed cost is about 12 s (docs/performance.md)
 
 
 def failure_cause(exc: BaseException) -> str:

@@ -45,7 +45,7 @@ Every active practice feed with this DAG's schedule, from the feed YAML files in
 **Plan.** Each group's `plan` task looks at what each practice delivered since its last commit (with
 `{"force": true}`, its whole delivery): a practice never committed (a baseline), delivering more than
 `GPDATA_CHUNK_BYTES` (default 64 MiB), or whose feed file cannot be read runs **alone**; the others run
-together in **chunks** of at most `GPDATA_CHUNK_BYTES` delivered and `GPDATA_CHUNK_PRACTICES` (default 50)
+together in **chunks** of at most `GPDATA_CHUNK_BYTES` delivered and `GPDATA_CHUNK_PRACTICES` (default 200)
 practices. Its XCom lists the ODS codes of each. A run's `practices` conf limits the plan to those practices.
 
 **Alone**: the mapped task group `practice` (`extract >> quality >> commit`), one mapped instance per practice

@@ -204,3 +204,22 @@ def test_register_writes_the_practices_files_and_reports_the_cost_of_reading_the
     assert out["active_dissenters"] == len(active) == 7 * 19 + 2 * 7 and version == "v1"
     assert out["practices"] == 7 and out["changed_between_reads"] == 7
     assert min(out[f"{read}_read_cpu_seconds"] for read in ("first", "later", "changed")) >= 0
+
+
+def test_the_chunk_size_fit_recovers_a_fixed_and_a_per_practice_cost():
+    from bench.chunksize import fit
+
+    assert fit([(10, 12 / 10 + 0.5), (25, 12 / 25 + 0.5), (50, 12 / 50 + 0.5)]) == {
+        "fixed_cpu_seconds_per_chunk": 12.0, "cpu_seconds_per_practice": 0.5}
+
+
+def test_chunksize_runs_the_same_increments_in_chunks_of_each_size(tmp_path, clean_env):
+    """``python -m bench.chunksize``: every practice committed at each size, from the same prepared state."""
+    from bench import chunksize
+
+    got = chunksize.measure(tmp_path, practices=2, sizes=(1, 2))
+    assert got["practices"] == 2 and [r["size"] for r in got["sizes"]] == [1, 2]
+    assert [r["chunks"] for r in got["sizes"]] == [2, 1]
+    assert all(r["cpu_seconds_per_practice"] > 0 and r["max_peak_rss_mib"] > 0 for r in got["sizes"])
+    assert set(got["fit"]) == {"fixed_cpu_seconds_per_chunk", "cpu_seconds_per_practice"}
+    assert not (tmp_path / "work").exists()
