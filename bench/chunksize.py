@@ -5,7 +5,8 @@ process after another (so no two share the machine's cores), CPU summed per size
 
 The practices (default 50, made by the generator under FOLDER and reused from it) are baselined and given their
 increments once, as ``bench.increment`` does (not timed); each size then starts from a copy of that state. Fits
-CPU per practice = fixed per chunk process / size + per practice, by least squares over the sizes, and prints
+CPU per practice = fixed per chunk process / practices per chunk + per practice, by least squares over the
+sizes (a size above PRACTICES is one chunk of them all), and prints
 one JSON line: each size's CPU seconds per practice and peak RSS, and the fit.
 """
 
@@ -19,8 +20,9 @@ from pathlib import Path
 from bench.increment import _run_chunks, prepare
 
 
-def fit(points: list[tuple[int, float]]) -> dict:
-    """Least squares of ``cpu = fixed / size + per_practice`` over (size, CPU seconds per practice)."""
+def fit(points: list[tuple[float, float]]) -> dict:
+    """Least squares of ``cpu = fixed / size + per_practice`` over (practices per chunk, CPU seconds per
+    practice)."""
     xs, ys = [1 / size for size, _ in points], [cpu for _, cpu in points]
     n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
     spread = sum((x - mx) ** 2 for x in xs)
@@ -53,7 +55,7 @@ def measure(folder: Path, practices: int = 50, sizes: tuple[int, ...] = (10, 25,
                     "max_peak_rss_mib": round(max(r["peak_rss_mib"] for r in results))})
     shutil.rmtree(work, ignore_errors=True)
     return {"practices": len(codes), "sizes": out,
-            "fit": fit([(r["size"], r["cpu_seconds_per_practice"]) for r in out])}
+            "fit": fit([(len(codes) / r["chunks"], r["cpu_seconds_per_practice"]) for r in out])}
 
 
 def main(argv: list[str]) -> int:
