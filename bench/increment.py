@@ -102,7 +102,8 @@ def prepare(ps, work: Path, fraction: float, workers: int) -> None:
 
 def national_register(folder: Path, practices: int = NATIONAL_PRACTICES) -> dict:
     """``bench.register`` in a process of its own: the CPU of reading a register of ``practices`` practices' files,
-    first in a process, later with none changed, and later with a chunk's practices changed."""
+    first in a process, later with none changed or with 50 practices' changed, and a commit's check after its
+    write."""
     out = subprocess.run([sys.executable, "-m", "bench.register", str(folder), str(practices)], capture_output=True,
                          text=True, timeout=3600, env=_env(folder, folder))
     if out.returncode:
@@ -115,10 +116,10 @@ def measure(ps, work: Path, *, fraction: float = 0.06, workers: int = 2,
             register_practices: int = NATIONAL_PRACTICES) -> dict:
     """The increment of every practice of ``ps``, planned and run as the DAG would; CPU per practice and the
     national projection. The projection adds what the type 1 register costs at ``register_practices`` practices
-    and the increment's own small register does not show (``bench.register``): each practice's read after its
+    and the increment's own small register does not show (``bench.register``): each practice's check after its
     write, and its share of its chunk process's first read and of the read after the chunk's dissents are
-    recorded, each of the later reads finding a chunk's worth of practices' files changed since the one before
-    (other chunks commit meanwhile)."""
+    recorded, each of the later reads and checks finding 50 more practices' files changed (other chunks commit
+    meanwhile)."""
     os.environ.update({k: v for k, v in _env(work, ps.home).items() if k != "PYTHONPATH"})
     prepare(ps, work, fraction, workers)
     from gpdata import pipeline, settings
@@ -139,8 +140,8 @@ def measure(ps, work: Path, *, fraction: float = 0.06, workers: int = 2,
     per_practice = round(cpu / n, 3)  # the national figure is projected from the figure reported
     register = national_register(work.parent / "national-register", register_practices)
     processes = len(chunks) + len(alone)
-    changed = register["changed_read_cpu_seconds"]
-    register_cpu = round(changed + (register["first_read_cpu_seconds"] + changed) * processes / n, 3)
+    register_cpu = round(register["check_cpu_seconds"] + (register["first_read_cpu_seconds"]
+                                                          + register["changed_read_cpu_seconds"]) * processes / n, 3)
     return {
         "practices": n, "chunks": len(chunks), "alone": len(alone), "rows": rows,
         "rows_per_practice": round(rows / n, 1),

@@ -6,10 +6,12 @@ meanwhile must see the register as it is), and each chunk's process reads it fir
 
 Writes PRACTICES register files (default 6,500, England's practices) of DISSENTERS random patient pseudonyms each
 (default 280: about 3 % of a practice's 9,300 patients have a type 1 opt-out) into FOLDER (made afresh), then reads
-the active dissenters as a commit does (``type1.active_dissenters``): the first read, in a process that has
-decoded none of the files; READS - 1 later ones (default 5 in all) that find every file unchanged; and READS - 1
-that each follow CHANGED practices (default 50, a chunk) recording a new dissent (``type1.record``, not timed), as a
-national run's reads do, other chunks committing meanwhile. Prints one JSON line with CPU seconds (means of the
+the register as a chunk of commits does: the first read in a process that has decoded none of the files
+(``type1.snapshot``); READS - 1 later ones (default 5 in all) that find every file unchanged; READS - 1 that each
+follow CHANGED practices (default 50) recording a new dissent (``type1.record``, not timed), as the read after a
+chunk records its dissents does, other chunks committing meanwhile; and READS - 1 checks after a commit's write
+(``type1.dissented_since`` of an earlier read, for a practice's 9,300 patients, one of them among the new
+dissents), each after CHANGED more practices recorded one. Prints one JSON line with CPU seconds (means of the
 later reads); no pseudonym is printed.
 """
 
@@ -43,12 +45,10 @@ def write_register(store_root: Path, practices: int, dissenters: int) -> None:
         type1.write(store_root, f"P{number:05d}", events, KEY_VERSION)
 
 
-def _read(root: Path) -> tuple[float, int]:
-    from gpdata.privacy import type1
-
+def _timed(call):
     t0 = time.process_time()
-    found, _ = type1.active_dissenters(root, KEY_VERSION)
-    return time.process_time() - t0, len(found)
+    out = call()
+    return time.process_time() - t0, out
 
 
 def _mean(values: list[float]) -> float:
@@ -71,20 +71,36 @@ def main(argv: list[str]) -> int:
     root.mkdir(parents=True)
     write_register(root, practices, dissenters)
     time.sleep(type1.SETTLED_NS / 1e9)  # written a while before the run reads them, as a national register is
-    first, _ = _read(root)
-    unchanged = [_read(root)[0] for _ in range(reads - 1)]
+    done = iter(range(10**9))
+
+    def record_some() -> list[str]:
+        new = [secrets.token_hex(32) for _ in range(changed)]
+        for pid in new:
+            event = pa.table({"patient_pid": [pid], "event_date": [dt.date(2026, 11, 30)], "dissent": [True]},
+                             schema=type1.EVENTS)
+            type1.record(root, f"P{next(done) % practices:05d}", event, KEY_VERSION)
+        return new
+
+    def snapshot():
+        return type1.snapshot(root, KEY_VERSION)
+
+    first, _ = _timed(snapshot)
+    unchanged = [_timed(snapshot)[0] for _ in range(reads - 1)]
     after_changes = []
-    for read in range(reads - 1):
-        for number in range(changed):
-            event = pa.table({"patient_pid": [secrets.token_hex(32)], "event_date": [dt.date(2026, 11, 30)],
-                              "dissent": [True]}, schema=type1.EVENTS)
-            type1.record(root, f"P{(read * changed + number) % practices:05d}", event, KEY_VERSION)
-        after_changes.append(_read(root)[0])
-    active = _read(root)[1]
-    print(json.dumps({"practices": practices, "dissenters_per_practice": dissenters, "active_dissenters": active,
-                      "changed_between_reads": changed, "first_read_cpu_seconds": round(first, 3),
-                      "later_read_cpu_seconds": _mean(unchanged),
-                      "changed_read_cpu_seconds": _mean(after_changes)}))
+    for _ in range(reads - 1):
+        record_some()
+        after_changes.append(_timed(snapshot)[0])
+    read, checks, late = snapshot(), [], 0
+    for _ in range(reads - 1):
+        patients = pa.array([secrets.token_hex(32) for _ in range(9300 - 1)] + record_some()[:1])
+        seconds, found = _timed(lambda patients=patients: type1.dissented_since(root, read, patients))
+        checks.append(seconds)
+        late += len(found)
+    print(json.dumps({"practices": practices, "dissenters_per_practice": dissenters,
+                      "active_dissenters": len(snapshot().active), "changed_between_reads": changed,
+                      "first_read_cpu_seconds": round(first, 3), "later_read_cpu_seconds": _mean(unchanged),
+                      "changed_read_cpu_seconds": _mean(after_changes), "check_cpu_seconds": _mean(checks),
+                      "dissented_since_found": late}))
     return 0
 
 

@@ -575,7 +575,7 @@ class Settled:
     for, and per practice what it found of that practice's patients (the erasure and the extracts recalled)."""
 
     pids: pa.Array
-    active: pa.Array  # every active dissenter, read after the practices' dissents were recorded
+    read: type1.Snapshot  # the register, read after the practices' dissents were recorded
     recorded: frozenset[str] = frozenset()  # the practices whose dissents it recorded
     counts: dict[str, dict] = field(default_factory=dict)
 
@@ -613,13 +613,13 @@ def settle_optouts(settings: Settings, run_id: str, practices: list[str]) -> Set
             continue
         type1.record(settings.store, practice, carried["type1_events"], key.version)
         optouts[practice] = carried["optout_pids"]["patient_pid"].combine_chunks()
-    active, _ = type1.active_dissenters(settings.store, key.version)
+    read = type1.snapshot(settings.store, key.version)
     if not optouts:
-        return Settled(pa.array([], pa.string()), active)
+        return Settled(pa.array([], pa.string()), read)
     pids = pc.unique(pa.concat_arrays(list(optouts.values())))
     found, recalled, erased = _erase_held(settings, key, pids)
     whose = sorted(p for p, mine in optouts.items() if pc.any(pc.is_in(mine, value_set=found)).as_py())
-    settled = Settled(pids, active, frozenset(optouts))
+    settled = Settled(pids, read, frozenset(optouts))
     for practice in whose:  # each practice whose patients were found: the shared erasure, and which practices shared it
         settled.counts[practice] = {"erasure": {**erased, "practices": whose}}
         if recalled:
@@ -660,9 +660,9 @@ def commit(feed: Feed, settings: Settings, run_id: str, *, settled: Settled | No
     # The store-wide register first: from here on every practice's extraction and commit excludes them.
     if settled is None or practice not in settled.recorded:
         type1.record(settings.store, practice, carried["type1_events"], current)
-        active, _ = type1.active_dissenters(settings.store, current)
+        read = type1.snapshot(settings.store, current)
     else:  # recorded, read, looked for (and erased) by settle_optouts, in this process: a dissent recorded since
-        active = settled.active  # is caught by the check after the write below, as for any concurrent commit
+        read = settled.read  # is caught by the check after the write below, as for any concurrent commit
         counts.update(settled.counts.get(practice, {}))
         optout_pids = optout_pids.filter(pc.invert(pc.is_in(optout_pids, value_set=settled.pids)))
     _, recalled, erased = _erase_held(settings, key, optout_pids)
@@ -675,7 +675,7 @@ def commit(feed: Feed, settings: Settings, run_id: str, *, settled: Settled | No
     scanned = {name: table.scan(practice) for name, table in tables.items()}  # refuses before anything is written
     pids = pc.unique(pa.concat_arrays([p for _, p in scanned.values()]))
     # Another practice may have recorded a dissent since this batch was extracted: their rows are dropped.
-    dissented = pc.fill_null(pc.is_in(pids, value_set=active), False)
+    dissented = pc.fill_null(pc.is_in(pids, value_set=read.active), False)
     drop, held = pids.filter(dissented), pids.filter(pc.invert(dissented)).drop_null()
     for table in tables.values():
         table.drop = drop
@@ -686,8 +686,7 @@ def commit(feed: Feed, settings: Settings, run_id: str, *, settled: Settled | No
     if at_commit:
         counts["type1_optout"]["excluded_at_commit"] = at_commit
     # ... or while this one was writing: its erasure may have run before these rows landed.
-    late, _ = type1.active_dissenters(settings.store, current)
-    late = late.filter(pc.is_in(late, value_set=held))
+    late = type1.dissented_since(settings.store, read, held)
     if len(late):
         counts["extracts_recalled_after_commit"] = recall.recall(settings.extracts, settings.store, key, late)
         counts["erasure_after_commit"] = erasure.erase(settings.store, late)

@@ -131,9 +131,9 @@ def test_the_daily_increment_runs_each_practice_once_in_chunks_and_projects_from
     assert got["chunks"] == 1 and got["alone"] == 0  # baselined, small deliveries: one chunk
     assert got["rows"] > 0 and got["cpu_seconds"] > 0 and got["max_peak_rss_mib"] > 0
     reg = got["national_register"]  # the register at national size, here 4 practices: a read after each write,
-    changed = reg["changed_read_cpu_seconds"]  # a first one and one after the dissents are recorded per process
+    # a check after each write, and per process a first read and one after the chunk's dissents are recorded
     assert reg["practices"] == 4 and got["register_cpu_seconds_per_practice"] == round(
-        changed + (reg["first_read_cpu_seconds"] + changed) / 3, 3)
+        reg["check_cpu_seconds"] + (reg["first_read_cpu_seconds"] + reg["changed_read_cpu_seconds"]) / 3, 3)
     per_practice = got["cpu_seconds_per_practice"] + got["register_cpu_seconds_per_practice"]
     assert got["national_core_hours"] == round(per_practice * 6500 / 3600, 3)
     doc = {"increment": got, "airflow": {"overhead_seconds_per_task": 2.0}, "sizes": [],
@@ -200,10 +200,12 @@ def test_register_writes_the_practices_files_and_reports_the_cost_of_reading_the
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(type1.register_files(tmp_path / "store")) == 7
     active, version = type1.active_dissenters(tmp_path / "store", register.KEY_VERSION)
-    # one in 20 is a withdrawal; before each of the 2 reads after changes, all 7 practices record one more dissent
-    assert out["active_dissenters"] == len(active) == 7 * 19 + 2 * 7 and version == "v1"
-    assert out["practices"] == 7 and out["changed_between_reads"] == 7
+    # one in 20 is a withdrawal; before each of the 2 reads after changes and each of the 2 checks, all 7 practices
+    # record one more dissent; each check finds the one of its practice's patients among them
+    assert out["active_dissenters"] == len(active) == 7 * 19 + 4 * 7 and version == "v1"
+    assert out["practices"] == 7 and out["changed_between_reads"] == 7 and out["dissented_since_found"] == 2
     assert min(out[f"{read}_read_cpu_seconds"] for read in ("first", "later", "changed")) >= 0
+    assert out["check_cpu_seconds"] >= 0
 
 
 def test_the_chunk_size_fit_recovers_a_fixed_and_a_per_practice_cost():

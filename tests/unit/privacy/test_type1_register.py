@@ -79,6 +79,18 @@ _ops = st.lists(st.tuples(st.sampled_from(["record", "write", "remove"]), st.sam
                           _rows), min_size=1, max_size=8)
 
 
+def _apply(root, op, practice, rows):
+    """A practice records events, its file is rewritten with these (perhaps earlier ones), or it is removed; then
+    the status of every file's events, computed from scratch."""
+    if op == "record":
+        type1.record(root, practice, _events(*rows), "v1")
+    elif op == "write":
+        type1.write(root, practice, _events(*rows), "v1")
+    else:
+        type1._practice_file(root, practice).unlink(missing_ok=True)
+    return type1.status(type1.load_register(root, "v1")[0])
+
+
 @settings(max_examples=150, deadline=None)
 @given(_ops)
 def test_the_register_status_brought_forward_is_the_status_of_every_file(ops):
@@ -91,17 +103,32 @@ def test_the_register_status_brought_forward_is_the_status_of_every_file(ops):
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         for op, practice, rows in ops:
-            if op == "record":
-                type1.record(root, practice, _events(*rows), "v1")
-            elif op == "write":
-                type1.write(root, practice, _events(*rows), "v1")
-            else:
-                type1._practice_file(root, practice).unlink(missing_ok=True)
-            whole = type1.status(type1.load_register(root, "v1")[0])
+            whole = _apply(root, op, practice, rows)
             assert sorted(type1.register_status(root, "v1")[0].to_pylist(), key=str) == \
                 sorted(whole.to_pylist(), key=str)
             assert sorted(type1.active_dissenters(root, "v1")[0].to_pylist()) == \
                 sorted(whole.filter(whole["dissent"])["patient_pid"].to_pylist())
+
+
+@settings(max_examples=150, deadline=None)
+@given(_rows, st.lists(_ops, min_size=1, max_size=3))
+def test_who_dissented_since_a_read_is_who_dissents_now_and_did_not_then(start, rounds):
+    """A commit's check after its write (``dissented_since``) looks only at the files changed since its read; after
+    each round of changes (records, rewrites with earlier events, removals), asked again of the same read, it
+    names exactly the patients dissenting now (status computed from scratch) who were not at the read."""
+    import tempfile
+    from pathlib import Path
+
+    everyone = pa.array(["P1", "P2", "P3", "P4", "P5"])
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        type1.record(root, "A81001", _events(*start), "v1")
+        read = type1.snapshot(root, "v1")
+        then = set(read.active.to_pylist())
+        for ops in rounds:
+            whole = [_apply(root, *op) for op in ops][-1]
+            now = set(whole.filter(whole["dissent"])["patient_pid"].to_pylist())
+            assert sorted(type1.dissented_since(root, read, everyone).to_pylist()) == sorted(now - then)
 
 
 def test_an_unchanged_file_is_not_read_again_and_any_replacement_is_seen(tmp_path, monkeypatch):
