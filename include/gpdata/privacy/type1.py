@@ -162,11 +162,11 @@ _DECODED_MAX = 20_000
 
 # A local file's SHA-256 by its identity and times (device, inode, size, modification and change times in ns),
 # so that an unchanged file is not read again: a read of England's 6,500 unchanged files cost 0.38 s of CPU when
-# each was read and hashed, 0.08 s now (``python -m bench.register``). A replacement (a rename over it, by ``storage.write_bytes_atomic``) or
-# a change in place gives a new change time, which the kernel sets and no process can; the file system's clock is
-# coarse, though, so a file is remembered this way only when its change time was SETTLED seconds before it was
-# read (the "racy" rule git uses for its index): any later change then carries a later change time. Files on S3
-# are read and hashed every time.
+# each was read and hashed, 0.08 s now (``python -m bench.register``). A replacement (a rename over it, by
+# ``storage.write_bytes_atomic``) or a change in place gives a new change time, which the kernel sets and no
+# process can; the file system's clock is coarse, though, so a file is remembered this way only when its change
+# time was SETTLED seconds before it was read (the "racy" rule git uses for its index): any later change then
+# carries a later change time. Files on S3 are read and hashed every time.
 SETTLED_NS = 2_000_000_000
 _SIGNED: dict[str, tuple[tuple[int, ...], bytes]] = {}
 
