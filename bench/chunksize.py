@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.increment import _run_chunks, prepare
+from bench.increment import prepare, run_chunks, use_environment
 
 
 def fit(points: list[tuple[float, float]]) -> dict:
@@ -31,22 +31,19 @@ def fit(points: list[tuple[float, float]]) -> dict:
 
 
 def measure(folder: Path, practices: int = 50, sizes: tuple[int, ...] = (10, 25, 50)) -> dict:
-    import os
-
     from bench.__main__ import INCREMENT
-    from bench.increment import _env
     from bench.inputs import practice_set
 
     ps = practice_set(folder / "input", practices, INCREMENT["patients"], INCREMENT["events_per_patient"],
                       ("fhir", "emis_csv"))
     prepared, work = folder / "prepared", folder / "work"
-    os.environ.update({k: v for k, v in _env(prepared, ps.home).items() if k != "PYTHONPATH"})
+    use_environment(prepared, ps.home)
     prepare(ps, prepared, INCREMENT["fraction"], 2)
     codes, out = list(ps.ods_codes), []
     for size in sizes:
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(prepared, work, symlinks=True)
-        results = _run_chunks([codes[i:i + size] for i in range(0, len(codes), size)], ps.home, work, "delta", 1)
+        results = run_chunks([codes[i:i + size] for i in range(0, len(codes), size)], ps.home, work, "delta", 1)
         committed = sum(s == "committed" for r in results for s in r["status"].values())
         if committed != len(codes):
             raise RuntimeError(f"chunks of {size}: {committed} of {len(codes)} practices committed")

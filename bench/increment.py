@@ -32,6 +32,12 @@ def _env(work: Path, input_home: Path) -> dict:
             "GPDATA_INBOX_ROOT": str(input_home), "GX_ANALYTICS_ENABLED": "False"}
 
 
+def use_environment(work: Path, input_home: Path) -> None:
+    """This process's environment as a chunk process's (the store under ``work``, deliveries under ``input_home``),
+    for the set-up and planning done here."""
+    os.environ.update({k: v for k, v in _env(work, input_home).items() if k != "PYTHONPATH"})
+
+
 def _feeds(input_home: Path, codes: list[str]):
     from gpdata.ingest.feeds import Feed
 
@@ -67,7 +73,7 @@ def _chunk_process(spec: dict, env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _run_chunks(chunks: list[list[str]], input_home: Path, work: Path, run_id: str, workers: int) -> list[dict]:
+def run_chunks(chunks: list[list[str]], input_home: Path, work: Path, run_id: str, workers: int) -> list[dict]:
     env = _env(work, input_home)
     specs = [{"input": str(input_home), "work": str(work), "ods": c, "run_id": run_id} for c in chunks]
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -91,7 +97,7 @@ def prepare(ps, work: Path, fraction: float, workers: int) -> None:
         shutil.rmtree(inbox, ignore_errors=True)
         shutil.copytree(ps.folder(ods, DIALECT), inbox)
     codes = list(ps.ods_codes)
-    _run_chunks([codes[i:i + 25] for i in range(0, len(codes), 25)], ps.home, work, "baseline", workers)
+    run_chunks([codes[i:i + 25] for i in range(0, len(codes), 25)], ps.home, work, "baseline", workers)
     dialect = load_dialect(DIALECT)
     for number, ods in enumerate(codes):
         canonical = exports.canonical_of(ps.folder(ods, "fhir"), ods)
@@ -120,13 +126,13 @@ def measure(ps, work: Path, *, fraction: float = 0.06, workers: int = 2,
     write, and its share of its chunk process's first read and of the read after the chunk's dissents are
     recorded, each of the later reads and checks finding 50 more practices' files changed (other chunks commit
     meanwhile)."""
-    os.environ.update({k: v for k, v in _env(work, ps.home).items() if k != "PYTHONPATH"})
+    use_environment(work, ps.home)
     prepare(ps, work, fraction, workers)
     from gpdata import pipeline, settings
 
     alone, chunks = pipeline.plan_chunks(_feeds(ps.home, list(ps.ods_codes)), settings.load())
     t0 = time.perf_counter()
-    results = _run_chunks(chunks + [[ods] for ods in alone], ps.home, work, "delta", workers)
+    results = run_chunks(chunks + [[ods] for ods in alone], ps.home, work, "delta", workers)
     wall = time.perf_counter() - t0
     status: dict[str, str] = {}
     causes: dict[str, int] = {}

@@ -30,6 +30,11 @@ def const(value: str, n: int) -> pa.Array:
     return pa.array([value] * n, pa.string())
 
 
+def isin(values, among) -> pa.Array:
+    """True where a value is one of ``among``; False for a null (never "unknown", so a filter keeps no null)."""
+    return pc.fill_null(pc.is_in(values, value_set=among), False)
+
+
 def first_reason(n: int, rules: list[tuple[pa.Array, str]]) -> pa.Array:
     """Per row, the reason of the first rule whose condition holds (nulls count as not holding), else null."""
     out = pa.nulls(n, pa.string())

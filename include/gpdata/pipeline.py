@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gpdata import arrowutil, codes, quality, storage, store
+from gpdata.arrowutil import isin
 from gpdata.errors import GpdataError, QualityGateError
 from gpdata.ingest import ledger, limits, sources
 from gpdata.ingest.feeds import Feed, check_location
@@ -134,7 +135,7 @@ def _type1(patients: pa.Table, found: pa.Table, register: pa.Table, pseudo: deid
     active = combined.filter(combined["dissent"])["patient_pid"].combine_chunks()
     # Patients of this delivery whose status across practices is dissent; and, by this delivery's own codes,
     # those with no pseudonym (an invalid NHS number) that the register cannot speak for.
-    dissented = pc.fill_null(pc.is_in(pids, value_set=active), False)
+    dissented = isin(pids, active)
     excluded = ids.filter(dissented).cast(pa.string())
     dissenter_map = pa.table({"ref_pid": pseudo(excluded, "record_id"), "patient_pid": pids.filter(dissented)},
                              schema=ledger.DISSENTER_MAP)
@@ -263,7 +264,7 @@ def _drop_pids(tables: dict[str, pa.Table], pids: pa.Array) -> dict[str, int]:
         return dropped
     for name, table in tables.items():
         if name in TABLES and "patient_pid" in table.column_names:
-            hit = pc.fill_null(pc.is_in(table["patient_pid"], value_set=pids), False)
+            hit = isin(table["patient_pid"], pids)
             n = pc.sum(hit).as_py() or 0
             if n:
                 tables[name] = table.filter(pc.invert(hit))
@@ -675,7 +676,7 @@ def commit(feed: Feed, settings: Settings, run_id: str, *, settled: Settled | No
     scanned = {name: table.scan(practice) for name, table in tables.items()}  # refuses before anything is written
     pids = pc.unique(pa.concat_arrays([p for _, p in scanned.values()]))
     # Another practice may have recorded a dissent since this batch was extracted: their rows are dropped.
-    dissented = pc.fill_null(pc.is_in(pids, value_set=read.active), False)
+    dissented = isin(pids, read.active)
     drop, held = pids.filter(dissented), pids.filter(pc.invert(dissented)).drop_null()
     for table in tables.values():
         table.drop = drop

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gpdata.arrowutil import isin
 from gpdata.privacy import nhsnumber
 from gpdata.share.generalise import ETHNIC_GROUPS
 
@@ -220,8 +221,8 @@ def _scan_parquet(path: Path, ids: Identifiers) -> list[Finding]:
             # deliveries hold (valid or not) is a leak too.
             values = pc.unique(col.combine_chunks()) if isinstance(col, pa.ChunkedArray) else pc.unique(col)
             known = pa.array(sorted(ids.nhs_numbers), pa.float64())
-            if pc.any(nhsnumber.in_numbers(values)).as_py() or pc.any(pc.fill_null(pc.is_in(
-                    pc.cast(values, pa.float64()), value_set=known), False)).as_py():
+            if pc.any(nhsnumber.in_numbers(values)).as_py() or pc.any(isin(
+                    pc.cast(values, pa.float64()), known)).as_py():
                 findings.append(Finding(str(path), f"column {name}", "nhs_number"))
         elif dobs is not None and (pa.types.is_date(col.type) or pa.types.is_timestamp(col.type)):
             as_dates = pc.cast(col, pa.date32()) if pa.types.is_date(col.type) else pc.cast(

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpdata.arrowutil import const, first_reason, read_lookup
+from gpdata.arrowutil import const, first_reason, isin, read_lookup
 from gpdata.codes import RestrictedCodes, code_keys, measurements
 from gpdata.errors import GpdataError
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, PARTITION, POSITION, staged_schema
@@ -241,7 +241,7 @@ def deidentify_events(name: str, table: pa.Table, people: People, practice: str,
     if table.num_rows and "value" in table.column_names:
         # A value only where a measurement is expected; elsewhere it is dropped with its unit.
         measured = pa.array(sorted({c for m in measurements() for c in m.codes}), pa.string())
-        keep = pc.fill_null(pc.is_in(table["code"], value_set=measured), False)
+        keep = isin(table["code"], measured)
         nhs_like = nhsnumber.in_numbers(table["value"])  # even for a measurement: never a real result
         counts["numeric_nhs_numbers_dropped"] += (
             pc.sum(nhs_like).as_py() or 0)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpdata import storage
+from gpdata.arrowutil import isin
 from gpdata.codes import OptOutCodes
 from gpdata.errors import GpdataError, SourceError
 from gpdata.model import EVENT_TABLES, POSITION, TYPE1_EVIDENCE
@@ -120,8 +121,7 @@ def exclude(tables: dict[str, pa.Table], refs: pa.Array) -> tuple[dict[str, pa.T
     for name, table in tables.items():
         if name != "patients" and name not in EVENT_TABLES:
             continue
-        hit = pc.fill_null(pc.is_in(table["source_id" if name == "patients" else "patient_ref"], value_set=refs),
-                           False)
+        hit = isin(table["source_id" if name == "patients" else "patient_ref"], refs)
         out[name] = table.filter(pc.invert(hit))
         if name == "patients":
             counts["patients_excluded"] = pc.count_distinct(table.filter(hit)["source_id"]).as_py()
@@ -328,16 +328,34 @@ def _sorted(table: pa.Table) -> pa.Table:
     return table.sort_by([("patient_pid", "ascending"), ("event_date", "ascending"), ("dissent", "ascending")])
 
 
+def _forward(read: Snapshot | None, files: dict[str, tuple[bytes, pa.Table]],
+             version: str | None) -> dict[str, tuple[bytes, pa.Table]] | None:
+    """The files (practice -> SHA-256 and events, as ``_load`` read them) changed since ``read``, when each only
+    gained events or later ones since it was last seen (in ``read.since``, else in ``read.files``): the register's
+    status may then be brought forward from them alone. None when it must be computed from every file: nothing
+    read before, another key version, a file removed, or a file whose events went back."""
+    if read is None or version != read.version or set(read.files) - set(files):
+        return None
+    changed = {p: entry for p, entry in files.items() if read.files.get(p) != entry[0]}
+    if set(read.since) - set(changed):  # seen changed, now as it was: it went back
+        return None
+    moved = []
+    for practice, (digest, table) in changed.items():
+        before = read.since.get(practice, (read.files.get(practice),))[0]
+        if before is not None and before != digest:  # a new file only adds events
+            moved.append((practice, before, table))
+    return changed if _moved_forward(moved) else None
+
+
 def _status_of(store_root, key_version: str | None) -> Snapshot:
     files, version = _load(store_root, key_version)
     digests = {practice: digest for practice, (digest, _) in files.items()}
     last = _LAST[0] if _LAST else None
     if last is not None and last.files == digests and last.version == version:
         return last
-    changed = None if last is None or last.version != version or set(last.files) - set(digests) else \
-        [p for p, d in digests.items() if last.files.get(p) != d]
-    if changed is not None and _moved_forward([(p, last.files[p], files[p][1]) for p in changed if p in last.files]):
-        best = with_events(last.best, pa.concat_tables([files[p][1] for p in changed])) if changed else last.best
+    changed = _forward(last, files, version)
+    if changed is not None:
+        best = with_events(last.best, pa.concat_tables([t for _, t in changed.values()])) if changed else last.best
         if best["patient_pid"].num_chunks > 64:  # each update adds a chunk; the kernels slow down with many
             best = best.combine_chunks()
     else:
@@ -364,25 +382,20 @@ def dissented_since(store_root, read: Snapshot, pids: pa.Array) -> pa.Array:
     after every practice's commit). While each changed file only gained events or later ones (``record``), that
     is exact; a file removed, gone back, or of another key version: the whole status is read again."""
     files, version = _load(store_root, read.version)
-    changed = {p: entry for p, entry in files.items() if read.files.get(p) != entry[0]}
-    moved = [(p, read.since[p][0] if p in read.since else read.files[p], table)
-             for p, (digest, table) in changed.items()
-             if (p in read.since or p in read.files) and (read.since.get(p, (None,))[0] != digest)]
-    if version != read.version or set(read.files) - set(files) or set(read.since) - set(changed) \
-            or not _moved_forward(moved):
+    changed = _forward(read, files, version)
+    if changed is None:
         now = _status_of(store_root, read.version).active
-        return pids.filter(pc.and_(pc.is_in(pids, value_set=now), pc.invert(pc.is_in(pids, value_set=read.active))))
+        return pids.filter(pc.and_(isin(pids, now), pc.invert(isin(pids, read.active))))
     read.since.clear()
     read.since.update(changed)
     if not changed:
         return pids.slice(0, 0)
     events = pa.concat_tables([table for _, table in changed.values()])
-    named = pids.filter(pc.fill_null(pc.is_in(pids, value_set=events["patient_pid"]), False))
+    named = pids.filter(isin(pids, events["patient_pid"]))
     if not len(named):
         return named
-    before = read.best.filter(pc.fill_null(pc.is_in(read.best["patient_pid"], value_set=named), False))
-    after = status(pa.concat_tables([before, events.filter(pc.fill_null(
-        pc.is_in(events["patient_pid"], value_set=named), False))]))
+    before = read.best.filter(isin(read.best["patient_pid"], named))
+    after = status(pa.concat_tables([before, events.filter(isin(events["patient_pid"], named))]))
     now = after.filter(after["dissent"])["patient_pid"]
     was = before.filter(before["dissent"])["patient_pid"]
     return now.filter(pc.invert(pc.is_in(now, value_set=was))).combine_chunks()
@@ -391,7 +404,7 @@ def dissented_since(store_root, read: Snapshot, pids: pa.Array) -> pa.Array:
 def with_events(best: pa.Table, events: pa.Table) -> pa.Table:
     """``status`` of a register's status (``register_status``) with these events added, recomputed only for the
     patients the events name: the same table as ``status`` of all the events together, up to row order."""
-    named = pc.fill_null(pc.is_in(best["patient_pid"], value_set=events["patient_pid"].drop_null()), False)
+    named = isin(best["patient_pid"], events["patient_pid"].drop_null())
     return pa.concat_tables([best.filter(pc.invert(named)),
                              status(pa.concat_tables([best.filter(named), events.select(EVENTS.names).cast(EVENTS)]))])
 

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpdata.arrowutil import const, first_reason
+from gpdata.arrowutil import const, first_reason, isin
 from gpdata.codes import codes_valid
 from gpdata.model import CURATED, EVENT_TABLES, ISSUE, POSITION, QUARANTINE_SCHEMA, TABLES
 from gpdata.quality import suites, units
@@ -195,8 +195,7 @@ def _batches(tables: dict[str, pa.Table], practice: str | None, today: dt.date):
 def measurement_rows(table: pa.Table) -> pa.Table:
     """The measured columns of the observations whose code is a measurement's."""
     codes = pa.array(suites.measurement_codes(), pa.string())
-    return table.select(list(suites.MEASURED_COLUMNS)).filter(
-        pc.fill_null(pc.is_in(table["code"], value_set=codes), False))
+    return table.select(list(suites.MEASURED_COLUMNS)).filter(isin(table["code"], codes))
 
 
 def run_suites(tables: dict[str, pa.Table], practice: str, today: dt.date, *, gx_root: Path | None = None,
@@ -240,8 +239,7 @@ def run_suites_together(tables: dict[str, dict[str, pa.Table]], today: dt.date, 
         counts = {name: t.num_rows for name, t in tables[practice].items()}
         if "observations" in counts:
             codes = tables[practice]["observations"]["code"]
-            counts["observations_measurements"] = pc.sum(pc.fill_null(pc.is_in(codes, value_set=measured),
-                                                                      False)).as_py() or 0
+            counts["observations_measurements"] = pc.sum(isin(codes, measured)).as_py() or 0
         return counts
 
     def attempt(group: list[str]) -> None:

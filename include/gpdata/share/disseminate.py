@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gpdata import audit, settings, store
+from gpdata.arrowutil import isin
 from gpdata.errors import GpdataError
 from gpdata.model import PSEUDONYM_FIELDS
 from gpdata.privacy import keys, ndop, type1
@@ -143,8 +144,8 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
     cohort = None
     if project.cohort:
         obs = release.read_release_table(store_root, release_id, "observations")
-        hit = pc.and_(_in_range(obs, project), pc.fill_null(pc.is_in(obs["code"], value_set=_codes(
-            project.code_list_paths())), False))
+        hit = pc.and_(_in_range(obs, project), isin(obs["code"], _codes(
+            project.code_list_paths())))
         cohort = pc.unique(obs.filter(hit)["patient_pid"])
 
     selected, held = {}, set()
@@ -155,15 +156,15 @@ def extract(project: Project, release_id: str, store_root: Path, out_root: Path,
             keep = pc.and_(keep, _in_range(table, project))
         if "patient_pid" in table.column_names:
             if cohort is not None:
-                keep = pc.and_(keep, pc.fill_null(pc.is_in(table["patient_pid"], value_set=cohort), False))
+                keep = pc.and_(keep, isin(table["patient_pid"], cohort))
             if optouts is not None:
-                opted = pc.fill_null(pc.is_in(table["patient_pid"], value_set=optouts), False)
+                opted = isin(table["patient_pid"], optouts)
                 if table_name == "patients":
                     removed_by_ndop = pc.sum(pc.and_(keep, opted)).as_py() or 0
                 keep = pc.and_(keep, pc.invert(opted))
         kept = table.filter(keep)
         if "patient_pid" in kept.column_names and len(dissenters):
-            held.update(kept.filter(pc.fill_null(pc.is_in(kept["patient_pid"], value_set=dissenters), False))
+            held.update(kept.filter(isin(kept["patient_pid"], dissenters))
                         ["patient_pid"].to_pylist())
         selected[table_name] = kept.select(columns)
     if held:  # the last line of defence: the commit and release guards should make this unreachable

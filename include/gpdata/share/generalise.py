@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpdata.arrowutil import read_lookup
+from gpdata.arrowutil import isin, read_lookup
 from gpdata.errors import ConfigError
 from gpdata.privacy.deid import hmac_hex
 from gpdata.share.projects import DATE_COLUMNS, Project
@@ -149,7 +149,7 @@ def _rare_codes(project: Project, tables: dict[str, pa.Table], code_lists: dict[
             continue
         held = table.group_by("code").aggregate([("patient_pid", "count_distinct")])
         rare = held.filter(pc.less(held["patient_pid_count_distinct"], rule.min_patients))["code"]
-        hit = pc.fill_null(pc.is_in(table["code"], value_set=rare), False)
+        hit = isin(table["code"], rare)
         found["rare_codes"] += len(rare)
         found["rows"] += pc.sum(hit).as_py() or 0
         if rule.action == "keep" or not len(rare):
@@ -157,7 +157,7 @@ def _rare_codes(project: Project, tables: dict[str, pa.Table], code_lists: dict[
         if rule.action == "group":
             label = pa.nulls(table.num_rows, pa.string())
             for name_, codes in code_lists.items():
-                label = pc.coalesce(label, pc.if_else(pc.fill_null(pc.is_in(table["code"], value_set=codes), False),
+                label = pc.coalesce(label, pc.if_else(isin(table["code"], codes),
                                                       pa.scalar(f"group:{name_}"), pa.scalar(None, pa.string())))
             grouped = pc.if_else(hit, label, table["code"])
             table = table.set_column(table.schema.get_field_index("code"), "code", grouped)

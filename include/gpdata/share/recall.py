@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gpdata import audit, store
+from gpdata.arrowutil import isin
 from gpdata.model import PSEUDONYM_FIELDS
 from gpdata.privacy.deid import hmac_hex
 from gpdata.privacy.keys import MasterKey
@@ -97,7 +98,7 @@ def recall(extracts_root: Path, store_root: Path, key: MasterKey, pids: pa.Array
             table = pq.read_table(file)
             if "patient_pid" not in table.column_names:
                 continue
-            hit = pc.fill_null(pc.is_in(table["patient_pid"], value_set=mine), False)
+            hit = isin(table["patient_pid"], mine)
             n = pc.sum(hit).as_py() or 0
             if n:
                 held.update(table.filter(hit)["patient_pid"].to_pylist())

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpdata import audit, storage, store
+from gpdata.arrowutil import isin
 from gpdata.errors import GpdataError
 from gpdata.model import PARTITION, TABLES
 from gpdata.store import release
@@ -38,7 +39,7 @@ _PID = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _holds(table: pa.Table, pids: pa.Array) -> pa.Array:
-    return pc.fill_null(pc.is_in(table["patient_pid"], value_set=pids), False)
+    return isin(table["patient_pid"], pids)
 
 
 def _tables_with_patients() -> list[str]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from gpdata.arrowutil import isin
 from gpdata.ingest.dialects import Dialect, load_dialect
 from gpdata.ingest.sources.fhir import read_bundles
 from gpdata.ingest.sources.flatfile import write_delivery
@@ -77,7 +78,7 @@ def make_increment(tables: dict[str, pa.Table], *, seed: int = 7, fraction: floa
     obs = tables["observations"]
     # type 1 codes are never amended, deleted or copied as new records: the one new dissent is made below
     dissent_codes = {"827241000000103", "9Nu0.", "XaZ89", "827261000000102", "9Nu1.", "XaZ8A"}
-    type1_row = pc.fill_null(pc.is_in(obs["code"], pa.array(sorted(dissent_codes))), False)
+    type1_row = isin(obs["code"], pa.array(sorted(dissent_codes)))
     type1_row = type1_row.to_numpy(zero_copy_only=False)
     rows = _unique_rows(obs)
     rows = rows[~type1_row[rows]]
@@ -130,7 +131,7 @@ def apply_increment(tables: dict[str, pa.Table], inc: Increment) -> dict[str, pa
         table = tables[name]
         drop = pa.concat_arrays([inc.changed[name]["source_id"].combine_chunks(),
                                  inc.deleted[name]["source_id"].combine_chunks()]).cast(pa.string())
-        kept = table.filter(pc.invert(pc.fill_null(pc.is_in(table["source_id"], value_set=drop), False)))
+        kept = table.filter(pc.invert(isin(table["source_id"], drop)))
         out[name] = pa.concat_tables([kept, inc.changed[name]])
     return out
 
