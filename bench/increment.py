@@ -60,7 +60,10 @@ def run_one_chunk(spec: dict) -> dict:
             # why practices failed, by stage and cause (a file's token and row left out): counts only
             "failures": [f"{r['stage']}: {r['cause'].split(' (file ')[0]}" for r in out.values()
                          if r["status"] == "failed"],
-            "rows": sum(sum(r.get("records_read", {}).values()) for r in out.values())}
+            "rows": sum(sum(r.get("records_read", {}).values()) for r in out.values()),
+            # checks after the commits' writes: one per group of commits checked together, one per lone commit
+            "commit_checks": round(sum(1 / r.get("commit_checked_with", 1) for r in out.values()
+                                       if r["status"] == "committed"))}
 
 
 def _chunk_process(spec: dict, env: dict) -> dict:
@@ -122,10 +125,10 @@ def measure(ps, work: Path, *, fraction: float = 0.06, workers: int = 2,
             register_practices: int = NATIONAL_PRACTICES) -> dict:
     """The increment of every practice of ``ps``, planned and run as the DAG would; CPU per practice and the
     national projection. The projection adds what the type 1 register costs at ``register_practices`` practices
-    and the increment's own small register does not show (``bench.register``): each practice's check after its
-    write, and its share of its chunk process's first read and of the read after the chunk's dissents are
-    recorded, each of the later reads and checks finding 50 more practices' files changed (other chunks commit
-    meanwhile)."""
+    and the increment's own small register does not show (``bench.register``): each check after commits' writes
+    (one per ``pipeline.CHECK_SECONDS`` of a chunk's commits, counted in this run), and each chunk process's first
+    read and its read after the chunk's dissents are recorded, shared by the practices; each of the later reads
+    and checks finding 50 more practices' files changed (other chunks commit meanwhile)."""
     use_environment(work, ps.home)
     prepare(ps, work, fraction, workers)
     from gpdata import pipeline, settings
@@ -145,15 +148,15 @@ def measure(ps, work: Path, *, fraction: float = 0.06, workers: int = 2,
     rows = sum(r["rows"] for r in results)
     per_practice = round(cpu / n, 3)  # the national figure is projected from the figure reported
     register = national_register(work.parent / "national-register", register_practices)
-    processes = len(chunks) + len(alone)
-    register_cpu = round(register["check_cpu_seconds"] + (register["first_read_cpu_seconds"]
-                                                          + register["changed_read_cpu_seconds"]) * processes / n, 3)
+    processes, checks = len(chunks) + len(alone), sum(r["commit_checks"] for r in results)
+    reads = register["first_read_cpu_seconds"] + register["changed_read_cpu_seconds"]
+    register_cpu = round((register["check_cpu_seconds"] * checks + reads * processes) / n, 3)
     return {
         "practices": n, "chunks": len(chunks), "alone": len(alone), "rows": rows,
         "rows_per_practice": round(rows / n, 1),
         "committed": sum(s == "committed" for s in status.values()),
         "failed": sum(s == "failed" for s in status.values()), "failure_causes": causes,
-        "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+        "commit_checks": checks, "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
         "cpu_seconds_per_practice": per_practice,
         "max_peak_rss_mib": round(max(r["peak_rss_mib"] for r in results)),
         "national_register": register, "register_cpu_seconds_per_practice": register_cpu,

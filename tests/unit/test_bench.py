@@ -130,10 +130,12 @@ def test_the_daily_increment_runs_each_practice_once_in_chunks_and_projects_from
     assert got["practices"] == 3 and got["committed"] == 3 and got["failed"] == 0
     assert got["chunks"] == 1 and got["alone"] == 0  # baselined, small deliveries: one chunk
     assert got["rows"] > 0 and got["cpu_seconds"] > 0 and got["max_peak_rss_mib"] > 0
-    reg = got["national_register"]  # the register at national size, here 4 practices: a read after each write,
-    # a check after each write, and per process a first read and one after the chunk's dissents are recorded
-    assert reg["practices"] == 4 and got["register_cpu_seconds_per_practice"] == round(
-        reg["check_cpu_seconds"] + (reg["first_read_cpu_seconds"] + reg["changed_read_cpu_seconds"]) / 3, 3)
+    reg = got["national_register"]  # the register at national size, here 4 practices: a check after each
+    # pipeline.CHECK_SECONDS of the chunk's commits (one, unless this machine is very slow), and per process a
+    # first read and one after the chunk's dissents are recorded
+    checks = got["commit_checks"]
+    assert reg["practices"] == 4 and 1 <= checks <= 3 and got["register_cpu_seconds_per_practice"] == round(
+        (reg["check_cpu_seconds"] * checks + reg["first_read_cpu_seconds"] + reg["changed_read_cpu_seconds"]) / 3, 3)
     per_practice = got["cpu_seconds_per_practice"] + got["register_cpu_seconds_per_practice"]
     assert got["national_core_hours"] == round(per_practice * 6500 / 3600, 3)
     doc = {"increment": got, "airflow": {"overhead_seconds_per_task": 2.0}, "sizes": [],

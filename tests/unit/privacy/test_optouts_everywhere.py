@@ -144,11 +144,14 @@ def test_a_commit_rechecks_the_register_recorded_since_its_extraction(home):
     assert _store_holds(cfg, _pid()) == []
 
 
+@pytest.mark.parametrize("check_seconds", [0.0, 1e9], ids=["each commit checked", "commits checked together"])
 @pytest.mark.parametrize("when", ["before its commits", "between its commits"])
-def test_a_chunk_rechecks_the_register_recorded_since_it_read_it(home, monkeypatch, when):
+def test_a_chunk_rechecks_the_register_recorded_since_it_read_it(home, monkeypatch, when, check_seconds):
     """A chunk of practices reads the register once for all its extractions and once more after recording their
     dissents (not once per practice and stage): a dissent another practice records after either read still keeps
-    the patient out of the store, dropped at the commit or erased by the commit's own check after it wrote."""
+    the patient out of the store, dropped at the commit or erased by the check after the commits' writes, whether
+    it follows each commit or several (``pipeline.CHECK_SECONDS``)."""
+    monkeypatch.setattr(pipeline, "CHECK_SECONDS", check_seconds)
     cfg = settings.load()
     c = _feed(home, "C83003", [f.organization("C83003"), *f.practitioner("prac-1", "123456789014"),
                                f.patient("r2", Y_NHS), f.observation("c-bmi", "r2", f.BMI, "2021-01-01", value=27.0,
@@ -167,8 +170,32 @@ def test_a_chunk_rechecks_the_register_recorded_since_it_read_it(home, monkeypat
         assert out["B82002"]["type1_optout"]["excluded_at_commit"]["patients"] == 1
     else:
         assert out["B82002"]["erasure_after_commit"]["patients"] == 1
+        manifest = store.read_json(cfg.manifests / "B82002" / "latest.json")
+        assert manifest["status"] == "committed" and manifest["erasure_after_commit"]["patients"] == 1
+        assert "erasure_after_commit" not in out["C83003"]
+    assert out["C83003"]["commit_checked_with"] == (1 if check_seconds == 0 else 2)
     assert _store_holds(cfg, _pid()) == []
     assert _pid(Y_NHS) in store.read_table(cfg.store, "patients", "C83003")["patient_pid"].to_pylist()
+
+
+def test_a_chunk_whose_check_after_its_commits_fails_fails_them(home, monkeypatch):
+    """The check after the commits' writes is part of each commit: if it cannot be made, every practice it covered
+    fails at its commit stage (manifest, cause), never reported committed unchecked."""
+    cfg = settings.load()
+    monkeypatch.setattr(pipeline, "CHECK_SECONDS", 1e9)
+    c = _feed(home, "C83003", [f.organization("C83003"), *f.practitioner("prac-1", "123456789014"),
+                               f.patient("r2", Y_NHS)])
+
+    def unreadable(*args):
+        raise GpdataError("the type 1 register cannot be read")
+
+    monkeypatch.setattr(type1, "dissented_since", unreadable)
+    out = pipeline.run_chunk([_practice_b(home), c], cfg, "r1")
+    assert {o["status"] for o in out.values()} == {"failed"}
+    assert {o["stage"] for o in out.values()} == {"commit"}
+    for ods in out:
+        manifest = store.read_json(cfg.manifests / ods / "latest.json")
+        assert manifest["error"]["stage"] == "commit" and "cannot be read" in manifest["error"]["cause"]
 
 
 def _with_dissent(home, dissent: dict):
