@@ -637,6 +637,38 @@ def commit(feed: Feed, settings: Settings, run_id: str, *, settled: Settled | No
     record the delivered files and the watermark in the ledger and write the run manifest. The validated tables
     stream into the store a batch at a time (memory is O(batch + patients)), one Delta commit per table.
     ``settled``: the late opt-out step already done for some of its dissenting patients (``settle_optouts``)."""
+    ready = _commit_ready(feed, settings, run_id, settled)
+    if isinstance(ready, dict):
+        return ready
+    return _commit_done(settings, run_id, ready, _write(settings, ready), settled)
+
+
+@dataclass
+class _Commit:
+    """A practice's validated batch ready to be written (``_commit_ready``), and what its commit needs after."""
+
+    practice: str
+    base: Path
+    started: float
+    key: object
+    carried: dict[str, pa.Table]
+    counts: dict
+    info: dict
+    tables: dict[str, _Validated]
+    quarantine: _Validated
+    scanned: dict[str, tuple[frozenset, pa.Array]]
+    deleted: dict[str, pa.Array] | None  # None: a baseline
+    read: type1.Snapshot
+    drop: pa.Array
+    held: pa.Array
+
+    def rows(self) -> dict[str, store.Batches]:
+        return {name: store.Batches(t.open, self.scanned[name][0]) for name, t in self.tables.items()}
+
+
+def _commit_ready(feed: Feed, settings: Settings, run_id: str, settled: Settled | None) -> _Commit | dict:
+    """Everything a commit does before it writes: the key and the batch's checks, the register and the late
+    opt-out step, the rows of dissenters to drop. The manifest of the run already committed (a retried task)."""
     storage.restrict_umask()
     practice = feed.ods_code
     started = time.monotonic()
@@ -682,38 +714,49 @@ def commit(feed: Feed, settings: Settings, run_id: str, *, settled: Settled | No
     drop, held = pids.filter(dissented), pids.filter(pc.invert(dissented)).drop_null()
     for table in tables.values():
         table.drop = drop
-    versions = store.commit_practice(
-        settings.store, practice, {name: store.Batches(t.open, scanned[name][0]) for name, t in tables.items()},
-        store.Batches(quarantine.open), key_version=current, deleted=deleted)
-    at_commit = {name: t.dropped for name, t in tables.items() if t.dropped}
+    return _Commit(practice, base, started, key, carried, counts, info, tables, quarantine, scanned, deleted, read,
+                   drop, held)
+
+
+def _write(settings: Settings, c: _Commit) -> dict:
+    """One practice's batch written (``store.commit_practice``); each table's new version."""
+    return store.commit_practice(settings.store, c.practice, c.rows(), store.Batches(c.quarantine.open),
+                                 key_version=c.key.version, deleted=c.deleted)
+
+
+def _commit_done(settings: Settings, run_id: str, c: _Commit, versions: dict, settled: Settled | None) -> dict:
+    """What a commit does after its write: the check for dissents recorded meanwhile (or, in a chunk, handed to
+    ``check_commits``), the ledger, the run manifest."""
+    practice, counts, carried, deleted = c.practice, c.counts, c.carried, c.deleted
+    at_commit = {name: t.dropped for name, t in c.tables.items() if t.dropped}
     if at_commit:
         counts["type1_optout"]["excluded_at_commit"] = at_commit
     # ... or while this one was writing: its erasure may have run before these rows landed.
     if settled is not None:  # the chunk checks several practices' commits at once (check_commits)
-        settled.unchecked[practice] = held
+        settled.unchecked[practice] = c.held
     else:
-        counts.update(_after_commit(settings, key, type1.dissented_since(settings.store, read, held)))
+        counts.update(_after_commit(settings, c.key, type1.dissented_since(settings.store, c.read, c.held)))
     state = ledger.PracticeState.load(settings.state, practice)
-    patients = {"patients": pq.read_table(tables["patients"].path, columns=["patient_pid", "birth_month"])}
-    _drop_pids(patients, drop)
+    patients = {"patients": pq.read_table(c.tables["patients"].path, columns=["patient_pid", "birth_month"])}
+    _drop_pids(patients, c.drop)
     new_map = carried["patient_map"].join(patients["patients"], "patient_pid", join_type="inner")
-    patient_map = new_map if info["full"] else ledger.merge_patient_map(state.patient_map(), new_map,
-                                                                          deleted["patients"])
-    practitioner_map = carried["practitioner_map"] if info["full"] else \
+    full = deleted is None
+    patient_map = new_map if full else ledger.merge_patient_map(state.patient_map(), new_map, deleted["patients"])
+    practitioner_map = carried["practitioner_map"] if full else \
         ledger.merge_by_ref(state.practitioner_map(), carried["practitioner_map"])
-    dissenter_map = carried["dissenter_map"] if info["full"] else \
+    dissenter_map = carried["dissenter_map"] if full else \
         ledger.merge_by_ref(state.dissenter_map(), carried["dissenter_map"])
+    info = c.info
     state.save(run_id=run_id, files=info["files"], watermark=info["watermark"], snapshot=info["snapshot"],
                patient_map=patient_map, practitioner_map=practitioner_map, dissenter_map=dissenter_map,
-               key_version=current,
-               key_checks=key.checks(), token=partial(deid.file_token, key))
-    counts["committed_rows"] = {name: t.rows for name, t in tables.items()}
+               key_version=c.key.version, key_checks=c.key.checks(), token=partial(deid.file_token, c.key))
+    counts["committed_rows"] = {name: t.rows for name, t in c.tables.items()}
     if deleted is not None:
         counts["deleted_keys"] = {name: len(keys) for name, keys in deleted.items() if len(keys)}
     counts["table_versions"] = versions
-    counts["seconds"]["commit"] = round(time.monotonic() - started, 3)
+    counts["seconds"]["commit"] = round(time.monotonic() - c.started, 3)
     write_run_manifest(settings, practice, run_id, counts, status="committed")
-    shutil.rmtree(base, ignore_errors=True)
+    shutil.rmtree(c.base, ignore_errors=True)
     return {**counts, "status": "committed"}
 
 
@@ -774,6 +817,42 @@ DEFAULT_CHUNK_PRACTICES = 200  # a chunk process's fixed cost is about 12 s (doc
 # A chunk checks its commits against the register's new dissents (``check_commits``) after this many seconds of
 # commits: a dissent recorded meanwhile is erased from what they wrote within about that long of the write.
 CHECK_SECONDS = 10.0
+
+
+def _commits_ready(settings: Settings, run_id: str, passed: list[Feed], settled: Settled | None,
+                   out: dict[str, dict]) -> dict[str, _Commit]:
+    """Each practice's commit up to its write (``_commit_ready``); a practice that fails there, or whose run was
+    already committed, has its result in ``out``."""
+    ready = {}
+    for feed in passed:
+        try:
+            c = _commit_ready(feed, settings, run_id, settled)
+        except Exception as exc:  # noqa: BLE001 - one practice's failure is its own
+            out[feed.ods_code] = practice_failed(settings, feed.ods_code, run_id, "commit", exc)
+            continue
+        if isinstance(c, dict):
+            out[feed.ods_code] = {**c, "status": "committed"}
+        else:
+            ready[feed.ods_code] = c
+    return ready
+
+
+def _write_increments(settings: Settings, ready: dict[str, _Commit]) -> dict[str, dict]:
+    """The incremental batches of a chunk's practices written together, one Delta commit per table
+    (``store.commit_increments``): practice -> table versions. If that fails, nothing is returned and each is
+    written alone, so a practice whose batch cannot be written fails alone."""
+    increments = {ods: c for ods, c in ready.items() if c.deleted is not None}
+    if len(increments) < 2:
+        return {}
+    try:
+        versions = store.commit_increments(
+            settings.store, {ods: store.Increment(c.rows(), store.Batches(c.quarantine.open), c.deleted)
+                             for ods, c in increments.items()}, next(iter(increments.values())).key.version)
+    except Exception as exc:  # noqa: BLE001 - each is written alone instead
+        log.warning("chunk: writing %d practices' increments together failed (%s): each is written alone",
+                    len(increments), type(exc).__name__)
+        return {}
+    return dict.fromkeys(increments, versions)
 
 
 def failure_cause(exc: BaseException) -> str:
@@ -925,12 +1004,15 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
             log.warning("chunk: the late type 1 opt-out step of %d practices together failed (%s): each commit "
                         "does its own", len(passed), type(exc).__name__)
     checked = time.monotonic()
-    for number, feed in enumerate(passed, start=1):
+    ready = _commits_ready(settings, run_id, passed, settled, out)
+    versions = _write_increments(settings, ready) if settled is not None else {}
+    for number, (ods, c) in enumerate(ready.items(), start=1):
         try:
-            out[feed.ods_code] = {**commit(feed, settings, run_id, settled=settled), "status": "committed"}
+            written = versions.get(ods) or _write(settings, c)
+            out[ods] = {**_commit_done(settings, run_id, c, written, settled), "status": "committed"}
         except Exception as exc:  # noqa: BLE001 - as above
-            out[feed.ods_code] = practice_failed(settings, feed.ods_code, run_id, "commit", exc)
-        if settled is not None and (number == len(passed) or time.monotonic() - checked >= CHECK_SECONDS):
+            out[ods] = practice_failed(settings, ods, run_id, "commit", exc)
+        if settled is not None and (number == len(ready) or time.monotonic() - checked >= CHECK_SECONDS):
             check_commits(settings, run_id, settled, out)
             checked = time.monotonic()
     return {feed.ods_code: out[feed.ods_code] for feed in feeds}

@@ -104,6 +104,37 @@ def test_a_chunk_commits_what_practices_alone_commit_and_a_failure_stays_its_own
     assert len(erasures) == 1 and json.loads(erasures[0])["patients"] == len(good)
     for feed in good:
         assert out[feed.ods_code]["erasure"]["practices"] == sorted(f.ods_code for f in good)
+    # written together: one Delta commit per table for both increments
+    assert out[good[0].ods_code]["table_versions"] == out[good[1].ods_code]["table_versions"]
+    _same_alone(good, out, {f.ods_code: _rows(cfg, f.ods_code) for f in good}, alone, home, monkeypatch)
+
+
+def test_a_practice_whose_increment_cannot_be_written_fails_alone(home, tmp_path, monkeypatch):
+    """The chunk's increments are written together; when that fails, each is written alone, so only the practice
+    whose rows cannot be read fails (at its commit stage, its journal left standing, so no release is made until
+    it runs again), and the others commit what they commit alone."""
+    feeds = _practices(home)
+    _deliver_increments(home, feeds)
+    alone = tmp_path / "alone"
+    shutil.copytree(home, alone)
+    broken = feeds[1].ods_code
+    opened = pipeline._Validated.open
+
+    def open_or_fail(self):
+        if self.name == "observations" and self.path.parent.parent.name == broken:
+            raise OSError("the staged file is unreadable")
+        return opened(self)
+
+    monkeypatch.setattr(pipeline._Validated, "open", open_or_fail)
+    cfg = settings.load()
+
+    out = pipeline.run_chunk(feeds, cfg, "delta", today=TODAY)
+
+    assert out[broken]["status"] == "failed" and out[broken]["stage"] == "commit"
+    assert store.unfinished_commits(cfg.store) == [broken]
+    good = [f for f in feeds if f.ods_code != broken]
+    assert all(out[f.ods_code]["status"] == "committed" for f in good)
+    monkeypatch.setattr(pipeline._Validated, "open", opened)
     _same_alone(good, out, {f.ods_code: _rows(cfg, f.ods_code) for f in good}, alone, home, monkeypatch)
 
 

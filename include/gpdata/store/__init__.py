@@ -7,6 +7,8 @@ from gpdata.store.tables import (
     ODS_RE,
     QUARANTINE,
     Batches,
+    Increment,
+    commit_increments,
     commit_practice,
     ensure_tables,
     journal_path,
@@ -27,7 +29,7 @@ from gpdata.store.tables import (
     write_manifest,
 )
 
-__all__ = ["KEYS", "ODS_RE", "QUARANTINE", "Batches", "commit_practice", "ensure_tables", "journal_path",
-           "key_versions", "last_committed", "latest_manifests", "merge_practice", "practice_lock", "read_json",
-           "read_table", "replace_partition", "replace_table", "row_counts", "safe_name", "table_path",
-           "unfinished_commits", "write_json_atomic", "write_manifest"]
+__all__ = ["KEYS", "ODS_RE", "QUARANTINE", "Batches", "Increment", "commit_increments", "commit_practice",
+           "ensure_tables", "journal_path", "key_versions", "last_committed", "latest_manifests", "merge_practice",
+           "practice_lock", "read_json", "read_table", "replace_partition", "replace_table", "row_counts",
+           "safe_name", "table_path", "unfinished_commits", "write_json_atomic", "write_manifest"]

@@ -68,23 +68,6 @@ def _stream(data: Rows, schema: pa.Schema, errors: list[BaseException] | None = 
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
-def _write_rows(data: Rows, schema: pa.Schema, write: Callable[[pa.RecordBatchReader], object], what: str) -> None:
-    """``write(reader)`` of the rows in ``schema``, retried when another writer gets in the way
-    (``storage.retry_concurrent``; each attempt reads the rows anew). An error raised while reading the rows is
-    raised as itself, and nothing of them is committed."""
-
-    def attempt():
-        errors: list[BaseException] = []
-        try:
-            write(_stream(data, schema, errors))
-        except DeltaError:
-            if errors:
-                raise errors[0] from None
-            raise
-
-    storage.retry_concurrent(attempt, what)
-
-
 def _writer():
     """Parquet row groups of ``batch_rows()`` rows: delta-rs's encoder holds a row group at a time (its default,
     1 M rows, held about 100 MB more per table written at 1 M records; measured in docs/performance.md). Compressed
@@ -195,18 +178,75 @@ def commit_practice(store: Path, practice: str, tables: dict[str, Rows], quarant
     other practices are at another version, so no table ever mixes versions: a batch pseudonymised before a
     key rotation must be extracted again. Each table may be ``Batches`` (written a batch at a time).
     """
+    if deleted is not None:
+        return commit_increments(store, {practice: Increment(tables, quarantine, deleted)}, key_version)
+    _refuse_versions(store, [tables], key_version, practice, exclude_practice=practice)
+    # Delta commits are atomic per table; the journal makes the practice's set of tables one unit for
+    # readers of releases: while it exists, the practice's commit is unfinished and no release is made.
+    with practice_lock(store, practice):
+        journal = _journal(store, [practice])
+        versions = {name: replace_partition(store, name, practice, tables[name]) for name in TABLES}
+        versions[QUARANTINE] = replace_partition(store, QUARANTINE, practice, quarantine)
+        for path in journal:
+            path.unlink()
+    return versions
+
+
+@dataclass(frozen=True)
+class Increment:
+    """A practice's incremental batch: its rows of every curated table, its quarantined rows and the keys the
+    source marks deleted, per table."""
+
+    tables: dict[str, Rows]
+    quarantine: Rows
+    deleted: dict[str, pa.Array]
+
+
+def commit_increments(store: Path, increments: dict[str, Increment], key_version: str) -> dict:
+    """Several practices' incremental batches (practice -> ``Increment``), each merged as ``commit_practice``
+    merges one, in one Delta commit per table for them all (a chunk of daily increments: one MERGE and one log
+    entry per table, not one per practice). Refuses, before writing anything, as ``commit_practice`` does; every
+    practice's journal stands until every table is written. Returns each table's new version."""
+    practices = sorted(increments)
+    _refuse_versions(store, [i.tables for i in increments.values()], key_version, ", ".join(practices[:5]))
+    none = pa.array([], pa.string())
+    with contextlib.ExitStack() as locks:
+        for practice in practices:  # in one order, so two chunks never wait on each other
+            locks.enter_context(practice_lock(store, practice))
+        journal = _journal(store, practices)
+        versions = {name: merge_practices(store, name, {p: (increments[p].tables[name],
+                                                             increments[p].deleted.get(name, none))
+                                                         for p in practices}) for name in TABLES}
+        path = table_path(store, QUARANTINE)
+        quarantined = [increments[p].quarantine for p in practices if _has_rows(increments[p].quarantine)]
+        if quarantined:
+            schema = QUARANTINE_SCHEMA
+            storage.write_delta(path, pa.RecordBatchReader.from_batches(schema, itertools.chain.from_iterable(
+                _stream(q, schema) for q in quarantined)), mode="append", partition_by=[PARTITION])
+        versions[QUARANTINE] = storage.delta_table(path).version()
+        for done in journal:
+            done.unlink()
+    return versions
+
+
+def _refuse_versions(store: Path, batches: list[dict[str, Rows]], key_version: str, practice: str, *,
+                     exclude_practice: str | None = None) -> None:
     ensure_tables(store)
     for name in TABLES:
-        found = _versions_in(tables[name])
-        found |= key_versions(store, name, exclude_practice=practice if deleted is None else None)
+        found = set().union(*(_versions_in(tables[name]) for tables in batches))
+        found |= key_versions(store, name, exclude_practice=exclude_practice)
         if found - {key_version}:
             raise GpdataError(f"table {name} would hold pseudonyms of key version "
                               f"{', '.join(sorted(found | {key_version}))}: the key was rotated during the run; "
                               "run the practice again", practice=practice, stage="commit")
-    # Delta commits are atomic per table; the journal makes the practice's set of tables one unit for
-    # readers of releases: while it exists, the practice's commit is unfinished and no release is made.
-    with practice_lock(store, practice):
-        return _commit_locked(store, practice, tables, quarantine, deleted)
+
+
+def _journal(store: Path, practices: list[str]) -> list[Path]:
+    """Each practice's journal (``unfinished_commits``), written before its tables are."""
+    paths = [journal_path(store, practice) for practice in practices]
+    for practice, path in zip(practices, paths, strict=True):
+        write_json_atomic(path, {"practice": practice, "tables": list(TABLES)})
+    return paths
 
 
 @contextlib.contextmanager
@@ -218,25 +258,6 @@ def practice_lock(store: Path, practice: str):
         return
     with storage.file_lock(journal_path(store, practice).with_suffix(".lock")):
         yield
-
-
-def _commit_locked(store: Path, practice: str, tables: dict[str, Rows], quarantine: Rows,
-                   deleted: dict[str, pa.Array] | None) -> dict:
-    journal = journal_path(store, practice)
-    write_json_atomic(journal, {"practice": practice, "tables": list(TABLES)})
-    if deleted is None:
-        versions = {name: replace_partition(store, name, practice, tables[name]) for name in TABLES}
-        versions[QUARANTINE] = replace_partition(store, QUARANTINE, practice, quarantine)
-    else:
-        none = pa.array([], pa.string())
-        versions = {name: merge_practice(store, name, practice, tables[name], deleted.get(name, none))
-                    for name in TABLES}
-        path = table_path(store, QUARANTINE)
-        if _has_rows(quarantine):
-            storage.write_delta(path, _stream(quarantine, QUARANTINE_SCHEMA), mode="append", partition_by=[PARTITION])
-        versions[QUARANTINE] = storage.delta_table(path).version()
-    journal.unlink()
-    return versions
 
 
 def journal_path(store: Path, practice: str) -> Path:
@@ -252,37 +273,64 @@ def merge_practice(store: Path, name: str, practice: str, batch: Rows, deleted_k
     """An incremental batch (a table or ``Batches``) in one commit: records whose key (``KEYS[name]``) is known
     replace their earlier version, new ones are inserted, and the keys the source marks deleted disappear.
     Returns the version. MERGE reads its source as a stream (delta-rs ``streamed_exec``), a batch at a time."""
+    return merge_practices(store, name, {practice: (batch, deleted_keys)})
+
+
+def merge_practices(store: Path, name: str, batches: dict[str, tuple[Rows, object]]) -> int:
+    """Several practices' incremental batches (practice -> rows and deleted keys) merged as ``merge_practice``
+    merges one, in one commit: a chunk's practices cost one MERGE and one log entry per table, not one each."""
     schema = _schemas()[name]
     key = KEYS[name]
-    _predicate(practice)
-    gone_keys = pc.unique(pa.array(deleted_keys, pa.string()).drop_null())
-    rows = 0  # a record amended and deleted in one batch: the batch's version (newest) stays
-    for part in _stream(batch, pa.schema([schema.field(key)])):
-        rows += part.num_rows
-        if len(gone_keys):
-            gone_keys = gone_keys.filter(pc.invert(pc.is_in(gone_keys, value_set=part[key])))
-    if rows == 0 and len(gone_keys) == 0:
-        return storage.delta_table(table_path(store, name)).version()
     loose = pa.schema([f.with_nullable(True) for f in schema])  # deletion markers carry only their key
-    n = len(gone_keys)
-    gone = pa.table({c: pa.array([practice] * n, pa.string()) if c == PARTITION else gone_keys if c == key
-                     else pa.nulls(n, loose.field(c).type) for c in schema.names}, schema=loose)
     marked = loose.append(pa.field("_deleted", pa.bool_()))
+    rows, gone = {}, []
+    for practice, (batch, deleted_keys) in batches.items():
+        _predicate(practice)
+        gone_keys = pc.unique(pa.array(deleted_keys, pa.string()).drop_null())
+        rows[practice] = 0  # a record amended and deleted in one batch: the batch's version (newest) stays
+        for part in _stream(batch, pa.schema([schema.field(key)])):
+            rows[practice] += part.num_rows
+            if len(gone_keys):
+                gone_keys = gone_keys.filter(pc.invert(pc.is_in(gone_keys, value_set=part[key])))
+        n = len(gone_keys)
+        gone.append(pa.table({c: pa.array([practice] * n, pa.string()) if c == PARTITION else gone_keys if c == key
+                              else pa.nulls(n, loose.field(c).type) for c in schema.names}, schema=loose))
+    writing = [p for p in batches if rows[p]]
+    gone_rows = pa.concat_tables(gone) if gone else loose.empty_table()
+    if not writing and not gone_rows.num_rows:
+        return storage.delta_table(table_path(store, name)).version()
 
-    def source(rows: pa.RecordBatchReader) -> pa.RecordBatchReader:
-        return pa.RecordBatchReader.from_batches(marked, itertools.chain(
-            (_marked(part.cast(loose), False) for part in rows), (_marked(part, True) for part in gone.to_batches())))
+    def source(errors: list[BaseException]) -> pa.RecordBatchReader:
+        def parts():  # each practice's rows opened in turn, then the deletion markers
+            for practice in writing:
+                for part in _stream(batches[practice][0], schema, errors):
+                    yield _marked(part.cast(loose), False)
+            for part in gone_rows.to_batches():
+                yield _marked(part, True)
 
+        return pa.RecordBatchReader.from_batches(marked, parts())
+
+    practices = ", ".join(f"'{p}'" for p in batches)
     columns = {c: f"s.{c}" for c in schema.names}
-    on = f"t.{PARTITION} = '{practice}' AND t.{PARTITION} = s.{PARTITION} AND t.{key} = s.{key}"
-    _write_rows(batch, schema, lambda rows: (
-        storage.delta_table(table_path(store, name)).merge(source(rows), predicate=on, source_alias="s",
-                                                           target_alias="t", streamed_exec=True,
-                                                           writer_properties=_writer())
-        .when_matched_delete(predicate="s._deleted")
-        .when_matched_update(updates=columns, predicate="NOT s._deleted")
-        .when_not_matched_insert(updates=columns, predicate="NOT s._deleted")
-        .execute()), f"practice {practice}: merge into table {name}")
+    on = f"t.{PARTITION} IN ({practices}) AND t.{PARTITION} = s.{PARTITION} AND t.{key} = s.{key}"
+    what = f"practice {next(iter(batches))}" if len(batches) == 1 else f"{len(batches)} practices"
+
+    def attempt():
+        errors: list[BaseException] = []
+        try:
+            (storage.delta_table(table_path(store, name)).merge(source(errors), predicate=on, source_alias="s",
+                                                               target_alias="t", streamed_exec=True,
+                                                               writer_properties=_writer())
+             .when_matched_delete(predicate="s._deleted")
+             .when_matched_update(updates=columns, predicate="NOT s._deleted")
+             .when_not_matched_insert(updates=columns, predicate="NOT s._deleted")
+             .execute())
+        except DeltaError:
+            if errors:
+                raise errors[0] from None
+            raise
+
+    storage.retry_concurrent(attempt, f"{what}: merge into table {name}")
     return storage.delta_table(table_path(store, name)).version()
 
 

@@ -160,10 +160,10 @@ def test_a_chunk_rechecks_the_register_recorded_since_it_read_it(home, monkeypat
     if when == "before its commits":  # after the chunk extracted and checked B's batch, which holds X
         settle = pipeline.settle_optouts
         monkeypatch.setattr(pipeline, "settle_optouts", lambda *args: (a_records(), settle(*args))[1])
-    else:  # after the chunk's second read, before B's commit
-        commit = pipeline.commit
-        monkeypatch.setattr(pipeline, "commit", lambda feed, *args, **kw: (
-            a_records() if feed.ods_code == "B82002" else None, commit(feed, *args, **kw))[1])
+    else:  # after the chunk's second read and B's drop of dissenters, before B's write
+        write = pipeline._write
+        monkeypatch.setattr(pipeline, "_write", lambda cfg_, c: (
+            a_records() if c.practice == "B82002" else None, write(cfg_, c))[1])
     out = pipeline.run_chunk([_practice_b(home), c], cfg, "slow")
     assert {o["status"] for o in out.values()} == {"committed"}
     if when == "before its commits":
