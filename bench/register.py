@@ -60,6 +60,7 @@ def main(argv: list[str]) -> int:
 
     import pyarrow as pa
 
+    from gpdata import storage
     from gpdata.privacy import type1
 
     root = Path(argv[0])
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     write_register(root, practices, dissenters)
-    time.sleep(type1.SETTLED_NS / 1e9)  # written a while before the run reads them, as a national register is
+    time.sleep(storage.SETTLED_NS / 1e9)  # written a while before the run reads them, as a national register is
     done = iter(range(10**9))
 
     def record_some() -> list[str]:

@@ -61,7 +61,7 @@ def _finish_tables(folder: Path, tmp: Path, tables: dict[str, pa.Table], meta: d
     rename it into place as ``folder``."""
     for name, table in tables.items():
         pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
-    (tmp / "counts.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    (tmp / "counts.json").write_bytes(storage.json_bytes(meta))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 

@@ -32,3 +32,31 @@ def test_a_wrong_lookup_is_a_config_error_naming_it(tmp_path, text, match):
         PostcodeLookup.load(path)
     with pytest.raises(ConfigError, match="postcode lookup .*missing.csv does not exist"):
         PostcodeLookup.load(tmp_path / "missing.csv")
+
+
+def test_a_lookup_is_read_once_while_its_file_is_unchanged_and_again_after_any_change(tmp_path, monkeypatch):
+    """Every extraction asks for the postcode lookup: it is read once per process, but a replacement of the same
+    size with its modification time set back is read again (the file's inode and change time say so)."""
+    import os
+
+    from gpdata import storage
+    from gpdata.privacy import deid
+
+    path = tmp_path / "pc.csv"
+    path.write_text("postcode,lsoa_code\nAB1 2CD,E01000001\n")
+    settled = os.stat(path).st_mtime_ns
+    monkeypatch.setattr(storage, "SETTLED_NS", 0)  # the file's change time counts as settled at once
+    reads = []
+    read = deid.read_lookup
+    monkeypatch.setattr(deid, "read_lookup", lambda *args: (reads.append(1), read(*args))[1])
+    first = PostcodeLookup.load(path)
+    assert PostcodeLookup.load(path) is first and len(reads) == 1
+    replacement = tmp_path / "new.csv"
+    replacement.write_text("postcode,lsoa_code\nAB1 2CD,E01000009\n")
+    os.utime(replacement, ns=(settled, settled))
+    os.replace(replacement, path)
+    assert PostcodeLookup.load(path).lsoas.to_pylist() == ["E01000009"] and len(reads) == 2
+    monkeypatch.setattr(storage, "SETTLED_NS", 10**18)  # just changed: never remembered
+    path.write_text("postcode,lsoa_code\nAB1 2CD,E01000007\n")
+    assert PostcodeLookup.load(path).lsoas.to_pylist() == ["E01000007"]
+    assert PostcodeLookup.load(path).lsoas.to_pylist() == ["E01000007"] and len(reads) == 4

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from gpdata import storage
 from gpdata.errors import ConfigError, SourceError
 from gpdata.model import POSITION
 from gpdata.settings import CONFIG_DIR
@@ -42,10 +43,14 @@ class Limits:
 def load(env: Mapping[str, str] | None = None, path: Path = LIMITS_FILE) -> Limits:
     """The limits from the YAML file, each overridable by its ``GPDATA_`` environment variable."""
     env = os.environ if env is None else env
-    try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the size limits: {exc}", file=str(path)) from None
+
+    def parse() -> dict:
+        try:
+            return yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read the size limits: {exc}", file=str(path)) from None
+
+    doc = storage.cached_by_file(path, "limits", parse)  # every practice's extraction asks twice
     values = {}
     for name in FIELDS:
         raw = env.get(f"GPDATA_{name.upper()}", doc.get(name))

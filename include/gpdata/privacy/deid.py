@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpdata import storage
 from gpdata.arrowutil import const, first_reason, isin, read_lookup
 from gpdata.codes import RestrictedCodes, code_keys, measurements
 from gpdata.errors import GpdataError
@@ -108,8 +109,12 @@ class PostcodeLookup:
 
     @classmethod
     def load(cls, path: Path) -> PostcodeLookup:
-        cols = read_lookup(path, ("postcode", "lsoa_code"), "postcode lookup")
-        return cls(postcodes=normalise_postcode(cols["postcode"]), lsoas=cols["lsoa_code"])
+        """The lookup in ``path``, read once per process while the file is unchanged (every extraction asks)."""
+        def read() -> PostcodeLookup:
+            cols = read_lookup(path, ("postcode", "lsoa_code"), "postcode lookup")
+            return cls(postcodes=normalise_postcode(cols["postcode"]), lsoas=cols["lsoa_code"])
+
+        return storage.cached_by_file(path, "postcode lookup", read)
 
     def lsoa(self, normalised: pa.Array) -> pa.Array:
         return pc.take(self.lsoas, pc.index_in(normalised, value_set=self.postcodes))

@@ -160,23 +160,15 @@ def _practice_file(store_root, practice: str):
 _DECODED: dict[bytes, tuple[pa.Table, str | None]] = {}
 _DECODED_MAX = 20_000
 
-# A local file's SHA-256 by its identity and times (device, inode, size, modification and change times in ns),
-# so that an unchanged file is not read again: a read of England's 6,500 unchanged files cost 0.38 s of CPU when
-# each was read and hashed, 0.08 s now (``python -m bench.register``). A replacement (a rename over it, by
-# ``storage.write_bytes_atomic``) or a change in place gives a new change time, which the kernel sets and no
-# process can; the file system's clock is coarse, though, so a file is remembered this way only when its change
-# time was SETTLED seconds before it was read (the "racy" rule git uses for its index): any later change then
-# carries a later change time. Files on S3 are read and hashed every time.
-SETTLED_NS = 2_000_000_000
+# A local file's SHA-256 by its ``storage.file_signature``, so that an unchanged file is not read again: a read of
+# England's 6,500 unchanged files cost 0.38 s of CPU when each was read and hashed, 0.08 s now
+# (``python -m bench.register``). A file is remembered this way only once its change time has settled
+# (``storage.SETTLED_NS``). Files on S3 are read and hashed every time.
 _SIGNED: dict[str, tuple[tuple[int, ...], bytes]] = {}
 
 
 def _read(path) -> tuple[pa.Table, str | None]:
     return _read_file(path)[1:]
-
-
-def _signature(st) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _bytes_and_digest(path) -> tuple[bytes | None, bytes]:
@@ -190,15 +182,16 @@ def _bytes_and_digest(path) -> tuple[bytes | None, bytes]:
         return data, hashlib.sha256(data).digest()
     name = str(path)
     known = _SIGNED.get(name)
-    if known is not None and known[0] == _signature(os.stat(name)):
+    if known is not None and known[0] == storage.file_signature(os.stat(name)):
         return None, known[1]
     with open(name, "rb") as fh:
         before = os.fstat(fh.fileno())
         data = fh.read()
         after = os.fstat(fh.fileno())
     digest = hashlib.sha256(data).digest()
-    if _signature(after) == _signature(before) and before.st_ctime_ns < time.time_ns() - SETTLED_NS:
-        _SIGNED[name] = (_signature(before), digest)
+    signature = storage.file_signature(before)
+    if storage.file_signature(after) == signature and before.st_ctime_ns < time.time_ns() - storage.SETTLED_NS:
+        _SIGNED[name] = (signature, digest)
     else:
         _SIGNED.pop(name, None)
     return data, digest

@@ -378,10 +378,9 @@ def write_manifest(manifests: Path, practice: str, run_id: str, doc: dict) -> Pa
     practice's row of the status index (``gpdata.store.statusindex``)."""
     manifests = storage.root(manifests)
     path = manifests / practice / f"{safe_name(run_id)}.json"
-    write_json_atomic(path, doc)
-    write_json_atomic(manifests / practice / "latest.json", doc)
-    if doc.get("status") == "committed":
-        write_json_atomic(manifests / practice / "committed.json", doc)
+    data = storage.json_bytes(doc)
+    for name in (path.name, "latest.json") + (("committed.json",) if doc.get("status") == "committed" else ()):
+        storage.write_bytes_atomic(manifests / practice / name, data)
     from gpdata.store import statusindex
 
     try:  # the GP data page's index, in the same step; the manifests stay the record of truth

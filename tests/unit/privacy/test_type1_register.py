@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpdata import storage
 from gpdata.codes import optout_codes
 from gpdata.errors import GpdataError, SourceError
 from gpdata.privacy import type1
@@ -140,7 +141,7 @@ def test_an_unchanged_file_is_not_read_again_and_any_replacement_is_seen(tmp_pat
     type1.write(tmp_path, "A81001", _events(("P1", D1, True)), "v1")
     assert type1._bytes_and_digest(path)[0] is not None
     assert type1._bytes_and_digest(path)[0] is not None  # just written: not yet settled, read every time
-    monkeypatch.setattr(type1, "SETTLED_NS", -10**15)  # as if it had settled long ago
+    monkeypatch.setattr(storage, "SETTLED_NS", -10**15)  # as if it had settled long ago
     type1._bytes_and_digest(path)
     assert type1._bytes_and_digest(path)[0] is None  # remembered: not read
     assert type1.active_dissenters(tmp_path, "v1")[0].to_pylist() == ["P1"]
