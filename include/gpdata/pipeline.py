@@ -37,7 +37,7 @@ from gpdata.privacy import deid, keys, nhsnumber, type1
 from gpdata.privacy.keys import load_master_key
 from gpdata.settings import Settings
 from gpdata.share import recall
-from gpdata.store import erasure
+from gpdata.store import erasure, statusindex
 
 log = logging.getLogger("gpdata.pipeline")
 DELETIONS = pa.schema([("table", pa.string()), ("key", pa.string())])
@@ -949,7 +949,12 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
 
     Returns, per ODS code, ``{"status": "committed" | "unchanged" | "failed", ...}`` with counts, the run last
     committed, or the failed stage and cause."""
-    today = today or dt.date.today()
+    with statusindex.held(settings.manifests, CHECK_SECONDS):  # the GP data page's index: every 10 s, not 600 times
+        return _run_chunk(feeds, settings, run_id, today or dt.date.today(), force, connection_uris or {})
+
+
+def _run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date, force: bool,
+               connection_uris: dict[str, str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     checking: dict[str, tuple[Feed, _Checking]] = {}
     register = None
@@ -960,7 +965,7 @@ def run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.date
     for number, feed in enumerate(feeds, start=1):
         ods, stage = feed.ods_code, "extract"
         try:
-            counts = extract(feed, settings, run_id, force=force, connection_uri=(connection_uris or {}).get(ods),
+            counts = extract(feed, settings, run_id, force=force, connection_uri=connection_uris.get(ods),
                              register=register)
             if counts.get("status") == "unchanged":
                 out[ods] = {"practice": ods, "status": "unchanged",
