@@ -53,6 +53,8 @@ def run_one_chunk(spec: dict) -> dict:
     t0 = time.perf_counter()
     from gpdata import pipeline, settings
 
+    if spec.get("write_alone"):  # bench.jointwrite's comparison: each practice's increment written alone
+        pipeline._write_increments = lambda settings, ready: {}
     out = pipeline.run_chunk(_feeds(Path(spec["input"]), spec["ods"]), settings.load(), spec["run_id"])
     usage = _usage()
     return {"seconds": time.perf_counter() - t0, **usage,
@@ -61,6 +63,9 @@ def run_one_chunk(spec: dict) -> dict:
             "failures": [f"{r['stage']}: {r['cause'].split(' (file ')[0]}" for r in out.values()
                          if r["status"] == "failed"],
             "rows": sum(sum(r.get("records_read", {}).values()) for r in out.values()),
+            # Delta commits per table: one when the chunk's increments were written together
+            "writes": len({json.dumps(r.get("table_versions"), sort_keys=True) for r in out.values()
+                           if r["status"] == "committed"}),
             # checks after the commits' writes: one per group of commits checked together, one per lone commit
             "commit_checks": round(sum(1 / r.get("commit_checked_with", 1) for r in out.values()
                                        if r["status"] == "committed"))}
@@ -76,9 +81,10 @@ def _chunk_process(spec: dict, env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_chunks(chunks: list[list[str]], input_home: Path, work: Path, run_id: str, workers: int) -> list[dict]:
+def run_chunks(chunks: list[list[str]], input_home: Path, work: Path, run_id: str, workers: int,
+               **extra) -> list[dict]:
     env = _env(work, input_home)
-    specs = [{"input": str(input_home), "work": str(work), "ods": c, "run_id": run_id} for c in chunks]
+    specs = [{"input": str(input_home), "work": str(work), "ods": c, "run_id": run_id, **extra} for c in chunks]
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda s: _chunk_process(s, env), specs))
 

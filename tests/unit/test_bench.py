@@ -227,3 +227,14 @@ def test_chunksize_runs_the_same_increments_in_chunks_of_each_size(tmp_path, cle
     assert all(r["cpu_seconds_per_practice"] > 0 and r["max_peak_rss_mib"] > 0 for r in got["sizes"])
     assert set(got["fit"]) == {"fixed_cpu_seconds_per_chunk", "cpu_seconds_per_practice"}
     assert not (tmp_path / "work").exists()
+
+
+def test_jointwrite_runs_the_same_increments_written_together_and_alone(tmp_path, clean_env):
+    """``python -m bench.jointwrite``: every practice committed both ways, from the same prepared state."""
+    from bench import jointwrite
+
+    got = jointwrite.measure(tmp_path, practices=2, rounds=1)
+    assert got["practices"] == 2 and got["alone_over_together"] > 0
+    assert got["delta_commits_per_table"] == {"together": 1, "alone": 2}
+    assert all(len(v) == 1 and v[0] > 0 for v in got["cpu_seconds_per_practice"].values())
+    assert not (tmp_path / "work").exists()
