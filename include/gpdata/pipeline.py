@@ -1017,6 +1017,8 @@ def _run_chunk(feeds: list[Feed], settings: Settings, run_id: str, today: dt.dat
             out[ods] = {**_commit_done(settings, run_id, c, written, settled), "status": "committed"}
         except Exception as exc:  # noqa: BLE001 - as above
             out[ods] = practice_failed(settings, ods, run_id, "commit", exc)
+            if settled is not None:  # some of its rows may be written: they are checked all the same
+                settled.unchecked.setdefault(ods, c.held)
         if settled is not None and (number == len(ready) or time.monotonic() - checked >= CHECK_SECONDS):
             check_commits(settings, run_id, settled, out)
             checked = time.monotonic()

@@ -113,6 +113,7 @@ def test_a_practice_whose_increment_cannot_be_written_fails_alone(home, tmp_path
     """The chunk's increments are written together; when that fails, each is written alone, so only the practice
     whose rows cannot be read fails (at its commit stage, its journal left standing, so no release is made until
     it runs again), and the others commit what they commit alone."""
+    monkeypatch.setattr(pipeline, "CHECK_SECONDS", 1e9)  # one check after every write
     feeds = _practices(home)
     _deliver_increments(home, feeds)
     alone = tmp_path / "alone"
@@ -134,6 +135,8 @@ def test_a_practice_whose_increment_cannot_be_written_fails_alone(home, tmp_path
     assert store.unfinished_commits(cfg.store) == [broken]
     good = [f for f in feeds if f.ods_code != broken]
     assert all(out[f.ods_code]["status"] == "committed" for f in good)
+    # what the broken practice may have written is in the check after the writes too
+    assert all(out[f.ods_code]["commit_checked_with"] == len(feeds) for f in good)
     monkeypatch.setattr(pipeline._Validated, "open", opened)
     _same_alone(good, out, {f.ods_code: _rows(cfg, f.ods_code) for f in good}, alone, home, monkeypatch)
 
