@@ -33,6 +33,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -331,8 +332,16 @@ def record(manifests: Any, practice: str, doc: dict) -> dict:
     return row
 
 
-# Index rows held back by ``held`` (index path -> [rows by practice, when the index was last written, seconds])
-_HELD: dict[str, list] = {}
+@dataclass
+class _Held:
+    """Index rows held back by ``held``: by practice, since the index was last written (``written``)."""
+
+    seconds: float
+    rows: dict[str, dict] = field(default_factory=dict)
+    written: float = field(default_factory=time.monotonic)
+
+
+_HELD: dict[str, _Held] = {}  # by index path
 
 
 @contextlib.contextmanager
@@ -345,11 +354,11 @@ def held(manifests: Any, seconds: float = 10.0):
     if key in _HELD:  # already held by an enclosing block
         yield
         return
-    _HELD[key] = [{}, time.monotonic(), seconds]
+    _HELD[key] = _Held(seconds)
     try:
         yield
     finally:
-        rows = _HELD.pop(key)[0]
+        rows = _HELD.pop(key).rows
         if rows:
             _write_index(manifests, rows)
 
@@ -363,10 +372,10 @@ def _put(manifests: Any, rows: dict[str, dict], *, replace_all: bool = False) ->
         encoded[practice] = _encode(row, _stamp(path))
     holding = None if replace_all else _HELD.get(str(_index_path(manifests)))
     if holding is not None:
-        holding[0].update(encoded)
-        if time.monotonic() - holding[1] < holding[2]:
+        holding.rows.update(encoded)
+        if time.monotonic() - holding.written < holding.seconds:
             return
-        encoded, holding[0], holding[1] = holding[0], {}, time.monotonic()
+        encoded, holding.rows, holding.written = holding.rows, {}, time.monotonic()
     _write_index(manifests, encoded, replace_all=replace_all)
 
 

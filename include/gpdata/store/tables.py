@@ -293,7 +293,7 @@ def merge_practices(store: Path, name: str, batches: dict[str, tuple[Rows, objec
             if len(gone_keys):
                 gone_keys = gone_keys.filter(pc.invert(pc.is_in(gone_keys, value_set=part[key])))
         n = len(gone_keys)
-        gone.append(pa.table({c: pa.array([practice] * n, pa.string()) if c == PARTITION else gone_keys if c == key
+        gone.append(pa.table({c: arrowutil.const(practice, n) if c == PARTITION else gone_keys if c == key
                               else pa.nulls(n, loose.field(c).type) for c in schema.names}, schema=loose))
     writing = [p for p in batches if rows[p]]
     gone_rows = pa.concat_tables(gone) if gone else loose.empty_table()
