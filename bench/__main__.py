@@ -28,7 +28,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
-FULL = {"sizes": [1000, 10000, 60000], "practices": [1, 4, 16], "practice_patients": 1000,
+FULL = {"sizes": [1000, 10000, 60000, 120000], "practices": [1, 4, 16], "practice_patients": 1000,
         "naive_patients": [1000, 10000],
         "fhir_max_patients": 10000, "profile_patients": 10000, "events_per_patient": 100.0,
         "extra_dialects": ["tpp_pipe"], "increment_practices": 200}
@@ -104,6 +104,9 @@ def measure_size(ps, fmt: str, work: Path, naive: bool, profile: Path | None = N
         "pipeline_rows_per_cpu_second": round(_rate(pipe["rows"], pipe["cpu_seconds"])),
         "pipeline_over_limit": round(limit["seconds"] / pipe["seconds"], 3),  # FHIR: the fastest candidate's
         "peak_rss_mib": round(pipe["peak_rss_mib"]), "limit_peak_rss_mib": round(limit["peak_rss_mib"]),
+        # each stage is a task: its peak, measured from the RSS it started with (bench.worker.run_pipeline)
+        "stage_peak_rss_mib": {k: round(v) for k, v in pipe["stage_peak_rss_mib"].items()},
+        "task_peak_rss_mib": round(max(pipe["stage_peak_rss_mib"].values())),
         "cold_start_seconds": round(pipe["cold_start_seconds"], 2),
         "committed_rows": pipe["committed_rows"], "quarantined_rows": pipe["quarantined_rows"],
         "expectations": pipe["expectations"], "stages": stage_table(pipe),
@@ -165,11 +168,13 @@ def render(doc: dict) -> str:
         lines.append(f"| {key} | {doc.get(key)} | {target} | {verdict} |")
     lines += ["", "## One practice, by size and format (limit and pipeline on the same files)", "",
               "| format | patients | rows | limit rows/s | pipeline rows/s | pipeline/limit | rows/CPU-s | "
-              "peak RSS MiB | naive rows/s | pipeline/naive |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "peak RSS MiB (process) | task peak RSS MiB (extract, check, commit) | naive rows/s | pipeline/naive |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["sizes"]:
         lines.append(f"| {r['format']} | {r['patients']} | {r['rows']} | {_fmt_rate(r['limit_rows_per_second'])} | "
                      f"{_fmt_rate(r['pipeline_rows_per_second'])} | {r['pipeline_over_limit']} | "
                      f"{_fmt_rate(r['pipeline_rows_per_cpu_second'])} | {r['peak_rss_mib']} | "
+                     f"{', '.join(str(v) for v in r['stage_peak_rss_mib'].values())} | "
                      f"{_fmt_rate(r['naive_rows_per_second']) if 'naive_rows_per_second' in r else ''} | "
                      f"{r.get('pipeline_over_naive', '')} |")
     fhir = [r for r in doc["sizes"] if r.get("fhir_limit_candidates")]
@@ -426,7 +431,9 @@ def summarise(sizes: list[dict], practices: list[dict], largest: int, plan: dict
         "flatfile_rows_per_cpu_second_spread": round(max(per_cpu) / min(per_cpu) - 1, 3) if per_cpu else None,
         "flatfile_rows_per_second_spread": round(max(per_wall) / min(per_wall) - 1, 3) if per_wall else None,
         f"peak_rss_mib_{big['patients'] // 1000}k_patients": big["peak_rss_mib"],
-        "peak_rss_mib_60k_patients": big["peak_rss_mib"] if big["patients"] == 60000 else None,
+        "peak_rss_mib_60k_patients": _flat_at(sizes, 60000, "peak_rss_mib"),
+        "task_peak_rss_mib_60k_patients": _flat_at(sizes, 60000, "task_peak_rss_mib"),
+        "task_peak_rss_mib_120k_patients": _flat_at(sizes, 120000, "task_peak_rss_mib"),  # twice the records
         "peak_rss_events": big["events"],
         "peak_rss_events_per_patient": round(big["events"] / big["patients"], 1) if big["patients"] else None,
         "flatfile_pipeline_rows_per_second_largest": big["pipeline_rows_per_second"],
@@ -471,9 +478,10 @@ def projection(doc: dict) -> dict | None:
     return out
 
 
-def _per_cpu_at(doc: dict, patients: int) -> int | None:
-    rows = [r for r in doc["sizes"] if r["format"] == "emis_csv" and r["patients"] == patients]
-    return rows[0]["pipeline_rows_per_cpu_second"] if rows else None
+def _flat_at(sizes: list[dict], patients: int, key: str):
+    """``key`` of the flat-file practice of ``patients`` patients, None when this run did not measure it."""
+    rows = [r for r in sizes if r["format"] == "emis_csv" and r["patients"] == patients]
+    return rows[0][key] if rows else None
 
 
 def cadence(doc: dict) -> dict:
@@ -493,8 +501,9 @@ def cadence(doc: dict) -> dict:
         "fixed_cpu_seconds_per_practice": fixed,
         "daily_increment_core_hours": None if fixed is None else round(fixed * NATIONAL["practices"] / 3600, 3),
         "baseline_core_hours": (proj.get("baseline") or {}).get("core_hours"),
-        "rows_per_cpu_second_0_1m": _per_cpu_at(doc, 1000),    # 1,000 patients x 100 records: 0.1 M rows
-        "rows_per_cpu_second_6m": _per_cpu_at(doc, 60000),     # 60,000 patients: about 6 M rows
+        # 1,000 patients x 100 records: 0.1 M rows; 60,000 patients: about 6 M rows
+        "rows_per_cpu_second_0_1m": _flat_at(doc["sizes"], 1000, "pipeline_rows_per_cpu_second"),
+        "rows_per_cpu_second_6m": _flat_at(doc["sizes"], 60000, "pipeline_rows_per_cpu_second"),
     }
 
 
@@ -502,7 +511,7 @@ def targets(doc: dict) -> list[tuple[str, str, bool]]:
     def ge(k, v):
         return doc.get(k) is not None and doc[k] >= v
 
-    rss = doc.get("peak_rss_mib_60k_patients")
+    rss = [doc.get("task_peak_rss_mib_60k_patients"), doc.get("task_peak_rss_mib_120k_patients")]
     parse = doc.get("dag_parse_seconds_6500_feeds")
     return [
         ("flatfile_pipeline_over_limit", ">= 0.5", ge("flatfile_pipeline_over_limit", 0.5)),
@@ -510,7 +519,8 @@ def targets(doc: dict) -> list[tuple[str, str, bool]]:
         ("pipeline_over_naive", ">= 5", ge("pipeline_over_naive", 5)),
         ("flatfile_rows_per_cpu_second_spread", "<= 0.2 (0.1M to the largest)",
          doc["flatfile_rows_per_cpu_second_spread"] is not None and doc["flatfile_rows_per_cpu_second_spread"] <= 0.2),
-        ("peak_rss_mib_60k_patients", "< 1536", rss is not None and rss < 1536),
+        ("task_peak_rss_mib_60k_patients", "< 1536 (each stage's task)", rss[0] is not None and rss[0] < 1536),
+        ("task_peak_rss_mib_120k_patients", "< 1536 (twice the records)", rss[1] is not None and rss[1] < 1536),
         ("fixed_cpu_seconds_per_practice", "< 2 (daily increment)", doc.get("fixed_cpu_seconds_per_practice")
          is not None and doc["fixed_cpu_seconds_per_practice"] < 2),
         ("daily_increment_core_hours", "< 1 (6,500 practices)", doc.get("daily_increment_core_hours") is not None

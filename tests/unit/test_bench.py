@@ -10,7 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 REQUIRED = ("flatfile_pipeline_over_limit", "fhir_pipeline_over_limit", "pipeline_over_naive",
-            "peak_rss_mib_60k_patients", "cpu_count", "fixed_cpu_seconds_per_practice", "daily_increment_core_hours",
+            "peak_rss_mib_60k_patients", "task_peak_rss_mib_60k_patients", "task_peak_rss_mib_120k_patients",
+            "cpu_count", "fixed_cpu_seconds_per_practice", "daily_increment_core_hours",
             "baseline_core_hours", "rows_per_cpu_second_0_1m", "rows_per_cpu_second_6m")
 
 
@@ -36,6 +37,7 @@ def test_bench_machinery_writes_every_headline_key(tmp_path, clean_env, monkeypa
         assert key in written, key
     # the tiny run is not the 60,000-patient case: that key is present but empty; the others are measured
     assert written["peak_rss_mib_60k_patients"] is None and written["peak_rss_mib_0k_patients"] > 0
+    assert written["task_peak_rss_mib_60k_patients"] is None and written["task_peak_rss_mib_120k_patients"] is None
     for key in ("flatfile_pipeline_over_limit", "fhir_pipeline_over_limit", "pipeline_over_naive", "cpu_count"):
         assert written[key] > 0, key
     formats = {r["format"] for r in written["sizes"]}
@@ -43,6 +45,9 @@ def test_bench_machinery_writes_every_headline_key(tmp_path, clean_env, monkeypa
     for row in written["sizes"]:
         assert row["rows"] > 0 and row["limit_rows_per_second"] > 0 and row["pipeline_rows_per_second"] > 0
         assert set(row["stages"]) == set(bench.STAGES)
+        # each stage's peak is its own (the peak reset between stages), so no stage's exceeds the process's
+        assert set(row["stage_peak_rss_mib"]) == {"extract", "check", "commit"}
+        assert 0 < row["task_peak_rss_mib"] == max(row["stage_peak_rss_mib"].values()) <= row["peak_rss_mib"] + 1
     fhir = next(row for row in written["sizes"] if row["format"] == "fhir")
     rates = fhir["fhir_limit_candidates"]  # name -> rows/s, fastest first; the fastest is the limit
     assert set(rates) == set(FHIR_LIMITS) and list(rates)[0] == fhir["fhir_limit"]
