@@ -51,7 +51,8 @@ class Batch:
     snapshot: str | None = None
     unmapped: dict[str, list[str]] = field(default_factory=dict)  # table -> delivered columns no field maps
     resources: dict = field(default_factory=dict)  # FHIR: unmapped resource types and unreadable entries, counted
-    events: EventFiles | None = None  # a flat-file snapshot's event files, read batch by batch (not in ``tables``)
+    # a flat-file snapshot's event files or a FHIR delivery's event tables, read batch by batch (not in ``tables``)
+    events: EventFiles | FhirEvents | None = None
 
     def summary(self) -> dict:
         out = {"mode": "baseline" if self.full else "incremental", "deliveries": self.deliveries,
@@ -86,6 +87,36 @@ class EventFiles:
                     del table  # not held while the next batch is read
             except SourceError as exc:
                 raise self.fail(exc) from None
+
+
+@dataclass
+class FhirEvents:
+    """A FHIR delivery's event tables, read in ``fhir.Delivery``'s second pass batch by batch (``batch_rows()``
+    rows of a table), after its patients and type 1 codes (``Delivery.people``). ``report`` (the batch's
+    ``resources``) receives the counts of unmapped resources and unreadable entries once every bundle is read. A
+    bundle that fails then moves the delivery to quarantine, as it would have before any row was read."""
+
+    delivery: object  # fhir.Delivery
+    report: dict
+    fail: Callable[[SourceError], SourceError]
+    token: Callable[[str], str]
+
+    def read(self, fields: frozenset[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
+        """(table, canonical rows) batch by batch. With ``fields`` (the type 1 evidence pass): the rows the first
+        pass kept because they may hold a type 1 code (every other row cannot), with every field."""
+        from gpdata.arrowutil import batch_rows
+
+        if fields is not None:
+            for name, table in self.delivery.evidence_rows.items():
+                yield name, _tokenise_rows({name: table}, self.token)[name]
+            return
+        try:
+            for name, table in self.delivery.events(batch_rows()):
+                yield name, _tokenise_rows({name: table}, self.token)[name]
+                del table  # not held while the next batch is read
+        except SourceError as exc:
+            raise self.fail(exc) from None
+        self.report.update(self.delivery.report())
 
 
 def _empty_deleted() -> dict[str, pa.Table]:
@@ -137,40 +168,44 @@ def _has_rows(path: Path) -> bool:
 
 
 def _fhir(feed, state: PracticeState, quarantine_dir: Path, force: bool, token: Callable[[str], str]) -> Batch | None:
-    from gpdata.ingest.sources.fhir import bundle_files, read_bundles
+    from gpdata.ingest.sources.fhir import Delivery, bundle_files
 
     location = feed.location_path()
     if not location.is_dir():
         raise SourceError(f"delivery folder {location} does not exist", practice=feed.ods_code)
-    files, skipped, hashes, names = [], [], {}, []
+    files, skipped, hashes, digests = [], [], {}, {}
     for path in bundle_files(location):
         digest = sha256_file(path)
         if digest in hashes:
             skipped.append({"name": token(path.name), "duplicate_of": hashes[digest]})
             continue
         hashes[digest] = token(path.name)
-        names.append(path.name)
+        digests[path.name] = digest
         files.append({"name": token(path.name), "sha256": digest, "delivery": "snapshot"})
     if not files:
         raise SourceError(f"no FHIR bundles (*.json, *.xml) in {location}", practice=feed.ods_code)
     snapshot = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
     if snapshot == state.snapshot and not force:
         return None
-    report: dict = {}
+    delivery = Delivery(location, feed.ods_code, only=list(digests), independent_files=feed.bundles == "independent",
+                        digests=digests)
+    paths = bundle_files(location)
     try:
-        tables = read_bundles(location, feed.ods_code, only=names, report=report,
-                              independent_files=feed.bundles == "independent")
+        tables = delivery.people()
     except SourceError as exc:
-        raise _fail(exc, bundle_files(location), quarantine_dir) from None
-    refused = report.pop("refused_files", [])
-    for exc in refused:  # independent bundles: each unreadable one is moved aside alone, with its reason
+        raise _fail(exc, paths, quarantine_dir) from None
+    report: dict = {}  # completed once the events are read (FhirEvents.read)
+    for exc in delivery.refused:  # independent bundles: each unreadable one is moved aside alone, with its reason
         quarantine_files([location / exc.file], quarantine_dir, exc)
-    if refused:
-        gone = {token(exc.file) for exc in refused}
+    if delivery.refused:
+        gone = {token(exc.file) for exc in delivery.refused}
         files = [f for f in files if f["name"] not in gone]
-        report["bundles_quarantined"] = len(refused)
+        report["bundles_quarantined"] = len(delivery.refused)
+    paths = [p for p in paths if p.exists()]
+    events = FhirEvents(delivery, report, token=token, fail=lambda exc: _tokenised(
+        _fail(exc, paths, quarantine_dir), token))
     return Batch(tables=tables, deleted=_empty_deleted(), full=True, files=files, skipped=skipped,
-                 deliveries=[f"snapshot {snapshot[:12]}"], snapshot=snapshot, resources=report)
+                 deliveries=[f"snapshot {snapshot[:12]}"], snapshot=snapshot, resources=report, events=events)
 
 
 def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,

@@ -8,6 +8,7 @@ problem can be reported without its values.
 from __future__ import annotations
 
 import gc
+import hashlib
 import re
 from collections import defaultdict
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 
 from gpdata.codes import OptOutCodes, optout_codes, system_label, trim_code
 from gpdata.errors import SourceError
-from gpdata.model import CANONICAL, ISSUE, TYPE1_EVIDENCE, TYPE1_EVIDENCE_SCHEMA
+from gpdata.model import CANONICAL, EVENT_TABLES, ISSUE, TYPE1_EVIDENCE, TYPE1_EVIDENCE_SCHEMA
 
 SCHEMAS = {**CANONICAL, TYPE1_EVIDENCE: TYPE1_EVIDENCE_SCHEMA}
 
@@ -808,32 +809,38 @@ def _replace(chunk: pa.Table, name: str, values: list) -> pa.Table:
     return chunk.set_column(index, chunk.schema.field(index), _strings(values))
 
 
-def _resolve_nhs_refs(rows: _Rows) -> None:
-    """Subjects given by NHS-number identifier point to the delivery's Patient resource with that number;
-    one that matches no Patient is left unlinked (quarantined as an unknown patient), never kept as a number.
-    Runs once every table is in chunks but ``type1_evidence``, whose rows are still pending."""
+def _nhs_map(patients: list[pa.Table]) -> dict[str, str]:
+    """NHS number (its digits) -> the source id of the delivery's Patient resource with that number."""
     by_nhs = {}
-    for chunk in rows.chunks["patients"]:
+    for chunk in patients:
         by_nhs.update({_digits(n): sid for n, sid in zip(chunk["nhs_number"].to_pylist(),
                                                          chunk["source_id"].to_pylist(), strict=True)
                        if isinstance(n, str) and sid})
+    return by_nhs
+
+
+def _resolve_evidence_nhs(rows: _Rows, by_nhs: dict[str, str]) -> None:
+    """A type 1 code whose subject was an NHS number: its Patient, if delivered (``type1_evidence``'s rows are
+    still pending); then they are flushed."""
     ref_at, nhs_at = (_NAMES[TYPE1_EVIDENCE].index(n) for n in ("patient_ref", "nhs_number"))
     evidence = rows.pending[TYPE1_EVIDENCE]
-    for i, row in enumerate(evidence):  # a type 1 code whose subject was an NHS number: its Patient, if delivered
+    for i, row in enumerate(evidence):
         nhs, row = row[nhs_at], list(row)
         row[ref_at] = row[ref_at] or (by_nhs.get(_digits(nhs)) if isinstance(nhs, str) else None)
         evidence[i] = tuple(row)
     rows.flush(TYPE1_EVIDENCE)
-    for name in (*CANONICAL, TYPE1_EVIDENCE):
-        if "patient_ref" not in SCHEMAS[name].names:
+
+
+def _resolve_nhs_refs(chunks: list[pa.Table], by_nhs: dict[str, str]) -> None:
+    """Subjects given by NHS-number identifier point to the delivery's Patient resource with that number;
+    one that matches no Patient is left unlinked (quarantined as an unknown patient), never kept as a number."""
+    for i, chunk in enumerate(chunks):
+        if "patient_ref" not in chunk.column_names or \
+                not pc.any(pc.starts_with(chunk["patient_ref"], NHS_REF)).as_py():
             continue
-        chunks = rows.chunks[name]
-        for i, chunk in enumerate(chunks):
-            if not pc.any(pc.starts_with(chunk["patient_ref"], NHS_REF)).as_py():
-                continue
-            chunks[i] = _replace(chunk, "patient_ref", [
-                by_nhs.get(_digits(r[len(NHS_REF):])) if isinstance(r, str) and r.startswith(NHS_REF) else r
-                for r in chunk["patient_ref"].to_pylist()])
+        chunks[i] = _replace(chunk, "patient_ref", [
+            by_nhs.get(_digits(r[len(NHS_REF):])) if isinstance(r, str) and r.startswith(NHS_REF) else r
+            for r in chunk["patient_ref"].to_pylist()])
 
 
 def _check_practice(rows: _Rows, practice: str, location: Path) -> None:
@@ -884,13 +891,14 @@ def _entries(raw: bytes, path: Path, practice: str) -> list[tuple[dict, dict, st
     return out
 
 
-def _resolve_medications(rows: _Rows) -> None:
+def _resolve_medications(chunks: list[pa.Table], start: int, refs: list[tuple[int, str]],
+                         medications: dict[str, tuple[str | None, str | None]]) -> None:
     """The code of a medication named through medicationReference: the Medication resource in the delivery
-    (a reference it does not hold leaves the code empty: the row is quarantined as an invalid code)."""
-    resolved = {row: rows.medications.get(ref, (None, None)) for row, ref in rows.med_refs}
+    (a reference it does not hold leaves the code empty: the row is quarantined as an invalid code). ``chunks``
+    hold the medications table's rows from row ``start``; ``refs`` are (row, Medication id) of rows among them."""
+    resolved = {row: medications.get(ref, (None, None)) for row, ref in refs}
     if not resolved:
         return
-    chunks, start = rows.chunks["medications"], 0
     for i, chunk in enumerate(chunks):
         end = start + chunk.num_rows
         mine = [row for row in resolved if start <= row < end]
@@ -911,13 +919,13 @@ def _practitioner_roles(rows: _Rows) -> None:
 
 
 @contextmanager
-def _without_cyclic_gc():
+def _without_cyclic_gc(collect: bool = True):
     """Python's cyclic garbage collector paused (and restored as it was). The reader makes no reference cycles
     (JSON trees and rows are freed by reference counting), but while it makes millions of dicts and lists the
     collector scans every live object again and again: on the 10,000-patient bench practice that was about 40 % of
-    the read's CPU time. One full collection at the end (where it was enabled) also empties the interpreter's free
-    lists, whose few objects otherwise keep most of the memory the bundles' objects used from being returned
-    (about 170 MiB at 10,000 patients)."""
+    the read's CPU time. With ``collect``, one full collection at the end (where it was enabled) also empties the
+    interpreter's free lists, whose few objects otherwise keep most of the memory the bundles' objects used from
+    being returned (about 170 MiB at 10,000 patients)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -925,7 +933,211 @@ def _without_cyclic_gc():
     finally:
         if enabled:
             gc.enable()
+            if collect:
+                gc.collect()
+
+
+# Read in the first pass (``Delivery.people``), with every type 1 code: the people, and the resources read for
+# what they tell about others (a practitioner's role, an organisation's ODS code, a referenced medication's code).
+# Every other resource is read in the second pass (``Delivery.events``).
+_FIRST_PASS = frozenset({"Patient", "Practitioner", "PractitionerRole", "Organization", "Medication"})
+
+
+class Delivery:
+    """A practice's FHIR delivery read in two passes over its bundles, so that its event rows are never held whole.
+
+    ``people()`` reads every bundle for the patients, practitioners and context resources and every type 1 code
+    (``type1_evidence``), checks that the delivery is the practice's, and keeps the rows of every event resource
+    that may hold a type 1 code (``evidence_rows``); then ``events(batch_rows)`` reads the bundles again for the
+    event tables, handed on ``batch_rows`` rows of a table at a time (all at the end without it), with references
+    across the delivery (NHS-number subjects, ``medicationReference``) resolved from what the first pass kept. So
+    every patient's type 1 status is known before any event row is read, and what is held is one bundle's JSON and
+    at most a batch of each table. Each bundle must be the same bytes in both passes (a file replaced in between is
+    refused: its events could belong to patients whose type 1 codes the first pass never saw).
+
+    The rows, their order and ``report()`` are those of reading every bundle in one pass (``read_bundles``)."""
+
+    def __init__(self, location: Path, practice: str, only: list[str] | None = None,
+                 type1: OptOutCodes | None = None, *, strict: bool = False, independent_files: bool = False,
+                 digests: dict[str, str] | None = None) -> None:
+        self.location, self.practice, self.strict = Path(location), practice, strict
+        self.independent_files = independent_files
+        self.type1 = type1 or optout_codes()
+        self.needles = self.type1.needles()
+        if not self.location.is_dir():
+            raise SourceError(f"delivery folder {self.location} does not exist", practice=practice)
+        files = bundle_files(self.location)
+        if only is not None:
+            files = [f for f in files if f.name in set(only)]
+        if not files:
+            raise SourceError(f"no FHIR bundles (*.json, *.xml) in {self.location}", practice=practice)
+        self.files = files
+        self.digests = dict(digests or {})  # file name -> sha256 (hex) of the bytes read
+        self.refused: list[SourceError] = []  # independent bundles each refused alone (first pass)
+        self.unmapped: dict[str, int] = defaultdict(int)
+        self.unreadable: dict[str, int] = defaultdict(int)
+        self.by_nhs: dict[str, str] = {}
+        self.medications: dict[str, tuple[str | None, str | None]] = {}
+        self.evidence_rows: dict[str, pa.Table] = {}
+        self._read_people = False
+
+    def _bundles(self, first: bool):
+        """(file, entries, whether it may hold a type 1 code) of each bundle not refused, in order."""
+        refused = {exc.file for exc in self.refused}
+        for path in self.files:
+            if path.name in refused:
+                continue
+            raw = path.read_bytes()
+            digest = hashlib.sha256(raw).hexdigest()
+            if self.digests.setdefault(path.name, digest) != digest:
+                raise SourceError("the bundle changed while the delivery was being read (deliver a file by moving "
+                                  "it into the folder once it is complete)", practice=self.practice, file=path.name)
+            # Only a file that holds a type 1 code (or a JSON escape that could spell one) is searched resource by
+            # resource for it; in every other file no resource can carry one.
+            scan = b"\\u" in raw or b"&#" in raw or any(n in raw for n in self.needles)  # JSON or XML escapes
+            try:
+                entries = _entries(raw, path, self.practice)
+            except SourceError as exc:
+                if not (first and self.independent_files):
+                    raise
+                self.refused.append(exc)  # this file alone is refused; nothing of it was read
+                continue
+            del raw
+            yield path, entries, scan
+
+    def _read(self, path: Path, index: int, entry: dict, res: dict, rtype: str, rows: _Rows) -> None:
+        """One resource into ``rows``: its row, or an unreadable entry's (raised with ``strict``)."""
+        pos = {"_src_file": path.name, "_src_entry": index}
+        if rtype == "Organization" and isinstance(entry.get("fullUrl"), str):
+            pos["_full_url"] = _lenient_ref(entry["fullUrl"])
+        try:
+            _route(res, rtype, rows, pos)
+        except Unreadable as exc:
+            if self.strict:
+                raise SourceError(f"unreadable element {exc.path}", practice=self.practice, file=path.name,
+                                  row=index) from None
+            _unreadable_row(res, rtype, rows, pos, exc.path)
+        else:
+            if rtype == "Medication" and isinstance(entry.get("fullUrl"), str):  # referenced by fullUrl
+                full = _lenient_ref(entry["fullUrl"])
+                if full:
+                    rows.medications[full] = rows.medications.get(res.get("id") or "", (None, None))
+
+    def people(self) -> dict[str, pa.Table]:
+        """The first pass: ``patients``, ``practitioners`` and ``type1_evidence``."""
+        rows, candidates = _Rows(), _Rows()  # candidates: event resources that may hold a type 1 code
+        entry_needles = _entry_needles(self.needles)
+        try:
+            with _without_cyclic_gc():
+                for path, entries, scan in self._bundles(first=True):
+                    for index, (entry, res, rtype) in enumerate(entries):
+                        entries[index] = None  # each entry's objects are freed once it is read
+                        may_hold = scan and _may_hold_type1(res, entry_needles)
+                        if rtype in _FIRST_PASS:
+                            self._read(path, index, entry, res, rtype, rows)
+                        elif may_hold and rtype in _TABLE_OF:
+                            self._read(path, index, entry, res, rtype, candidates)
+                        if may_hold:
+                            _type1_evidence(res, rows, {"_src_file": path.name, "_src_entry": index}, self.type1)
+                if self.refused and len(self.refused) == len(self.files):
+                    raise self.refused[0]
+                _check_practice(rows, self.practice, self.location)
+                for name in SCHEMAS:
+                    if name != TYPE1_EVIDENCE:
+                        rows.flush(name)
+                self.by_nhs = _nhs_map(rows.chunks["patients"])
+                _resolve_evidence_nhs(rows, self.by_nhs)
+                for name in ("patients", "practitioners", TYPE1_EVIDENCE):
+                    _resolve_nhs_refs(rows.chunks[name], self.by_nhs)
+                _practitioner_roles(rows)
+                self.medications = rows.medications
+                self.unreadable.update(rows.unreadable)
+                self.unmapped.update(rows.unmapped)
+                self.evidence_rows = self._evidence_rows(candidates)
+        finally:
+            _REF_IDS.clear()
+        self._read_people = True
+        return {name: _table(name, rows.chunks[name]) for name in ("patients", "practitioners", TYPE1_EVIDENCE)}
+
+    def _evidence_rows(self, candidates: _Rows) -> dict[str, pa.Table]:
+        """The event rows that may hold a type 1 code: those of resources whose own JSON holds one, and, where a
+        Medication of the delivery is coded with one, every medication row (a row names it by reference)."""
+        out = {}
+        for name in EVENT_TABLES:
+            candidates.flush(name)
+            chunks = candidates.chunks[name]
+            _resolve_nhs_refs(chunks, self.by_nhs)
+            if name == "medications":
+                _resolve_medications(chunks, 0, candidates.med_refs, self.medications)
+            if chunks:
+                out[name] = _table(name, chunks)
+        if any(self.type1.kind(code) for _, code in self.medications.values()):
+            out.pop("medications", None)
+            out.update(self._pass({"MedicationStatement", "MedicationRequest"}.__contains__, None))
+        return {name: out[name] for name in EVENT_TABLES if name in out}
+
+    def events(self, batch_rows: int | None = None):
+        """The second pass: (table, rows) of the event tables, at least ``batch_rows`` rows a table at a time but
+        for each table's last (and at most those a bundle adds beyond it); each table at the end without it."""
+        if not self._read_people:
+            raise RuntimeError("Delivery.events before Delivery.people")
+        try:
+            yield from self._pass(lambda rtype: rtype not in _FIRST_PASS, batch_rows, count=True)
+        finally:
+            _REF_IDS.clear()
             gc.collect()
+
+    def _pass(self, wanted, batch_rows: int | None, count: bool = False):
+        rows = _Rows()
+        rows.medications = self.medications
+        taken = dict.fromkeys(EVENT_TABLES, 0)  # rows of each table handed on
+        refs_done = 0  # medication references resolved (rows.med_refs is in row order)
+
+        def take(name: str) -> pa.Table:
+            nonlocal refs_done
+            rows.flush(name)
+            chunks = rows.chunks[name]
+            _resolve_nhs_refs(chunks, self.by_nhs)
+            if name == "medications":
+                end = rows.size(name)
+                upto = next((i for i in range(refs_done, len(rows.med_refs)) if rows.med_refs[i][0] >= end),
+                            len(rows.med_refs))
+                _resolve_medications(chunks, taken[name], rows.med_refs[refs_done:upto], self.medications)
+                refs_done = upto
+            table = _table(name, chunks)
+            taken[name] += table.num_rows
+            return table
+
+        bundles = self._bundles(first=False)
+        while True:
+            # the collector paused while a bundle is decoded and read, not while the caller uses what it is handed
+            with _without_cyclic_gc(collect=False):
+                item = next(bundles, None)
+                if item is None:
+                    break
+                path, entries, _ = item
+                for index, (entry, res, rtype) in enumerate(entries):
+                    entries[index] = None
+                    if wanted(rtype):
+                        self._read(path, index, entry, res, rtype, rows)
+                del item, entries
+                ready = [(name, take(name)) for name in EVENT_TABLES
+                         if batch_rows and rows.size(name) - taken[name] >= batch_rows]
+            yield from ready
+            del ready
+        for name in EVENT_TABLES:
+            if rows.size(name) > taken[name]:
+                yield name, take(name)
+        if count:
+            for path, n in rows.unreadable.items():
+                self.unreadable[path] += n
+            for rtype, n in rows.unmapped.items():
+                self.unmapped[rtype] += n
+
+    def report(self) -> dict:
+        """What the delivery says beyond the tables: unmapped resource types and unreadable entries, counted."""
+        return {"unmapped_resources": dict(sorted(self.unmapped.items())),
+                "unreadable_entries": dict(sorted(self.unreadable.items()))}
 
 
 def read_bundles(location: Path, practice: str, only: list[str] | None = None,
@@ -940,72 +1152,13 @@ def read_bundles(location: Path, practice: str, only: list[str] | None = None,
     that no table maps (``unmapped_resources``) and of unreadable entries by FHIR path (``unreadable_entries``),
     and the SourceError of each file refused alone (``refused_files``): with ``independent_files`` (a snapshot of
     independent per-patient bundles) a file that cannot be read is left out instead of refusing the delivery.
+    The whole tables of ``Delivery``'s two passes (the pipeline streams the second).
     """
-    try:
-        with _without_cyclic_gc():
-            return _read_bundles(location, practice, only, type1, report, strict, independent_files)
-    finally:
-        _REF_IDS.clear()  # nothing of a delivery is kept after its read, whether it was read or refused
-
-
-def _read_bundles(location: Path, practice: str, only: list[str] | None, type1: OptOutCodes | None,
-                  report: dict | None, strict: bool, independent_files: bool) -> dict[str, pa.Table]:
-    type1 = type1 or optout_codes()
-    needles = type1.needles()
-    entry_needles = _entry_needles(needles)
-    location = Path(location)
-    if not location.is_dir():
-        raise SourceError(f"delivery folder {location} does not exist", practice=practice)
-    files = bundle_files(location)
-    if only is not None:
-        files = [f for f in files if f.name in set(only)]
-    if not files:
-        raise SourceError(f"no FHIR bundles (*.json, *.xml) in {location}", practice=practice)
-    rows = _Rows()
-    bad_files: list[SourceError] = []
-    for path in files:
-        raw = path.read_bytes()
-        # Only a file that holds a type 1 code (or a JSON escape that could spell one) is searched resource by
-        # resource for it; in every other file no resource can carry one.
-        scan = b"\\u" in raw or b"&#" in raw or any(n in raw for n in needles)  # JSON or XML escapes
-        try:
-            entries = _entries(raw, path, practice)
-        except SourceError as exc:
-            if not independent_files:
-                raise
-            bad_files.append(exc)  # this file alone is refused; nothing of it was read
-            continue
-        file_name = path.name
-        for index, (entry, res, rtype) in enumerate(entries):
-            entries[index] = None  # each entry's objects are freed once it is read (they only go into rows)
-            pos = {"_src_file": file_name, "_src_entry": index}
-            if rtype == "Organization" and isinstance(entry.get("fullUrl"), str):
-                pos["_full_url"] = _lenient_ref(entry["fullUrl"])
-            try:
-                _route(res, rtype, rows, pos)
-            except Unreadable as exc:
-                if strict:
-                    raise SourceError(f"unreadable element {exc.path}", practice=practice, file=path.name,
-                                      row=index) from None
-                _unreadable_row(res, rtype, rows, pos, exc.path)
-            else:
-                if rtype == "Medication" and isinstance(entry.get("fullUrl"), str):  # referenced by fullUrl
-                    full = _lenient_ref(entry["fullUrl"])
-                    if full:
-                        rows.medications[full] = rows.medications.get(res.get("id") or "", (None, None))
-            if scan and _may_hold_type1(res, entry_needles):
-                _type1_evidence(res, rows, pos, type1)
-    if bad_files and len(bad_files) == len(files):
-        raise bad_files[0]
-    _check_practice(rows, practice, location)
-    for name in SCHEMAS:
-        if name != TYPE1_EVIDENCE:
-            rows.flush(name)
-    _resolve_nhs_refs(rows)
-    _resolve_medications(rows)
-    _practitioner_roles(rows)
+    delivery = Delivery(location, practice, only, type1, strict=strict, independent_files=independent_files)
+    with _without_cyclic_gc():
+        tables = delivery.people()
+        tables.update(delivery.events())
     if report is not None:
-        report["refused_files"] = bad_files
-        report["unmapped_resources"] = dict(sorted(rows.unmapped.items()))
-        report["unreadable_entries"] = dict(sorted(rows.unreadable.items()))
-    return {name: _table(name, rows.chunks[name]) for name in SCHEMAS}
+        report["refused_files"] = delivery.refused
+        report.update(delivery.report())
+    return {name: tables.get(name, SCHEMAS[name].empty_table()) for name in SCHEMAS}
