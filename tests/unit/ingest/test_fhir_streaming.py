@@ -136,7 +136,7 @@ def test_a_bundle_changed_between_the_passes_is_refused(tmp_path):
     delivery.people()
     path = tmp_path / "bundle-0002.json"
     path.write_bytes(path.read_bytes().replace(b"p3", b"p9"))
-    with pytest.raises(SourceError, match="changed while the delivery was being read") as err:
+    with pytest.raises(SourceError, match="file changed while the delivery was being read") as err:
         list(delivery.events(10))
     assert err.value.file == "bundle-0002.json" and "p9" not in str(err.value)
 
@@ -192,7 +192,7 @@ def test_a_bundle_replaced_while_the_delivery_is_read_stages_nothing(home, monke
         return tables
 
     monkeypatch.setattr(Delivery, "people", then_replaced)
-    with pytest.raises(SourceError, match="changed while the delivery was being read"):
+    with pytest.raises(SourceError, match="file changed while the delivery was being read"):
         pipeline.extract(feed, gp_settings.load(), "r1")
     assert not bundle.exists() and list((home / "sources" / "A81001").iterdir()) == []  # moved to quarantine
     assert not (pipeline.staging_dir(gp_settings.load(), "r1", "A81001") / "extracted").exists()

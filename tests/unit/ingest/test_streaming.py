@@ -235,3 +235,34 @@ def test_a_row_up_to_a_block_is_read_and_one_of_several_blocks_is_refused(tmp_pa
         with pytest.raises(SourceError, match="a row longer than 4096 bytes") as err:
             list(flatfile._raw_batches(f, DIALECT, ODS, shape, columns))
         assert err.value.file == path.name
+
+
+def test_a_file_replaced_between_the_passes_stages_nothing(home, canonical, monkeypatch):
+    """The attacker's view: the observations file rewritten after the type 1 pass read it, now with a patient's
+    dissent and more of their records. Read on, the second pass would stage that patient's rows under the first
+    pass's status (no dissent). The file must be found changed and the delivery refused and quarantined."""
+    feed, paths = _deliver(home, canonical)
+    path = next(p for p in paths if "_Observation_" in p.name)
+    ref = _first_patient_with_a_valid_number(canonical)
+    obs = canonical["observations"]
+    dissent = obs.filter(pc.equal(obs["patient_ref"], ref)).slice(0, 1)
+    for column, value in (("code", DISSENT), ("code_system", "snomed"), ("source_id", "late-dissent")):
+        dissent = dissent.set_column(dissent.schema.get_field_index(column), column,
+                                     pa.array([value], dissent.schema.field(column).type))
+    evidence = pipeline._evidence
+
+    def then_replaced(batch, optout):
+        found = evidence(batch, optout)
+        flatfile.write_delivery({**canonical, "observations": pa.concat_tables([obs, dissent])}, path.parent, ODS,
+                                DIALECT, exports.FIRST_STAMP)
+        return found
+
+    monkeypatch.setattr(pipeline, "_evidence", then_replaced)
+    monkeypatch.setenv("GPDATA_BATCH_ROWS", "500")
+    cfg = settings.load()
+    with pytest.raises(SourceError, match="file changed while the delivery was being read") as err:
+        pipeline.extract(feed, cfg, "r1")
+    assert err.value.file == file_token(path.name)
+    assert not any(p.exists() for p in paths)  # the whole delivery was moved to quarantine
+    staging = pipeline.staging_dir(cfg, "r1", ODS)
+    assert not (staging / "extracted").exists() and not (staging / "extracted.tmp").exists()

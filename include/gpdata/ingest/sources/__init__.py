@@ -74,19 +74,39 @@ class EventFiles:
     practice: str
     fail: Callable[[SourceError], SourceError]  # quarantines the delivery; the error names the file's token
     token: Callable[[str], str]
+    stats: dict = field(default_factory=dict)  # path -> ``file_identity`` when its digest was taken
 
     def read(self, fields: frozenset[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
         """(table, canonical rows with ``_deleted``) batch by batch, file after file; ``fields``: only these
-        canonical fields (the others null)."""
+        canonical fields (the others null). Each file must be the file whose digest ``collect`` took, before and
+        after it is read: the type 1 codes of the first pass (``fields``) decide which patients the second
+        excludes, so a file replaced in between could stage the rows of a patient whose dissent it added."""
         from gpdata.ingest.sources.flatfile import iter_file
 
         for f, shape in self.files:
             try:
+                self._unchanged(f)
                 for table in iter_file(f, self.dialect, self.practice, shape, fields=fields):
                     yield f.table, _tokenise_rows({f.table: table}, self.token)[f.table]
                     del table  # not held while the next batch is read
+                self._unchanged(f)
             except SourceError as exc:
                 raise self.fail(exc) from None
+
+    def _unchanged(self, f) -> None:
+        if f.path in self.stats and file_identity(f.path) != self.stats[f.path]:
+            raise SourceError(CHANGED, practice=self.practice, file=f.name)
+
+
+CHANGED = ("the file changed while the delivery was being read (deliver a file by moving it into the folder once "
+           "it is complete)")
+
+
+def file_identity(path: Path) -> tuple[int, ...]:
+    """What changes when a file is written or replaced: device, inode, size, modification and change times (the
+    change time is set by the system on every write, and cannot be set back)."""
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 @dataclass
@@ -223,7 +243,7 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,
     for f in list_files(feed.location_path(), dialect, practice):
         by_stamp.setdefault(f.stamp, []).append(f)
     incremental = feed.mode == "incremental" and state.baselined and not force
-    new, skipped, seen_now = {}, [], {}
+    new, skipped, seen_now, stats = {}, [], {}, {}
     for stamp, group in by_stamp.items():
         tables = [f.table for f in group]
         if len(set(tables)) != len(tables):
@@ -235,6 +255,7 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,
                               practice=practice, file=group[0].name)
         fresh = []
         for f in group:
+            stats[f.path] = file_identity(f.path)
             digest = sha256_file(f.path)
             earlier = state.seen(digest)
             # a ledger written before file names were tokenised holds the name itself
@@ -288,7 +309,7 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,
     if streamed:
         paths = [g.path for g in by_stamp[stamps[0]]]
         events = EventFiles(streamed, dialect, practice, token=token, fail=lambda exc: _tokenised(
-            _fail(exc, paths, quarantine_dir, stamps[0]), token))
+            _fail(exc, paths, quarantine_dir, stamps[0]), token), stats=stats)
     return Batch(tables=tables, deleted=deleted, full=not incremental, files=files, skipped=skipped,
                  deliveries=stamps, unmapped={t: sorted(c) for t, c in sorted(unmapped.items())}, events=events)
 

@@ -990,7 +990,7 @@ class Delivery:
             raw = path.read_bytes()
             digest = hashlib.sha256(raw).hexdigest()
             if self.digests.setdefault(path.name, digest) != digest:
-                raise SourceError("the bundle changed while the delivery was being read (deliver a file by moving "
+                raise SourceError("the file changed while the delivery was being read (deliver a file by moving "
                                   "it into the folder once it is complete)", practice=self.practice, file=path.name)
             # Only a file that holds a type 1 code (or a JSON escape that could spell one) is searched resource by
             # resource for it; in every other file no resource can carry one.
