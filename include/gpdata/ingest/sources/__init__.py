@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from gpdata.errors import ConfigError, SourceError
 from gpdata.ingest.ledger import PracticeState, sha256_file
 from gpdata.model import CANONICAL, EVENT_TABLES, POSITION, TABLES
+from gpdata.storage import file_signature
 
 
 @dataclass
@@ -103,10 +104,9 @@ CHANGED = ("the file changed while the delivery was being read (deliver a file b
 
 
 def file_identity(path: Path) -> tuple[int, ...]:
-    """What changes when a file is written or replaced: device, inode, size, modification and change times (the
-    change time is set by the system on every write, and cannot be set back)."""
-    st = path.stat()
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    """What changes when a file is written or replaced (``storage.file_signature``: the change time is set by the
+    system on every write, and cannot be set back)."""
+    return file_signature(path.stat())
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from gpdata.codes import OptOutCodes, optout_codes, system_label, trim_code
 from gpdata.errors import SourceError
+from gpdata.ingest.sources import CHANGED
 from gpdata.model import CANONICAL, EVENT_TABLES, ISSUE, TYPE1_EVIDENCE, TYPE1_EVIDENCE_SCHEMA
 
 SCHEMAS = {**CANONICAL, TYPE1_EVIDENCE: TYPE1_EVIDENCE_SCHEMA}
@@ -990,8 +991,7 @@ class Delivery:
             raw = path.read_bytes()
             digest = hashlib.sha256(raw).hexdigest()
             if self.digests.setdefault(path.name, digest) != digest:
-                raise SourceError("the file changed while the delivery was being read (deliver a file by moving "
-                                  "it into the folder once it is complete)", practice=self.practice, file=path.name)
+                raise SourceError(CHANGED, practice=self.practice, file=path.name)
             # Only a file that holds a type 1 code (or a JSON escape that could spell one) is searched resource by
             # resource for it; in every other file no resource can carry one.
             scan = b"\\u" in raw or b"&#" in raw or any(n in raw for n in self.needles)  # JSON or XML escapes
