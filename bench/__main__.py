@@ -428,6 +428,7 @@ def summarise(sizes: list[dict], practices: list[dict], largest: int, plan: dict
         "pipeline_over_naive": naive[-1]["pipeline_over_naive"] if naive else None,  # the largest naive size
         "naive_at_patients": naive[-1]["patients"] if naive else None,
         "pipeline_over_naive_by_patients": {r["patients"]: r["pipeline_over_naive"] for r in naive},
+        "pipeline_over_naive_min": min((r["pipeline_over_naive"] for r in naive), default=None),  # the target's
         "flatfile_rows_per_cpu_second_spread": round(max(per_cpu) / min(per_cpu) - 1, 3) if per_cpu else None,
         "flatfile_rows_per_second_spread": round(max(per_wall) / min(per_wall) - 1, 3) if per_wall else None,
         f"peak_rss_mib_{big['patients'] // 1000}k_patients": big["peak_rss_mib"],
@@ -516,7 +517,7 @@ def targets(doc: dict) -> list[tuple[str, str, bool]]:
     return [
         ("flatfile_pipeline_over_limit", ">= 0.5", ge("flatfile_pipeline_over_limit", 0.5)),
         ("fhir_pipeline_over_limit", ">= 0.5", ge("fhir_pipeline_over_limit", 0.5)),
-        ("pipeline_over_naive", ">= 5", ge("pipeline_over_naive", 5)),
+        ("pipeline_over_naive_min", ">= 5 at every naive size", ge("pipeline_over_naive_min", 5)),
         ("flatfile_rows_per_cpu_second_spread", "<= 0.2 (0.1M to the largest)",
          doc["flatfile_rows_per_cpu_second_spread"] is not None and doc["flatfile_rows_per_cpu_second_spread"] <= 0.2),
         ("task_peak_rss_mib_60k_patients", "< 1536 (each stage's task)", rss[0] is not None and rss[0] < 1536),
