@@ -31,7 +31,7 @@ from gpdata.arrowutil import isin
 from gpdata.errors import GpdataError, QualityGateError
 from gpdata.ingest import ledger, limits, sources
 from gpdata.ingest.feeds import Feed, check_location
-from gpdata.ingest.sources.convert import DELETED, split_deleted
+from gpdata.ingest.sources.convert import split_deleted
 from gpdata.model import CANONICAL, EVENT_TABLES, TABLES, staged_schema
 from gpdata.privacy import deid, keys, nhsnumber, type1
 from gpdata.privacy.keys import load_master_key
@@ -161,16 +161,9 @@ def _evidence(batch: sources.Batch, optout: codes.OptOutCodes) -> pa.Table:
     found = type1.evidence(batch.tables, optout)
     if batch.events is None:
         return found
-    parts = [type1.evidence({name: _split_deleted(name, table)[0]}, optout)
+    parts = [type1.evidence({name: split_deleted(table)[0]}, optout)
              for name, table in batch.events.read(type1.EVIDENCE_FIELDS)]
     return pa.concat_tables([found, *parts], promote_options="permissive")
-
-
-def _split_deleted(name: str, table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(current rows, rows the source marks deleted) of a batch; a source that marks none (FHIR) has no flag."""
-    if DELETED not in table.column_names:
-        return table, CANONICAL[name].empty_table()
-    return split_deleted(table)
 
 
 def _event_batches(batch: sources.Batch, practice: str) -> Iterator[tuple[str, pa.Table, pa.Table]]:
@@ -181,7 +174,7 @@ def _event_batches(batch: sources.Batch, practice: str) -> Iterator[tuple[str, p
             yield name, batch.tables.pop(name), batch.deleted.pop(name, CANONICAL[name].empty_table())
     if batch.events is not None:
         for name, table in batch.events.read():
-            current, deleted = _split_deleted(name, table)
+            current, deleted = split_deleted(table)
             del table
             try:
                 limits.check_fields({name: current, f"{name} (deleted)": deleted}, practice)

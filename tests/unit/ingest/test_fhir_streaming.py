@@ -207,7 +207,7 @@ def test_the_staged_tables_do_not_depend_on_the_batch_size(tmp_path, monkeypatch
         use_home(monkeypatch, home)
         f.write_lookup(home / "reference" / "postcode_lsoa.csv", [("LS1 4AB", "E01000001"), ("LS2 9XY", "E01000002")])
         monkeypatch.setenv("GPDATA_BATCH_ROWS", rows)
-        feed = _feed(home, practice_resources()[:9], "bundle-0001.json")
+        _feed(home, practice_resources()[:9], "bundle-0001.json")
         feed = _feed(home, practice_resources()[9:], "bundle-0002.json")
         counts = pipeline.extract(feed, gp_settings.load(), "r1")
         out[rows] = (_staged(home, "r1"), {k: v for k, v in counts.items() if k not in ("seconds", "source")})

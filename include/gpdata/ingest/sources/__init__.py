@@ -75,7 +75,7 @@ class EventFiles:
     practice: str
     fail: Callable[[SourceError], SourceError]  # quarantines the delivery; the error names the file's token
     token: Callable[[str], str]
-    stats: dict = field(default_factory=dict)  # path -> ``file_identity`` when its digest was taken
+    stats: dict  # path -> ``storage.file_signature`` of the file when its digest was taken
 
     def read(self, fields: frozenset[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
         """(table, canonical rows with ``_deleted``) batch by batch, file after file; ``fields``: only these
@@ -95,18 +95,12 @@ class EventFiles:
                 raise self.fail(exc) from None
 
     def _unchanged(self, f) -> None:
-        if f.path in self.stats and file_identity(f.path) != self.stats[f.path]:
+        if file_signature(f.path.stat()) != self.stats[f.path]:
             raise SourceError(CHANGED, practice=self.practice, file=f.name)
 
 
 CHANGED = ("the file changed while the delivery was being read (deliver a file by moving it into the folder once "
            "it is complete)")
-
-
-def file_identity(path: Path) -> tuple[int, ...]:
-    """What changes when a file is written or replaced (``storage.file_signature``: the change time is set by the
-    system on every write, and cannot be set back)."""
-    return file_signature(path.stat())
 
 
 @dataclass
@@ -255,7 +249,7 @@ def _flatfile(feed, state: PracticeState, quarantine_dir: Path, force: bool,
                               practice=practice, file=group[0].name)
         fresh = []
         for f in group:
-            stats[f.path] = file_identity(f.path)
+            stats[f.path] = file_signature(f.path.stat())  # read twice later: EventFiles._unchanged
             digest = sha256_file(f.path)
             earlier = state.seen(digest)
             # a ledger written before file names were tokenised holds the name itself

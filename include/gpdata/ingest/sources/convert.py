@@ -188,7 +188,10 @@ def _deleted_flags(spec: Deleted | None, raw: pa.Table, n: int, practice: str, f
 
 def split_deleted(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(current rows, rows the source marks deleted), both in the canonical schema. With nothing marked deleted
-    (a snapshot), the current rows are the rows themselves, not a filtered copy."""
+    (a snapshot, or a source with no deletion flag at all, as FHIR), the current rows are the rows themselves, not
+    a filtered copy."""
+    if DELETED not in table.column_names:
+        return table, table.slice(0, 0)
     flag = table[DELETED]
     if flag.null_count == 0 and not pc.any(flag).as_py():
         rows = table.drop_columns([DELETED])

@@ -969,7 +969,8 @@ class Delivery:
             raise SourceError(f"delivery folder {self.location} does not exist", practice=practice)
         files = bundle_files(self.location)
         if only is not None:
-            files = [f for f in files if f.name in set(only)]
+            only = set(only)
+            files = [f for f in files if f.name in only]
         if not files:
             raise SourceError(f"no FHIR bundles (*.json, *.xml) in {self.location}", practice=practice)
         self.files = files
